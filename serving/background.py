@@ -1,0 +1,89 @@
+"""Run the gRPC server on a background thread (demo, integration tests, embedding).
+
+Production runs :func:`serving.server.run_server` on the main thread instead, where it
+also handles SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from serving.server import ServerOptions, serve
+from serving.types import RecommenderEngine
+
+
+class BackgroundServer:
+    """``with BackgroundServer(options, load) as server: server.port`` — started and SERVING
+    on entry (or the startup error re-raised), drained and stopped on exit."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        load_engine: Callable[[], RecommenderEngine],
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.options = options
+        self.load_engine = load_engine
+        self.start_timeout = start_timeout
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="recsys-grpc-server", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            ready = asyncio.Event()
+            waiter = asyncio.ensure_future(ready.wait())
+            waiter.add_done_callback(lambda _: self._ready.set())
+
+            def bound(port: int) -> None:
+                self.port = port
+
+            try:
+                await serve(
+                    self.options,
+                    self.load_engine,
+                    ready=ready,
+                    stop=self._stop,
+                    on_bound=bound,
+                    handle_signals=False,
+                )
+            finally:
+                waiter.cancel()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced to the caller by __enter__
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    @property
+    def address(self) -> str:
+        return f"{self.options.host}:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        if not self._ready.wait(self.start_timeout):
+            self.stop()
+            raise TimeoutError(f"server did not become ready within {self.start_timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=self.options.grace_seconds + 30)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

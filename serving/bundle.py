@@ -1,0 +1,287 @@
+"""The model bundle: a self-describing, versioned, checksummed directory.
+
+Layout (schema version 1)::
+
+    manifest.json         schema/model version, resolved config, model spec, feature
+                          specs, metric, counts, metrics, sha256 of every other file
+    towers.pt             state_dict of serving.model.TwoTowerModel (loaded weights_only)
+    users.parquet         row r = user index r + 2: user_id, kept attributes, sequence
+                          (item indices in time order: the history and the seen items)
+    items.parquet         row r = item index r + 2 = FAISS row r: item_id, kept
+                          attributes, popularity (interaction count)
+    vocabularies.parquet  entity, feature, token: fitted attribute vocabularies in order
+    index.faiss           item embeddings (inner product over unit vectors)
+
+:func:`write_bundle` publishes the directory atomically (manifest last, then one rename);
+:func:`load_bundle` verifies everything and raises :class:`BundleError` naming the file
+and the problem, so a bad bundle never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+import torch
+
+from serving.errors import BundleError
+from serving.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
+from serving.history import Sequences
+from serving.index import EXACT_INNER_PRODUCT, build_index, read_index
+from serving.model import TwoTowerModel, TwoTowerSpec
+from serving.storage import atomic_directory
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TOWERS = "towers.pt"
+USERS = "users.parquet"
+ITEMS = "items.parquet"
+VOCABULARIES = "vocabularies.parquet"
+INDEX = "index.faiss"
+SEQUENCE = "sequence"
+POPULARITY = "popularity"
+
+
+@dataclass
+class BundleContents:
+    """Everything training hands to :func:`write_bundle`.
+
+    ``user_table`` / ``item_table`` rows are in index order (row r = index r + 2) and
+    hold the id column plus the raw attribute columns (only those the encoders kept
+    are written). ``sequences`` rows align with users; ``item_embeddings`` and
+    ``popularity`` with items.
+    """
+
+    model_version: str
+    config: dict[str, Any]
+    spec: TwoTowerSpec
+    state_dict: dict[str, torch.Tensor]
+    user_encoder: EntityEncoder
+    item_encoder: EntityEncoder
+    user_table: pl.DataFrame
+    item_table: pl.DataFrame
+    sequences: Sequences
+    popularity: npt.NDArray[np.int64]
+    item_embeddings: npt.NDArray[np.float32]
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    """A verified, loaded bundle, ready to serve (model in eval mode)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    spec: TwoTowerSpec
+    model: TwoTowerModel
+    user_encoder: EntityEncoder
+    item_encoder: EntityEncoder
+    users: pl.DataFrame
+    items: pl.DataFrame
+    user_features: EncodedFeatures
+    item_features: EncodedFeatures
+    sequences: Sequences
+    popularity: npt.NDArray[np.int64]
+    index: faiss.Index
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def item_ids(self) -> pl.Series:
+        return self.items.get_column("item_id")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entity_frame(table: pl.DataFrame, encoder: EntityEncoder) -> pl.DataFrame:
+    kept = [c for c in encoder.attribute_columns if c in table.columns]
+    return table.select(encoder.id_column, *kept)
+
+
+def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False) -> Path:
+    """Write and atomically publish a bundle at ``out``; returns ``out``."""
+    spec = contents.spec
+    n_users = spec.user.id_cardinality - FIRST_TOKEN_INDEX
+    n_items = spec.item.id_cardinality - FIRST_TOKEN_INDEX
+    if contents.user_table.height != n_users or contents.sequences.rows != n_users:
+        raise ValueError("user table / sequences do not match the user vocabulary")
+    if contents.item_table.height != n_items or contents.item_embeddings.shape != (n_items, spec.output_dim):
+        raise ValueError("item table / embeddings do not match the item vocabulary")
+
+    users = _entity_frame(contents.user_table, contents.user_encoder).with_columns(
+        pl.Series(SEQUENCE, _split(contents.sequences), dtype=pl.List(pl.Int32))
+    )
+    items = _entity_frame(contents.item_table, contents.item_encoder).with_columns(
+        pl.Series(POPULARITY, contents.popularity, dtype=pl.Int64)
+    )
+    user_description, user_vocab = contents.user_encoder.to_data()
+    item_description, item_vocab = contents.item_encoder.to_data()
+    vocabularies = pl.concat(
+        [
+            user_vocab.with_columns(pl.lit("user").alias("entity")),
+            item_vocab.with_columns(pl.lit("item").alias("entity")),
+        ]
+    ).select("entity", "feature", "token")
+
+    with atomic_directory(Path(out), replace=overwrite) as tmp:
+        torch.save(contents.state_dict, tmp / TOWERS)
+        users.write_parquet(tmp / USERS)
+        items.write_parquet(tmp / ITEMS)
+        vocabularies.write_parquet(tmp / VOCABULARIES)
+        faiss.write_index(build_index(contents.item_embeddings), str(tmp / INDEX))
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "model_version": contents.model_version,
+            "config": contents.config,
+            "model": spec.to_dict(),
+            "embedding_dim": spec.output_dim,
+            "metric": "inner_product",
+            "index": {"type": EXACT_INNER_PRODUCT, "ntotal": n_items},
+            "features": {"user": user_description, "item": item_description},
+            "counts": {
+                "users": n_users,
+                "items": n_items,
+                "interactions": int(contents.sequences.indptr[-1]),
+            },
+            "metrics": contents.metrics,
+            "info": contents.info,
+            "files": {name: sha256_file(tmp / name) for name in (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX)},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return Path(out)
+
+
+def _split(sequences: Sequences) -> list[npt.NDArray[np.int64]]:
+    return np.split(sequences.items, sequences.indptr[1:-1])
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle ({MANIFEST} missing)")
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: invalid JSON: {exc}") from exc
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle schema version {version!r} is not supported (this build reads "
+            f"{SCHEMA_VERSION})"
+        )
+    for key in ("model_version", "model", "features", "files"):
+        if key not in manifest:
+            raise BundleError(f"{manifest_path}: missing key {key!r}")
+    return manifest
+
+
+def verify_checksums(path: Path, manifest: dict[str, Any]) -> None:
+    for name, expected in manifest["files"].items():
+        file = Path(path) / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(f"{file}: checksum mismatch (manifest {expected[:12]}…, file {actual[:12]}…)")
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load and fully verify a bundle. Raises :class:`BundleError` on any problem."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_checksums(path, manifest)
+    try:
+        spec = TwoTowerSpec.from_dict(manifest["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid model spec: {exc}") from exc
+
+    model = TwoTowerModel(spec)
+    try:
+        state = torch.load(path / TOWERS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise BundleError(f"{path / TOWERS}: weights do not match the manifest's model spec: {exc}") from exc
+    model.eval()
+
+    users = pl.read_parquet(path / USERS)
+    items = pl.read_parquet(path / ITEMS)
+    vocabularies = pl.read_parquet(path / VOCABULARIES)
+    n_users = spec.user.id_cardinality - FIRST_TOKEN_INDEX
+    n_items = spec.item.id_cardinality - FIRST_TOKEN_INDEX
+    if users.height != n_users:
+        raise BundleError(f"{path / USERS}: {users.height} rows, model expects {n_users}")
+    if items.height != n_items:
+        raise BundleError(f"{path / ITEMS}: {items.height} rows, model expects {n_items}")
+
+    try:
+        user_encoder = EntityEncoder.from_data(
+            manifest["features"]["user"],
+            vocabularies.filter(pl.col("entity") == "user"),
+            users.get_column("user_id"),
+        )
+        item_encoder = EntityEncoder.from_data(
+            manifest["features"]["item"],
+            vocabularies.filter(pl.col("entity") == "item"),
+            items.get_column("item_id"),
+        )
+    except (KeyError, ValueError) as exc:
+        raise BundleError(f"{path / VOCABULARIES}: does not match the manifest: {exc}") from exc
+    _check_fields(spec, user_encoder, item_encoder, path)
+
+    index = read_index(path / INDEX)
+    if index.d != spec.output_dim or index.ntotal != n_items:
+        raise BundleError(
+            f"{path / INDEX}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_items} of "
+            f"{spec.output_dim}"
+        )
+    sequence_column = users.get_column(SEQUENCE)
+    lengths = sequence_column.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = sequence_column.explode().drop_nulls().to_numpy().astype(np.int64)
+    sequences = Sequences(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat)
+    if len(flat) and (flat.min() < FIRST_TOKEN_INDEX or flat.max() >= spec.item.id_cardinality):
+        raise BundleError(f"{path / USERS}: sequence holds item indices outside the item vocabulary")
+
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        spec=spec,
+        model=model,
+        user_encoder=user_encoder,
+        item_encoder=item_encoder,
+        users=users,
+        items=items,
+        user_features=user_encoder.transform(users),
+        item_features=item_encoder.transform(items),
+        sequences=sequences,
+        popularity=items.get_column(POPULARITY).to_numpy().astype(np.int64),
+        index=index,
+    )
+
+
+def _check_fields(spec: TwoTowerSpec, users: EntityEncoder, items: EntityEncoder, path: Path) -> None:
+    for side, tower, encoder in (("user", spec.user, users), ("item", spec.item, items)):
+        expected = [(f.name, f.kind, f.cardinality) for f in tower.fields]
+        actual = [(s.name, s.kind, s.cardinality) for s in encoder.specs]
+        if expected != actual:
+            raise BundleError(f"{path / MANIFEST}: {side} feature specs do not match the model spec")
+
+
+def bundle_size_bytes(path: Path) -> int:
+    return sum(os.path.getsize(p) for p in Path(path).iterdir() if p.is_file())

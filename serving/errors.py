@@ -1,0 +1,42 @@
+"""Domain errors.
+
+Every error the service can raise on purpose is a subclass of :class:`RecsysError`.
+The gRPC layer maps them to status codes in exactly one place
+(:mod:`serving.interceptors`); nothing else decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class RecsysError(Exception):
+    """Base class of all deliberate, user-facing errors."""
+
+
+class InvalidArgumentError(RecsysError):
+    """A request or input field is malformed. Names the field and the problem."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFoundError(RecsysError):
+    """A named entity does not exist where no fallback makes sense."""
+
+    def __init__(self, kind: str, entity_id: str) -> None:
+        super().__init__(f"unknown {kind}: {entity_id!r}")
+        self.kind = kind
+        self.entity_id = entity_id
+
+
+class OverloadedError(RecsysError):
+    """The service is at capacity; the caller should back off and retry."""
+
+
+class NotReadyError(RecsysError):
+    """No model is loaded yet."""
+
+
+class BundleError(RecsysError):
+    """A model bundle is missing, corrupt, or incompatible. The message says which file and why."""

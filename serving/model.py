@@ -1,0 +1,172 @@
+"""The two-tower model. Imports only torch (and the standard library).
+
+The user tower encodes user id + user attributes + the pooled recent item history; the
+item tower encodes item id + item attributes. Both end in an MLP whose output is
+L2-normalised, so the inner product is a cosine similarity. The item-id embedding table
+is shared by the item tower and the history encoder, so history items and candidate
+items live in one space.
+
+The architecture is fully described by :class:`TwoTowerSpec`, which the bundle stores;
+serving rebuilds the model from it and never re-declares shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
+
+Inputs = dict[str, Tensor]
+"""Tower inputs: ``"id"`` (B,) int64, each field by name ((B,) int64 categorical,
+(B, L) int64 multi-valued with 0 padding, (B,) float32 numeric) and, for users,
+``"history"`` (B, history_length) int64 item indices with 0 padding."""
+
+HISTORY = "history"
+ID = "id"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str
+    """``categorical``, ``multi_categorical`` or ``numeric``."""
+    cardinality: int = 0
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    id_cardinality: int
+    fields: tuple[FieldSpec, ...]
+
+
+@dataclass(frozen=True)
+class TwoTowerSpec:
+    user: TowerSpec
+    item: TowerSpec
+    embedding_dim: int
+    hidden_dims: tuple[int, ...]
+    output_dim: int
+    dropout: float
+    temperature: float
+    history_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TwoTowerSpec:
+        def tower(d: dict[str, Any]) -> TowerSpec:
+            return TowerSpec(int(d["id_cardinality"]), tuple(FieldSpec(**f) for f in d["fields"]))
+
+        return cls(
+            user=tower(data["user"]),
+            item=tower(data["item"]),
+            embedding_dim=int(data["embedding_dim"]),
+            hidden_dims=tuple(int(h) for h in data["hidden_dims"]),
+            output_dim=int(data["output_dim"]),
+            dropout=float(data["dropout"]),
+            temperature=float(data["temperature"]),
+            history_length=int(data["history_length"]),
+        )
+
+
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    table = nn.Embedding(rows, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=0.05)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
+def masked_mean(vectors: Tensor, indices: Tensor) -> Tensor:
+    """Mean of ``vectors`` (B, L, D) over positions where ``indices`` (B, L) != 0."""
+    mask = (indices != 0).unsqueeze(-1).to(vectors.dtype)
+    return (vectors * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class FieldEncoder(nn.Module):
+    """Embeds a tower's attribute fields and concatenates them."""
+
+    def __init__(self, fields: tuple[FieldSpec, ...], dim: int) -> None:
+        super().__init__()
+        self.fields = fields
+        # Module keys are positional: column names may contain characters ModuleDict rejects.
+        self.tables = nn.ModuleDict(
+            {f"f{i}": _embedding(f.cardinality, dim) for i, f in enumerate(fields) if f.kind != "numeric"}
+        )
+        self.numeric = [f.name for f in fields if f.kind == "numeric"]
+        self.output_dim = dim * len(self.tables) + len(self.numeric)
+
+    def forward(self, inputs: Inputs) -> list[Tensor]:
+        parts: list[Tensor] = []
+        for i, field in enumerate(self.fields):
+            if field.kind == "numeric":
+                continue
+            vectors = self.tables[f"f{i}"](inputs[field.name])
+            parts.append(masked_mean(vectors, inputs[field.name]) if vectors.dim() == 3 else vectors)
+        if self.numeric:
+            parts.append(torch.stack([inputs[name].float() for name in self.numeric], dim=1))
+        return parts
+
+
+def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(dropout)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, item_ids: nn.Embedding) -> None:
+        super().__init__()
+        self.item_ids = item_ids
+        self.fields = FieldEncoder(spec.item.fields, spec.embedding_dim)
+        self.mlp = _mlp(
+            spec.embedding_dim + self.fields.output_dim, spec.hidden_dims, spec.output_dim, spec.dropout
+        )
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        parts = [self.item_ids(inputs[ID]), *self.fields(inputs)]
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+class UserTower(nn.Module):
+    def __init__(self, spec: TwoTowerSpec, item_ids: nn.Embedding) -> None:
+        super().__init__()
+        self.user_ids = _embedding(spec.user.id_cardinality, spec.embedding_dim)
+        self.item_ids = item_ids
+        self.fields = FieldEncoder(spec.user.fields, spec.embedding_dim)
+        in_dim = 2 * spec.embedding_dim + self.fields.output_dim
+        self.mlp = _mlp(in_dim, spec.hidden_dims, spec.output_dim, spec.dropout)
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        history = inputs[HISTORY]
+        pooled = masked_mean(self.item_ids(history), history)
+        parts = [self.user_ids(inputs[ID]), pooled, *self.fields(inputs)]
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+class TwoTowerModel(nn.Module):
+    """User and item towers over a shared item-id embedding table."""
+
+    def __init__(self, spec: TwoTowerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        item_ids = _embedding(spec.item.id_cardinality, spec.embedding_dim)
+        self.user_tower = UserTower(spec, item_ids)
+        self.item_tower = ItemTower(spec, item_ids)
+
+    def user_embedding(self, inputs: Inputs) -> Tensor:
+        """(B, output_dim), unit L2 norm."""
+        out: Tensor = self.user_tower(inputs)
+        return out
+
+    def item_embedding(self, inputs: Inputs) -> Tensor:
+        """(B, output_dim), unit L2 norm."""
+        out: Tensor = self.item_tower(inputs)
+        return out

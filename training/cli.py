@@ -1,0 +1,208 @@
+"""``recsys``: a thin command-line shell over the typed functions of this project.
+
+Every sub-command parses flags, calls one importable function and prints a short
+result. Heavy modules are imported per command, so ``recsys serve`` works in the
+serving image, which has no training dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from serving.errors import RecsysError
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file (see `recsys config`)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=5 (repeatable)",
+    )
+
+
+def _load_config(args: argparse.Namespace, extra: list[str] | None = None) -> object:
+    from training.config import load_config
+
+    return load_config(args.config, [*args.overrides, *(extra or [])])
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from training.data.movielens import import_movielens
+
+    summary = import_movielens(args.src, args.out)
+    print(
+        f"{summary.format}: {summary.interactions} interactions, {summary.users} users, "
+        f"{summary.items} items -> {args.out}"
+    )
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from training.data.synth import SynthConfig, synthesize
+
+    summary = synthesize(
+        SynthConfig(users=args.users, items=args.items, events=args.events, seed=args.seed), args.out
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in summary.event_counts.items())
+    print(
+        f"{summary.users} users, {summary.items} items, {summary.interactions} events ({counts})"
+        f" -> {args.out}"
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from training.config import Config
+    from training.pipeline import train
+
+    extra = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
+    config = _load_config(args, extra)
+    assert isinstance(config, Config)
+    logging.getLogger(__name__).info("resolved config: %s", config.to_dict())
+    summary = train(config, args.interactions, args.users, args.items, args.out, overwrite=args.overwrite)
+    print(f"model {summary.model_version} -> {summary.bundle}")
+    if summary.metrics:
+        print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.metrics.items()))
+    print(
+        f"training {summary.train_seconds:.1f} s ({summary.samples_per_second:.0f} samples/s), "
+        f"total {summary.total_seconds:.1f} s, peak RSS {summary.peak_rss_mb:.0f} MiB"
+    )
+    if summary.run_id:
+        print(
+            f"MLflow run {summary.run_id}, registered {config.tracking.registered_model} "
+            f"version {summary.registered_version}"
+        )
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from training.config import Config, to_toml
+
+    config = _load_config(args)
+    assert isinstance(config, Config)
+    print(to_toml(config), end="")
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from serving.cli import recommend_command
+
+    recommend_command(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serving.cli import serve_command
+
+    serve_command(args)
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from serving.client import RecommenderClient
+
+    with RecommenderClient(args.address, timeout=args.timeout) as client:
+        print(f"health: {client.health()}")
+        response = client.recommend(args.user, args.k)
+        note = " (fallback: unknown user)" if response.fallback else ""
+        print(f"model {response.model_version}{note}")
+        for rank, item in enumerate(response.items, start=1):
+            print(f"{rank:4d}  {item.item_id:>12}  {item.score:.4f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from training.config import Config
+    from training.demo import run_demo
+
+    config = _load_config(args)
+    assert isinstance(config, Config)
+    run_demo(config, args.out, users=args.users, items=args.items, events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from serving.cli import add_recommend_arguments, add_serve_arguments
+
+    parser = argparse.ArgumentParser(prog="recsys", description="Two-tower recommendation service.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("import", help="convert a public data set to the canonical input files")
+    p.add_argument("format", choices=["movielens"], help="data set family")
+    p.add_argument("src", type=Path, help="directory with the original files (100K, 1M, 10M, 20M/latest)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_import)
+
+    p = commands.add_parser("synth", help="generate a realistic synthetic e-commerce data set")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_synth)
+
+    p = commands.add_parser("train", help="train, evaluate, write a bundle, log to MLflow")
+    p.add_argument("--interactions", type=Path, required=True, help="interactions .parquet/.csv")
+    p.add_argument("--users", type=Path, help="user attributes .parquet/.csv")
+    p.add_argument("--items", type=Path, help="item attributes .parquet/.csv")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
+    _config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("config", help="print the resolved configuration as TOML")
+    _config_arguments(p)
+    p.set_defaults(func=cmd_config)
+
+    p = commands.add_parser("recommend", help="batch lists: one row per (user, rank, item, score)")
+    add_recommend_arguments(p)
+    p.set_defaults(func=cmd_recommend)
+
+    p = commands.add_parser("serve", help="serve a bundle over gRPC")
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("query", help="call a running server: health and Recommend for one user")
+    p.add_argument("--address", default="127.0.0.1:50051")
+    p.add_argument("--user", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_query)
+
+    p = commands.add_parser(
+        "demo", help="synthesise, train, evaluate, serve and query: no server, no download"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="working directory (default runs/demo)"
+    )
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--events", type=int, default=100_000)
+    _config_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from training.config import ConfigError
+    from training.data.io import InputError
+
+    try:
+        args.func(args)
+    except (ConfigError, InputError, RecsysError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The one typed configuration of training.
+
+Defaults live in the dataclasses below. A TOML file may override any of them, and
+``--set section.key=value`` flags override the file. Unknown sections or keys, and
+values of the wrong type, are errors that name the key. The resolved configuration is
+logged with every run and written into every bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How raw inputs become features."""
+
+    history_length: int = 50
+    """Most recent items that make up a user's history (training windows and serving)."""
+    min_count: int = 2
+    """Attribute values seen fewer times than this map to the out-of-vocabulary bucket."""
+    max_list_length: int = 16
+    """Multi-valued attributes (genres, tags) keep at most this many values."""
+    near_unique_ratio: float = 0.9
+    """String columns whose distinct/rows ratio exceeds this are free text or identifiers: dropped."""
+    personal_columns: tuple[str, ...] = (
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "email",
+        "e_mail",
+        "mail",
+        "phone",
+        "phone_number",
+        "mobile",
+        "telephone",
+        "address",
+        "street",
+        "street_address",
+        "zip",
+        "zip_code",
+        "zipcode",
+        "postal_code",
+        "postcode",
+        "ip",
+        "ip_address",
+        "ssn",
+        "passport",
+        "birth_date",
+        "date_of_birth",
+        "dob",
+        "credit_card",
+        "iban",
+    )
+    """Column names (case-insensitive) treated as personal data and never used as features."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Two-tower architecture. Serving reads these from the bundle, never from here."""
+
+    embedding_dim: int = 64
+    hidden_dims: tuple[int, ...] = (256,)
+    output_dim: int = 64
+    dropout: float = 0.1
+    temperature: float = 0.05
+    id_dropout: float = 0.1
+    """Probability of replacing a user/item id by the unknown bucket while training, so
+    that cold users and items still get meaningful embeddings from their attributes."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 1024
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-6
+    logq_correction: bool = True
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    refit_full: bool = True
+    """After evaluation, train again on every interaction so the bundle knows all of them."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    protocol: Literal["llo", "rand", "time", "none"] = "llo"
+    k: int = 10
+    min_interactions: int = 3
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str = ""
+    """Empty: $MLFLOW_TRACKING_URI if set, else the embedded SQLite store under ``mlflow/``."""
+    experiment: str = "recsys-two-tower"
+    registered_model: str = "recsys-two-tower"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/TOML-serialisable form (tuples become lists)."""
+        data: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _coerce(key: str, annotation: Any, value: Any) -> Any:
+    """Check ``value`` against the field's type; convert lists to tuples. Raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+        return tuple(_coerce(f"{key}[{i}]", item_type, item) for i, item in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{key}: unsupported type")  # no optional fields in this config
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def _apply(section_obj: Any, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(type(section_obj))
+    known = {f.name for f in dataclasses.fields(section_obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        changes[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return dataclasses.replace(section_obj, **changes)
+
+
+def merge(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``config`` with a nested ``{section: {key: value}}`` mapping applied."""
+    sections = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for section, values in overrides.items():
+        if section not in sections:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(sorted(sections))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a table of keys")
+        changes[section] = _apply(getattr(config, section), section, values)
+    resolved = dataclasses.replace(config, **changes)
+    validate(resolved)
+    return resolved
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.epochs=5"`` -> ``{"train": {"epochs": 5}}``; the value is parsed as TOML."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # bare words are strings: --set eval.protocol=llo
+    return {section: {key: value}}
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path``, then each ``section.key=value`` override."""
+    config = Config()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path}: not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+        config = merge(config, data)
+    for text in overrides or []:
+        config = merge(config, parse_override(text))
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (config.data.history_length >= 1, "data.history_length: must be >= 1"),
+        (config.data.min_count >= 1, "data.min_count: must be >= 1"),
+        (config.data.max_list_length >= 1, "data.max_list_length: must be >= 1"),
+        (0 < config.data.near_unique_ratio <= 1, "data.near_unique_ratio: must be in (0, 1]"),
+        (config.model.embedding_dim >= 1, "model.embedding_dim: must be >= 1"),
+        (config.model.output_dim >= 1, "model.output_dim: must be >= 1"),
+        (all(h >= 1 for h in config.model.hidden_dims), "model.hidden_dims: entries must be >= 1"),
+        (0 <= config.model.dropout < 1, "model.dropout: must be in [0, 1)"),
+        (0 <= config.model.id_dropout < 1, "model.id_dropout: must be in [0, 1)"),
+        (config.model.temperature > 0, "model.temperature: must be > 0"),
+        (config.train.epochs >= 1, "train.epochs: must be >= 1"),
+        (config.train.batch_size >= 2, "train.batch_size: must be >= 2"),
+        (config.train.learning_rate > 0, "train.learning_rate: must be > 0"),
+        (config.eval.k >= 1, "eval.k: must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_toml(config: Config) -> str:
+    """Render a config as TOML that :func:`load_config` reads back to an equal config."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

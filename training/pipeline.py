@@ -1,0 +1,194 @@
+"""``recsys train``: inputs -> evaluated model -> bundle -> MLflow run and registered version.
+
+1. Load and validate the inputs.
+2. Unless ``eval.protocol = "none"``: split (time-respecting by default), fit encoders
+   and train on the training part only, evaluate on the held-out part.
+3. Fit encoders and train again on every interaction (``train.refit_full``), so the
+   bundle knows every interaction it was given; otherwise reuse the evaluated model
+   with histories from every interaction.
+4. Write the bundle (atomic), log it to MLflow and register a model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from serving.bundle import BundleContents, write_bundle
+from serving.embedding import embed_items
+from training.config import Config
+from training.data.io import Dataset, load_dataset
+from training.evaluate import evaluate
+from training.evaluation import split
+from training.features import Prepared, prepare
+from training.tracking import Tracker, flatten, start_run
+from training.trainer import TrainResult, model_spec, train_model
+
+log = logging.getLogger(__name__)
+BUNDLE_ARTIFACT = "bundle"
+
+
+@dataclass
+class TrainSummary:
+    bundle: Path
+    model_version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    peak_rss_mb: float = 0.0
+    run_id: str | None = None
+    registered_version: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def model_version_of(state_dict: dict[str, torch.Tensor]) -> str:
+    """``YYYYMMDDTHHMMSSZ-<8 hex of the weights>``: sortable and content-addressed."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:8]
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+def _fit(prepared: Prepared, config: Config, tracker: Tracker, stage: str) -> TrainResult:
+    def on_epoch(epoch: int, loss: float) -> None:
+        tracker.log_metrics({f"{stage}_loss": loss}, step=epoch)
+
+    return train_model(prepared, config, on_epoch)
+
+
+def train(
+    config: Config,
+    interactions: Path,
+    users: Path | None,
+    items: Path | None,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    dataset: Dataset | None = None,
+) -> TrainSummary:
+    """Run the whole training job; returns what was produced and measured."""
+    started = time.perf_counter()
+    data = dataset if dataset is not None else load_dataset(interactions, users, items)
+    frame = data.interactions
+    counts = {
+        "interactions": frame.height,
+        "users": frame.get_column("user_id").n_unique(),
+        "items": frame.get_column("item_id").n_unique(),
+        "duplicates_dropped": data.duplicates_dropped,
+    }
+    log.info(
+        "loaded %d interactions (%d users, %d items); %d duplicates dropped",
+        counts["interactions"],
+        counts["users"],
+        counts["items"],
+        counts["duplicates_dropped"],
+    )
+    run_name = f"train-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    with start_run(config.tracking, run_name, {"job": "train"}) as tracker:
+        tracker.log_params(flatten(config.to_dict()))
+        tracker.log_dict(config.to_dict(), "config.json")
+        tracker.log_params({f"data.{k}": v for k, v in counts.items()})
+
+        metrics: dict[str, float] = {}
+        eval_result: TrainResult | None = None
+        train_part: Prepared | None = None
+        if config.eval.protocol != "none":
+            kwargs = (
+                {"min_interactions": config.eval.min_interactions} if config.eval.protocol == "llo" else {}
+            )
+            parts = split(frame, config.eval.protocol, **kwargs)
+            train_part = prepare(parts.train, data.users, data.items, config.data)
+            eval_result = _fit(train_part, config, tracker, "eval_train")
+            metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)
+            metrics = {f"{k}": float(v) for k, v in metrics.items()}
+            tracker.log_metrics(metrics)
+            log.info(
+                "evaluation (%s): %s",
+                config.eval.protocol,
+                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            )
+
+        if config.train.refit_full or eval_result is None or train_part is None:
+            final_data = prepare(frame, data.users, data.items, config.data)
+            final = _fit(final_data, config, tracker, "train")
+        else:
+            final_data = prepare(
+                frame,
+                data.users,
+                data.items,
+                config.data,
+                encoders=(train_part.user_encoder, train_part.item_encoder),
+            )
+            final = eval_result
+
+        model = final.model.cpu().eval()
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        version = model_version_of(state)
+        summary = TrainSummary(
+            bundle=Path(out),
+            model_version=version,
+            metrics=metrics,
+            train_seconds=final.seconds,
+            samples_per_second=final.samples_per_second,
+            counts=counts,
+        )
+        contents = BundleContents(
+            model_version=version,
+            config=config.to_dict(),
+            spec=model_spec(final_data, config),
+            state_dict=state,
+            user_encoder=final_data.user_encoder,
+            item_encoder=final_data.item_encoder,
+            user_table=final_data.user_table,
+            item_table=final_data.item_table,
+            sequences=final_data.sequences,
+            popularity=final_data.popularity,
+            item_embeddings=embed_items(model, final_data.item_features),
+            metrics=metrics,
+            info={
+                "protocol": config.eval.protocol,
+                "epoch_losses": final.epoch_losses,
+                "train_seconds": round(final.seconds, 3),
+                "inputs": {
+                    "interactions": str(interactions),
+                    "users": str(users) if users else None,
+                    "items": str(items) if items else None,
+                },
+                "input_counts": counts,
+            },
+        )
+        write_bundle(Path(out), contents, overwrite=overwrite)
+        log.info("bundle %s written to %s", version, out)
+
+        summary.total_seconds = time.perf_counter() - started
+        summary.peak_rss_mb = peak_rss_mb()
+        tracker.log_metrics(
+            {
+                "train_seconds": final.seconds,
+                "samples_per_second": final.samples_per_second,
+                "total_seconds": summary.total_seconds,
+                "peak_rss_mb": summary.peak_rss_mb,
+            }
+        )
+        tracker.set_tags({"model_version": version})
+        tracker.log_directory(Path(out), BUNDLE_ARTIFACT)
+        summary.registered_version = tracker.register_model(
+            config.tracking.registered_model, BUNDLE_ARTIFACT, {"model_version": version}
+        )
+        if tracker.info is not None:
+            summary.run_id = tracker.info.run_id
+    return summary
