@@ -41,7 +41,9 @@ class BackgroundServer:
             self._stop = asyncio.Event()
             ready = asyncio.Event()
             waiter = asyncio.ensure_future(ready.wait())
-            waiter.add_done_callback(lambda _: self._ready.set())
+            # Only a real "ready" counts: the waiter is also cancelled when serve() fails,
+            # and that must not look like a started server (the error is set afterwards).
+            waiter.add_done_callback(lambda f: None if f.cancelled() else self._ready.set())
 
             def bound(port: int) -> None:
                 self.port = port

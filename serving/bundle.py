@@ -46,8 +46,9 @@ USERS = "users.parquet"
 ITEMS = "items.parquet"
 VOCABULARIES = "vocabularies.parquet"
 INDEX = "index.faiss"
-SEQUENCE = "sequence"
-POPULARITY = "popularity"
+# Reserved column names (the encoders never take "__" columns as attributes).
+SEQUENCE = "__sequence"
+POPULARITY = "__popularity"
 
 
 @dataclass
@@ -211,6 +212,11 @@ def load_bundle(path: Path) -> Bundle:
         spec = TwoTowerSpec.from_dict(manifest["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path / MANIFEST}: invalid model spec: {exc}") from exc
+    if manifest.get("embedding_dim") != spec.output_dim:
+        raise BundleError(
+            f"{path / MANIFEST}: embedding_dim {manifest.get('embedding_dim')!r} does not match the model "
+            f"spec's output_dim {spec.output_dim}"
+        )
 
     model = TwoTowerModel(spec)
     try:
@@ -220,9 +226,9 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path / TOWERS}: weights do not match the manifest's model spec: {exc}") from exc
     model.eval()
 
-    users = pl.read_parquet(path / USERS)
-    items = pl.read_parquet(path / ITEMS)
-    vocabularies = pl.read_parquet(path / VOCABULARIES)
+    users = _read_parquet(path / USERS)
+    items = _read_parquet(path / ITEMS)
+    vocabularies = _read_parquet(path / VOCABULARIES)
     n_users = spec.user.id_cardinality - FIRST_TOKEN_INDEX
     n_items = spec.item.id_cardinality - FIRST_TOKEN_INDEX
     if users.height != n_users:
@@ -245,7 +251,10 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path / VOCABULARIES}: does not match the manifest: {exc}") from exc
     _check_fields(spec, user_encoder, item_encoder, path)
 
-    index = read_index(path / INDEX)
+    try:
+        index = read_index(path / INDEX)
+    except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
+        raise BundleError(f"{path / INDEX}: unreadable: {exc}") from exc
     if index.d != spec.output_dim or index.ntotal != n_items:
         raise BundleError(
             f"{path / INDEX}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_items} of "
@@ -273,6 +282,13 @@ def load_bundle(path: Path) -> Bundle:
         popularity=items.get_column(POPULARITY).to_numpy().astype(np.int64),
         index=index,
     )
+
+
+def _read_parquet(file: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(file)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise BundleError(f"{file}: unreadable: {exc}") from exc
 
 
 def _check_fields(spec: TwoTowerSpec, users: EntityEncoder, items: EntityEncoder, path: Path) -> None:

@@ -52,6 +52,9 @@ class TwoTowerSpec:
     dropout: float
     temperature: float
     history_length: int
+    history_encoder: str = "mean"
+    """``mean``: masked mean of the history's item embeddings; ``attention``: one
+    pre-norm transformer layer with learned positions, then a masked mean."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +73,7 @@ class TwoTowerSpec:
             dropout=float(data["dropout"]),
             temperature=float(data["temperature"]),
             history_length=int(data["history_length"]),
+            history_encoder=str(data.get("history_encoder", "mean")),
         )
 
 
@@ -135,18 +139,52 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
+class HistoryEncoder(nn.Module):
+    """Pools the embeddings of a right-aligned, 0-padded item history into one vector."""
+
+    def __init__(self, spec: TwoTowerSpec) -> None:
+        super().__init__()
+        self.kind = spec.history_encoder
+        if self.kind not in ("mean", "attention"):
+            raise ValueError(f"history_encoder: unknown kind {self.kind!r} (mean, attention)")
+        dim = spec.embedding_dim
+        if self.kind == "attention":
+            self.positions = nn.Embedding(spec.history_length, dim)
+            nn.init.normal_(self.positions.weight, std=0.02)
+            layer = nn.TransformerEncoderLayer(
+                dim,
+                nhead=2 if dim % 2 == 0 else 1,
+                dim_feedforward=2 * dim,
+                dropout=spec.dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+
+    def forward(self, vectors: Tensor, history: Tensor) -> Tensor:
+        if self.kind == "mean":
+            return masked_mean(vectors, history)
+        padding = history == 0
+        # A row with no history at all would mask every key (NaN attention): leave the
+        # last slot visible; it is still excluded from the pooled mean below.
+        padding[:, -1] &= ~padding.all(dim=1)
+        x = vectors + self.positions.weight.unsqueeze(0)
+        return masked_mean(self.encoder(x, src_key_padding_mask=padding), history)
+
+
 class UserTower(nn.Module):
     def __init__(self, spec: TwoTowerSpec, item_ids: nn.Embedding) -> None:
         super().__init__()
         self.user_ids = _embedding(spec.user.id_cardinality, spec.embedding_dim)
         self.item_ids = item_ids
+        self.history = HistoryEncoder(spec)
         self.fields = FieldEncoder(spec.user.fields, spec.embedding_dim)
         in_dim = 2 * spec.embedding_dim + self.fields.output_dim
         self.mlp = _mlp(in_dim, spec.hidden_dims, spec.output_dim, spec.dropout)
 
     def forward(self, inputs: Inputs) -> Tensor:
         history = inputs[HISTORY]
-        pooled = masked_mean(self.item_ids(history), history)
+        pooled = self.history(self.item_ids(history), history)
         parts = [self.user_ids(inputs[ID]), pooled, *self.fields(inputs)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 

@@ -9,6 +9,8 @@ logged with every run and written into every bundle.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import tomllib
 import types
 import typing
@@ -75,6 +77,7 @@ class ModelConfig:
     output_dim: int = 64
     dropout: float = 0.1
     temperature: float = 0.05
+    history_encoder: Literal["mean", "attention"] = "mean"
     id_dropout: float = 0.1
     """Probability of replacing a user/item id by the unknown bucket while training, so
     that cold users and items still get meaningful embeddings from their attributes."""
@@ -237,7 +240,14 @@ def validate(config: Config) -> None:
         (config.model.temperature > 0, "model.temperature: must be > 0"),
         (config.train.epochs >= 1, "train.epochs: must be >= 1"),
         (config.train.batch_size >= 2, "train.batch_size: must be >= 2"),
-        (config.train.learning_rate > 0, "train.learning_rate: must be > 0"),
+        (
+            config.train.learning_rate > 0 and math.isfinite(config.train.learning_rate),
+            "train.learning_rate: must be a finite number > 0",
+        ),
+        (
+            config.train.weight_decay >= 0 and math.isfinite(config.train.weight_decay),
+            "train.weight_decay: must be a finite number >= 0",
+        ),
         (config.eval.k >= 1, "eval.k: must be >= 1"),
     ]
     for ok, message in checks:
@@ -260,7 +270,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)

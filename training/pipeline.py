@@ -82,6 +82,9 @@ def train(
 ) -> TrainSummary:
     """Run the whole training job; returns what was produced and measured."""
     started = time.perf_counter()
+    if Path(out).exists() and not overwrite:
+        # Fail before hours of training, not after.
+        raise FileExistsError(f"{out} already exists (use --overwrite to replace it atomically)")
     data = dataset if dataset is not None else load_dataset(interactions, users, items)
     frame = data.interactions
     counts = {

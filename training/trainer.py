@@ -67,6 +67,7 @@ def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
         dropout=m.dropout,
         temperature=m.temperature,
         history_length=config.data.history_length,
+        history_encoder=m.history_encoder,
     )
 
 

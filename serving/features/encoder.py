@@ -35,6 +35,8 @@ EncodedFeatures = dict[str, npt.NDArray[Any]]
 multi-valued (PAD_INDEX padded); float32 (n,) numeric."""
 
 ID_FEATURE = "id"
+RESERVED_PREFIX = "__"
+"""Column names with this prefix are the bundle's own (e.g. ``__sequence``), never attributes."""
 _CLIP = 5.0
 _HEAVY_TAIL_RATIO = 50.0
 
@@ -90,9 +92,10 @@ def _numeric_values(series: pl.Series) -> npt.NDArray[np.float64]:
 
 
 def _counted_vocabulary(values: pl.Series, min_count: int) -> Vocabulary:
-    counts = values.drop_nulls().cast(pl.Utf8).value_counts(name="count")
-    kept = counts.filter(pl.col("count") >= min_count).sort(["count", values.name], descending=[True, False])
-    return Vocabulary(kept.get_column(values.name))
+    # Fixed internal names: a column may itself be called "count".
+    counts = values.drop_nulls().cast(pl.Utf8).rename("token").value_counts(name="n")
+    kept = counts.filter(pl.col("n") >= min_count).sort(["n", "token"], descending=[True, False])
+    return Vocabulary(kept.get_column("token"))
 
 
 class EntityEncoder:
@@ -140,6 +143,11 @@ class EntityEncoder:
         vocabularies: dict[str, Vocabulary] = {}
         for column, dtype in rows.schema.items():
             if column == id_column or column in dropped:
+                continue
+            if column.startswith(RESERVED_PREFIX):
+                dropped[column] = (
+                    f"reserved name (columns starting with {RESERVED_PREFIX!r} belong to the bundle)"
+                )
                 continue
             series = rows.get_column(column)
             spec, vocab, reason = _fit_column(series, dtype, options)

@@ -100,7 +100,8 @@ def _timestamps_as_seconds(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
         text = original.str.strip_chars()
         parsed = pl.coalesce(
             text.cast(pl.Int64, strict=False),
-            text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s"),
+            # time_zone="UTC": naive strings are taken as UTC and offsets ("Z", "+02:00") are honoured.
+            text.str.to_datetime(strict=False, time_unit="us", time_zone="UTC").dt.epoch("s"),
         )
     else:
         raise InputError(f"{path}: column timestamp: unsupported type {dtype}")
@@ -151,14 +152,16 @@ def load_entities(path: Path, id_column: str) -> pl.DataFrame:
     frame = read_table(path, id_columns=(id_column,))
     _require_columns(frame, path, (id_column,))
     frame = _ids_as_strings(frame, path, id_column)
-    frame = frame.unique(maintain_order=True)  # exact duplicate rows are harmless
-    duplicated = pl.col(id_column).is_duplicated()
-    if frame.select(duplicated.any()).item():
+    unique = frame.unique(maintain_order=True)  # exact duplicate rows are harmless
+    conflicting = unique.filter(pl.col(id_column).is_duplicated()).get_column(id_column).unique()
+    if len(conflicting):
+        # Row numbers refer to the file as given, so they are taken before de-duplication.
+        mask = pl.col(id_column).is_in(conflicting.implode())
         raise InputError(
             f"{path}: column {id_column}: the same id with different attributes in "
-            f"{_offending(frame, duplicated, id_column)}"
+            f"{_offending(frame, mask, id_column)}"
         )
-    return frame
+    return unique
 
 
 def load_dataset(interactions: Path, users: Path | None = None, items: Path | None = None) -> Dataset:
