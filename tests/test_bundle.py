@@ -242,7 +242,7 @@ def test_manifest_embedding_dim_that_disagrees_with_the_spec_is_refused(bundle_c
     manifest = _manifest(bundle_copy)
     manifest["embedding_dim"] = manifest["embedding_dim"] + 1
     _write_manifest(bundle_copy, manifest)
-    with pytest.raises(BundleError, match="embedding_dim .* does not match the model spec"):
+    with pytest.raises(BundleError, match=r"embedding_dim .* does not match the model spec"):
         load_bundle(bundle_copy)
 
 
