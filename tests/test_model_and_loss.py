@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,7 @@ from conftest import tiny_config
 from serving.model import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec, masked_mean
 from training.data.synth import SynthSummary
 from training.features import Prepared, prepare
-from training.loss import in_batch_softmax_loss
+from training.loss import full_softmax_loss, in_batch_softmax_loss, sampled_softmax_loss
 from training.trainer import resolve_device, train_model
 
 SPEC = TwoTowerSpec(
@@ -246,3 +247,72 @@ def test_untrained_scores_are_cosines() -> None:
     with torch.no_grad():
         scores = model.user_embedding(_user_inputs(4)) @ model.item_embedding(_item_inputs(6)).T
     assert np.all(np.abs(scores.numpy()) <= 1.0 + 1e-5)
+
+
+# ------------------------------------------------------- attention history
+
+
+ATTENTION = dataclasses.replace(SPEC, history_encoder="attention")
+
+
+def test_attention_history_handles_empty_histories_and_is_order_aware() -> None:
+    torch.manual_seed(0)
+    model = TwoTowerModel(ATTENTION).eval()
+    inputs = _user_inputs(1)
+    with torch.no_grad():
+        empty = model.user_embedding(inputs | {HISTORY: torch.tensor([[0, 0, 0, 0]])})
+        forward = model.user_embedding(inputs | {HISTORY: torch.tensor([[0, 3, 5, 7]])})
+        backward = model.user_embedding(inputs | {HISTORY: torch.tensor([[0, 7, 5, 3]])})
+    assert torch.isfinite(empty).all()
+    torch.testing.assert_close(empty.norm(dim=1), torch.ones(1))
+    # Positions are learned: the same items in another order give another embedding.
+    assert not torch.allclose(forward, backward)
+
+
+def test_attention_spec_round_trips_and_old_manifests_default_to_mean() -> None:
+    data = json.loads(json.dumps(ATTENTION.to_dict()))
+    assert TwoTowerSpec.from_dict(data) == ATTENTION
+    del data["history_encoder"]
+    assert TwoTowerSpec.from_dict(data).history_encoder == "mean"
+
+
+def test_unknown_history_encoder_is_refused() -> None:
+    with pytest.raises(ValueError, match="history_encoder"):
+        TwoTowerModel(dataclasses.replace(SPEC, history_encoder="lstm"))
+
+
+# ------------------------------------------------------------ negatives
+
+
+def test_full_softmax_is_cross_entropy_over_every_item() -> None:
+    users = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    targets = torch.tensor([0, 4, 2])
+    expected = torch.nn.functional.cross_entropy(users @ items.T / 0.1, targets)
+    torch.testing.assert_close(full_softmax_loss(users, items, targets, 0.1), expected)
+
+
+def test_uniform_negatives_equal_to_a_positive_are_masked() -> None:
+    users = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    items = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    ids = torch.tensor([5, 6])
+    extra = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    extra_ids = torch.tensor([5, 7, 8])  # item 5 is row 0's positive: not a negative for row 0
+    base = sampled_softmax_loss(users, items, ids, 0.1, extra_items=extra, extra_ids=extra_ids)
+    moved = extra.clone()
+    moved[0] = users[0]  # make the duplicate score as high as possible for row 0
+    changed = sampled_softmax_loss(users, items, ids, 0.1, extra_items=moved, extra_ids=extra_ids)
+    # Row 0 ignores the duplicate; row 1 sees it as a negative, so only row 1's term moves.
+    row0 = sampled_softmax_loss(users[:1], items[:1], ids[:1], 0.1, extra_items=extra, extra_ids=extra_ids)
+    row0_moved = sampled_softmax_loss(
+        users[:1], items[:1], ids[:1], 0.1, extra_items=moved, extra_ids=extra_ids
+    )
+    torch.testing.assert_close(row0, row0_moved)
+    assert not torch.allclose(base, changed)
+
+
+def test_mixed_negatives_training_runs_and_learns(prepared: Prepared) -> None:
+    config = tiny_config("train.uniform_negatives=16", "train.epochs=3")
+    result = train_model(prepared, config)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert all(math.isfinite(x) for x in result.epoch_losses)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from serving.errors import RecsysError
+from training.cli_benchmark import add_benchmark_parser
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=100_000)
     _config_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    add_benchmark_parser(commands)
     return parser
 
 

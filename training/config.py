@@ -90,6 +90,10 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-6
     logq_correction: bool = True
+    uniform_negatives: int = 2048
+    """Uniformly sampled negatives per step in addition to the in-batch ones (mixed
+    negative sampling). At or above the catalogue size the loss is the exact softmax
+    over every item; 0 uses in-batch negatives only."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     refit_full: bool = True
@@ -249,6 +253,7 @@ def validate(config: Config) -> None:
             "train.weight_decay: must be a finite number >= 0",
         ),
         (config.eval.k >= 1, "eval.k: must be >= 1"),
+        (config.train.uniform_negatives >= 0, "train.uniform_negatives: must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,7 +1,13 @@
-"""Retrieval loss: in-batch sampled softmax with logQ correction.
+"""Retrieval losses: sampled softmax over in-batch and uniformly sampled negatives.
 
 Kept apart from the towers (as in TorchRec's two-tower example): the model produces
 embeddings, the loss decides how they are compared.
+
+Sampled softmax is biased towards whatever the negatives over-represent. In-batch
+negatives appear in proportion to popularity, so each candidate's logit is corrected
+by the log of its expected number of appearances in the candidate pool (logQ
+correction, Yi et al. 2019); with mixed negatives (Yang et al. 2020) that expectation
+is ``batch_size * p(item) + n_uniform / n_items``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,49 @@ def in_batch_softmax_loss(
     ``users``/``items``: (B, D) unit vectors, row i a positive pair. ``item_ids``: (B,)
     item indices, used to mask in-batch false negatives (the same item appearing as
     another row's positive). ``log_q``: (B,) log sampling probability of each row's
-    item; subtracting it from the logits corrects in-batch sampling's popularity bias
-    (Yi et al., 2019).
+    item, subtracted from its column's logits.
     """
-    logits = users @ items.T / temperature
-    if log_q is not None:
-        logits = logits - log_q.unsqueeze(0)
-    duplicate = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-    duplicate.fill_diagonal_(False)
-    logits = logits.masked_fill(duplicate, torch.finfo(logits.dtype).min)
-    labels = torch.arange(users.shape[0], device=users.device)
+    return sampled_softmax_loss(users, items, item_ids, temperature, log_q)
+
+
+def sampled_softmax_loss(
+    users: Tensor,
+    items: Tensor,
+    item_ids: Tensor,
+    temperature: float,
+    log_q: Tensor | None = None,
+    extra_items: Tensor | None = None,
+    extra_ids: Tensor | None = None,
+    extra_log_q: Tensor | None = None,
+) -> Tensor:
+    """Softmax of each row's positive (column i) against the in-batch items and ``extra_items``.
+
+    ``extra_items`` (M, D) with ``extra_ids`` (M,) are additional negatives (e.g. sampled
+    uniformly); ``extra_log_q`` (M,) their log expected counts. Any candidate whose id
+    equals the row's positive id (other than the positive itself) is masked: it is not
+    a negative.
+    """
+    candidates, ids, corrections = items, item_ids, log_q
+    if extra_items is not None and extra_ids is not None:
+        candidates = torch.cat([items, extra_items])
+        ids = torch.cat([item_ids, extra_ids])
+        if log_q is not None and extra_log_q is not None:
+            corrections = torch.cat([log_q, extra_log_q])
+    logits = users @ candidates.T / temperature
+    if corrections is not None:
+        logits = logits - corrections.unsqueeze(0)
+    batch = users.shape[0]
+    false_negative = item_ids.unsqueeze(1) == ids.unsqueeze(0)
+    false_negative[:, :batch].fill_diagonal_(False)
+    logits = logits.masked_fill(false_negative, torch.finfo(logits.dtype).min)
+    labels = torch.arange(batch, device=users.device)
     return F.cross_entropy(logits, labels)
+
+
+def full_softmax_loss(users: Tensor, all_items: Tensor, target_rows: Tensor, temperature: float) -> Tensor:
+    """Exact softmax over the whole catalogue (small catalogues): no sampling, no correction.
+
+    ``all_items``: (N, D) every item's embedding; ``target_rows``: (B,) row of each
+    user's positive in ``all_items``.
+    """
+    return F.cross_entropy(users @ all_items.T / temperature, target_rows)

@@ -138,14 +138,26 @@ def _finite(value: float) -> bool:
     return value == value and value not in (float("inf"), float("-inf"))
 
 
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""The tag by which MLflow nests a run under another one (UI and ``search_runs``)."""
+
+
 @contextlib.contextmanager
 def start_run(
-    config: TrackingConfig, run_name: str, tags: Mapping[str, str] | None = None
+    config: TrackingConfig,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[Tracker]:
-    """A tracker for one run; the run is marked FINISHED, or FAILED if the block raises."""
+    """A tracker for one run; the run is marked FINISHED, or FAILED if the block raises.
+
+    With ``parent_run_id`` the run is a child of that run (same experiment expected).
+    """
     if not config.enabled:
         yield NullTracker()
         return
+    if parent_run_id is not None:
+        tags = {**(tags or {}), PARENT_RUN_TAG: parent_run_id}
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient

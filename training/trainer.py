@@ -25,7 +25,7 @@ from serving.inputs import gather, to_inputs, tower_spec
 from serving.model import Inputs, TwoTowerModel, TwoTowerSpec
 from training.config import Config
 from training.features import Prepared
-from training.loss import in_batch_softmax_loss
+from training.loss import full_softmax_loss, sampled_softmax_loss
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,53 @@ class ExampleBatcher:
         return user_inputs, item_inputs, torch.from_numpy(items).to(device)
 
 
+class NegativeSampler:
+    """Computes a step's loss with the configured negatives.
+
+    - ``uniform_negatives >= n_items``: exact softmax over every item (small catalogues);
+    - ``uniform_negatives > 0``: in-batch plus that many uniformly sampled items, each
+      candidate's logit corrected by its log expected count in the pool;
+    - ``0``: in-batch negatives only, logQ-corrected by popularity.
+    """
+
+    def __init__(self, batcher: ExampleBatcher, config: Config, device: torch.device) -> None:
+        cfg = config.train
+        prepared = batcher.prepared
+        self.batcher = batcher
+        self.device = device
+        self.temperature = config.model.temperature
+        self.n_items = prepared.n_items
+        self.uniform = min(cfg.uniform_negatives, self.n_items)
+        self.exact = cfg.uniform_negatives >= self.n_items
+        self.correct = cfg.logq_correction
+        share = prepared.popularity.astype(np.float64) / max(len(batcher), 1)
+        expected = cfg.batch_size * share + self.uniform / max(self.n_items, 1)
+        self.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(device)
+
+    def _items(self, model: TwoTowerModel, rows: npt.NDArray[np.int64]) -> torch.Tensor:
+        features = self.batcher._drop_ids(gather(self.batcher.prepared.item_features, rows))
+        return model.item_embedding(to_inputs(features, self.device))
+
+    def loss(
+        self, model: TwoTowerModel, user_inputs: Inputs, item_inputs: Inputs, item_ids: torch.Tensor
+    ) -> torch.Tensor:
+        users = model.user_embedding(user_inputs)
+        target_rows = item_ids - FIRST_TOKEN_INDEX
+        if self.exact:
+            every_item = self._items(model, np.arange(self.n_items, dtype=np.int64))
+            return full_softmax_loss(users, every_item, target_rows, self.temperature)
+        items = model.item_embedding(item_inputs)
+        log_q = self.log_expected[target_rows] if self.correct else None
+        if self.uniform == 0:
+            return sampled_softmax_loss(users, items, item_ids, self.temperature, log_q)
+        rows = self.batcher.rng.choice(self.n_items, size=self.uniform, replace=False).astype(np.int64)
+        extra_ids = torch.from_numpy(rows + FIRST_TOKEN_INDEX).to(self.device)
+        extra_log_q = self.log_expected[torch.from_numpy(rows).to(self.device)] if self.correct else None
+        return sampled_softmax_loss(
+            users, items, item_ids, self.temperature, log_q, self._items(model, rows), extra_ids, extra_log_q
+        )
+
+
 def train_model(
     prepared: Prepared,
     config: Config,
@@ -126,9 +173,7 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.learning_rate, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1
     )
-    # log Q: the probability that an item appears as an in-batch negative.
-    popularity = torch.from_numpy(prepared.popularity.astype(np.float64))
-    log_q_by_row = torch.log(popularity.clamp(min=1) / max(n, 1)).float().to(device)
+    negatives = NegativeSampler(batcher, config, device)
 
     result = TrainResult(model=model, examples=n)
     started = time.perf_counter()
@@ -141,14 +186,7 @@ def train_model(
             if len(positions) < 2:
                 continue
             user_inputs, item_inputs, item_ids = batcher.batch(positions, device)
-            log_q = log_q_by_row[item_ids - FIRST_TOKEN_INDEX] if cfg.logq_correction else None
-            loss = in_batch_softmax_loss(
-                model.user_embedding(user_inputs),
-                model.item_embedding(item_inputs),
-                item_ids,
-                spec.temperature,
-                log_q,
-            )
+            loss = negatives.loss(model, user_inputs, item_inputs, item_ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
