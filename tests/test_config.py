@@ -30,7 +30,7 @@ def test_defaults_equal_the_dataclass_defaults() -> None:
     assert config == Config()
     assert config.train == TrainConfig()
     assert config.train.epochs == 20
-    assert config.train.batch_size == 1024
+    assert config.train.batch_size == 512
     assert config.train.device == "auto"
     assert config.model.hidden_dims == (256,)
     assert config.eval.protocol == "llo"

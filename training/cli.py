@@ -116,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from training.config import Config
     from training.demo import run_demo
 
-    config = _load_config(args)
+    config = _load_config(args, [f"train.epochs={args.epochs}"])
     assert isinstance(config, Config)
     run_demo(config, args.out, users=args.users, items=args.items, events=args.events)
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5: a quick demo)")
     _config_arguments(p)
     p.set_defaults(func=cmd_demo)
 

@@ -76,9 +76,9 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (256,)
     output_dim: int = 64
     dropout: float = 0.1
-    temperature: float = 0.05
+    temperature: float = 0.1
     history_encoder: Literal["mean", "attention"] = "mean"
-    id_dropout: float = 0.1
+    id_dropout: float = 0.05
     """Probability of replacing a user/item id by the unknown bucket while training, so
     that cold users and items still get meaningful embeddings from their attributes."""
 
@@ -86,8 +86,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 1024
-    learning_rate: float = 2e-3
+    batch_size: int = 512
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-6
     logq_correction: bool = True
     uniform_negatives: int = 2048
