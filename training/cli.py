@@ -13,25 +13,8 @@ import sys
 from pathlib import Path
 
 from serving.errors import RecsysError
+from training.cli_args import add_config_arguments, config_from_arguments
 from training.cli_benchmark import add_benchmark_parser
-
-
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file (see `recsys config`)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=5 (repeatable)",
-    )
-
-
-def _load_config(args: argparse.Namespace, extra: list[str] | None = None) -> object:
-    from training.config import load_config
-
-    return load_config(args.config, [*args.overrides, *(extra or [])])
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -58,12 +41,10 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from training.config import Config
     from training.pipeline import train
 
     extra = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
-    config = _load_config(args, extra)
-    assert isinstance(config, Config)
+    config = config_from_arguments(args, extra)
     logging.getLogger(__name__).info("resolved config: %s", config.to_dict())
     summary = train(config, args.interactions, args.users, args.items, args.out, overwrite=args.overwrite)
     print(f"model {summary.model_version} -> {summary.bundle}")
@@ -81,10 +62,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> None:
-    from training.config import Config, to_toml
+    from training.config import to_toml
 
-    config = _load_config(args)
-    assert isinstance(config, Config)
+    config = config_from_arguments(args)
     print(to_toml(config), end="")
 
 
@@ -113,11 +93,9 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from training.config import Config
     from training.demo import run_demo
 
-    config = _load_config(args, [f"train.epochs={args.epochs}"])
-    assert isinstance(config, Config)
+    config = config_from_arguments(args, [f"train.epochs={args.epochs}"])
     run_demo(config, args.out, users=args.users, items=args.items, events=args.events)
 
 
@@ -149,11 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
-    _config_arguments(p)
+    add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("config", help="print the resolved configuration as TOML")
-    _config_arguments(p)
+    add_config_arguments(p)
     p.set_defaults(func=cmd_config)
 
     p = commands.add_parser("recommend", help="batch lists: one row per (user, rank, item, score)")
@@ -181,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5: a quick demo)")
-    _config_arguments(p)
+    add_config_arguments(p)
     p.set_defaults(func=cmd_demo)
 
     add_benchmark_parser(commands)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.cli_args import add_config_arguments, config_from_arguments
+
 __all__ = ["PROTOCOL_CHOICES", "add_benchmark_parser", "cmd_benchmark"]
 
 PROTOCOL_CHOICES = ("llo", "rand", "time")
@@ -50,15 +52,7 @@ def add_benchmark_parser(
         metavar="COLUMN",
         help="item column for diversity@k (default: the first categorical or list item attribute)",
     )
-    p.add_argument("--config", type=Path, help="TOML config file (see `recsys config`)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=5 (repeatable)",
-    )
+    add_config_arguments(p)
     p.set_defaults(func=cmd_benchmark)
     return p
 
@@ -66,9 +60,8 @@ def add_benchmark_parser(
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run the benchmark for parsed arguments; prints the table and the parent MLflow run."""
     from training.benchmark import MODELS, run_benchmark
-    from training.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = config_from_arguments(args)
     result = run_benchmark(
         args.data,
         args.protocol,
