@@ -16,7 +16,7 @@ from serving.model import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoT
 from training.data.synth import SynthSummary
 from training.features import Prepared, prepare
 from training.loss import full_softmax_loss, in_batch_softmax_loss, sampled_softmax_loss
-from training.trainer import resolve_device, train_model
+from training.trainer import measure_throughput, resolve_device, train_model
 
 SPEC = TwoTowerSpec(
     user=TowerSpec(
@@ -316,3 +316,13 @@ def test_mixed_negatives_training_runs_and_learns(prepared: Prepared) -> None:
     result = train_model(prepared, config)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert all(math.isfinite(x) for x in result.epoch_losses)
+
+
+def test_throughput_measures_both_loops_on_the_same_batches(prepared: Prepared) -> None:
+    result = measure_throughput(prepared, tiny_config(), steps=4, warmup=1, rounds=2)
+    assert result.steps == 8
+    assert result.pipeline_samples_per_second > 0
+    assert result.model_only_samples_per_second > 0
+    assert result.ratio == pytest.approx(
+        result.pipeline_samples_per_second / result.model_only_samples_per_second
+    )

@@ -61,6 +61,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_throughput(args: argparse.Namespace) -> None:
+    from training.data.io import find_canonical_files, load_dataset
+    from training.features import prepare
+    from training.trainer import measure_throughput
+
+    config = config_from_arguments(args)
+    dataset = load_dataset(*find_canonical_files(args.data))
+    prepared = prepare(dataset.interactions, dataset.users, dataset.items, config.data)
+    result = measure_throughput(prepared, config, steps=args.steps)
+    print(
+        f"{result.steps} steps of {result.batch_size}: full loop {result.pipeline_samples_per_second:.0f} "
+        f"samples/s, model-only on pre-built tensors {result.model_only_samples_per_second:.0f} samples/s, "
+        f"ratio {result.ratio:.3f}"
+    )
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     from training.config import to_toml
 
@@ -161,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5: a quick demo)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = commands.add_parser(
+        "throughput", help="training samples/s: full loop vs model-only on pre-built tensors (ratio)"
+    )
+    p.add_argument("--data", type=Path, required=True, help="directory with the canonical input files")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_throughput)
 
     add_benchmark_parser(commands)
     return parser

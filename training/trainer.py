@@ -9,11 +9,11 @@ handful of vectorised copies per step.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,7 @@ from training.features import Prepared
 from training.loss import full_softmax_loss, sampled_softmax_loss
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -154,6 +155,44 @@ class NegativeSampler:
         )
 
 
+class TrainTask:
+    """A fresh model with its optimizer, batcher and negatives: one ``step`` per batch."""
+
+    def __init__(self, prepared: Prepared, config: Config) -> None:
+        cfg = config.train
+        seed_everything(cfg.seed)
+        self.config = config
+        self.device = resolve_device(cfg.device)
+        self.spec = model_spec(prepared, config)
+        self.model = TwoTowerModel(self.spec).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        self.rng = np.random.default_rng(cfg.seed)
+        self.batcher = ExampleBatcher(prepared, self.spec.history_length, config.model.id_dropout, self.rng)
+        self.negatives = NegativeSampler(self.batcher, config, self.device)
+
+    def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+        """Example positions of each step for one pass over ``order`` (a last batch of 1 is dropped:
+        a softmax needs at least one negative)."""
+        size = self.config.train.batch_size
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+        return [chunk for chunk in chunks if len(chunk) >= 2]
+
+    def build(self, positions: npt.NDArray[np.int64]) -> tuple[Inputs, Inputs, torch.Tensor]:
+        """The data path: gather features and histories, move them to the device."""
+        return self.batcher.batch(positions, self.device)
+
+    def step(self, batch: tuple[Inputs, Inputs, torch.Tensor]) -> torch.Tensor:
+        """The model path: forward both towers, loss, backward, optimizer step. Returns the loss."""
+        self.model.train()
+        loss = self.negatives.loss(self.model, *batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        return loss.detach()
+
+
 def train_model(
     prepared: Prepared,
     config: Config,
@@ -161,54 +200,81 @@ def train_model(
 ) -> TrainResult:
     """Train a fresh model on every interaction of ``prepared``; deterministic for a seed on CPU."""
     cfg = config.train
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    spec = model_spec(prepared, config)
-    model = TwoTowerModel(spec).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    batcher = ExampleBatcher(prepared, spec.history_length, config.model.id_dropout, rng)
-    n = len(batcher)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    task = TrainTask(prepared, config)
+    n = len(task.batcher)
+    steps_per_epoch = len(task.batches(np.arange(n, dtype=np.int64)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.learning_rate, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1
+        task.optimizer,
+        max_lr=cfg.learning_rate,
+        total_steps=max(steps_per_epoch * cfg.epochs, 1),
+        pct_start=0.1,
     )
-    negatives = NegativeSampler(batcher, config, device)
-
-    result = TrainResult(model=model, examples=n)
+    result = TrainResult(model=task.model, examples=n)
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
-        model.train()
-        order = rng.permutation(n).astype(np.int64)
-        total, batches = 0.0, 0
-        for start in _progress(range(0, n, cfg.batch_size), cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}"):
-            positions = order[start : start + cfg.batch_size]
-            if len(positions) < 2:
-                continue
-            user_inputs, item_inputs, item_ids = batcher.batch(positions, device)
-            loss = negatives.loss(model, user_inputs, item_inputs, item_ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+        batches = task.batches(task.rng.permutation(n).astype(np.int64))
+        total = 0.0
+        for positions in _progress(batches, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}"):
+            total += float(task.step(task.build(positions)))
             scheduler.step()
-            total += float(loss.detach())
-            batches += 1
-        epoch_loss = total / max(batches, 1)
+        epoch_loss = total / max(len(batches), 1)
         result.epoch_losses.append(epoch_loss)
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, epoch_loss)
         if on_epoch is not None:
             on_epoch(epoch, epoch_loss)
     result.seconds = time.perf_counter() - started
-    model.eval()
+    task.model.eval()
     return result
 
 
-def _progress(iterable: range, enabled: bool, description: str) -> range:
+@dataclass(frozen=True)
+class Throughput:
+    """Training samples/s with the real data path vs on pre-built tensors (same batches)."""
+
+    pipeline_samples_per_second: float
+    model_only_samples_per_second: float
+    steps: int
+    batch_size: int
+
+    @property
+    def ratio(self) -> float:
+        """Share of the model-only speed the full loop reaches (1.0: the data path costs nothing)."""
+        return self.pipeline_samples_per_second / self.model_only_samples_per_second
+
+
+def measure_throughput(
+    prepared: Prepared, config: Config, steps: int = 30, warmup: int = 3, rounds: int = 3
+) -> Throughput:
+    """Time training steps with the batch built on the fly (the real loop) and on the same
+    batches pre-built (the model-only floor), alternating in ``rounds`` so that noise from
+    other work on the machine hits both alike."""
+    task = TrainTask(prepared, config)
+    all_batches = task.batches(task.rng.permutation(len(task.batcher)).astype(np.int64))
+    positions = (all_batches * (1 + (steps + warmup) // max(len(all_batches), 1)))[: steps + warmup]
+    for p in positions[:warmup]:
+        task.step(task.build(p))
+    timed = positions[warmup:]
+    prebuilt = [task.build(p) for p in timed]
+    model_only = pipeline = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for batch in prebuilt:
+            task.step(batch)
+        model_only += time.perf_counter() - started
+        started = time.perf_counter()
+        for p in timed:
+            task.step(task.build(p))
+        pipeline += time.perf_counter() - started
+    samples = rounds * sum(len(p) for p in timed)
+    return Throughput(samples / pipeline, samples / model_only, rounds * len(timed), config.train.batch_size)
+
+
+def _progress(items: list[T], enabled: bool, description: str) -> Iterable[T]:
     if not enabled:
-        return iterable
+        return items
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a training extra; progress bars are optional
-        return iterable
-    wrapped: range = tqdm(iterable, desc=description, leave=False, disable=None)
+        return items
+    wrapped: Iterable[T] = tqdm(items, desc=description, leave=False, disable=None)
     return wrapped
