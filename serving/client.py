@@ -6,6 +6,7 @@ this wrapper only saves Python callers the boilerplate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 
 import grpc
@@ -22,10 +23,50 @@ class RecommenderClient:
         self.channel = grpc.insecure_channel(address)
         self.stub = pb2_grpc.RecommenderStub(self.channel)  # type: ignore[no-untyped-call]
 
-    def recommend(self, user_id: str, k: int) -> pb2.RecommendResponse:
-        response: pb2.RecommendResponse = self.stub.Recommend(
-            pb2.RecommendRequest(user_id=user_id, k=k), timeout=self.timeout
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        *,
+        recent_item_ids: Iterable[str] = (),
+        user_attributes: Mapping[str, str] | None = None,
+        exclude_item_ids: Iterable[str] = (),
+        filters: Iterable[pb2.ItemFilter] = (),
+        diversity: pb2.Diversity | None = None,
+    ) -> pb2.RecommendResponse:
+        """``Recommend``; options as in ``recsys.v1.RecommendRequest`` (all off by default)."""
+        request = recommend_request(
+            user_id,
+            k,
+            recent_item_ids=recent_item_ids,
+            user_attributes=user_attributes,
+            exclude_item_ids=exclude_item_ids,
+            filters=filters,
+            diversity=diversity,
         )
+        response: pb2.RecommendResponse = self.stub.Recommend(request, timeout=self.timeout)
+        return response
+
+    def batch_recommend(self, requests: Sequence[pb2.RecommendRequest]) -> pb2.BatchRecommendResponse:
+        """``BatchRecommend``: one response per request, in order (at most 1000 requests)."""
+        response: pb2.BatchRecommendResponse = self.stub.BatchRecommend(
+            pb2.BatchRecommendRequest(requests=requests), timeout=self.timeout
+        )
+        return response
+
+    def similar_items(
+        self,
+        item_id: str,
+        k: int,
+        *,
+        filters: Iterable[pb2.ItemFilter] = (),
+        exclude_item_ids: Iterable[str] = (),
+    ) -> pb2.SimilarItemsResponse:
+        """``SimilarItems``: the k nearest items to ``item_id`` (itself excluded)."""
+        request = pb2.SimilarItemsRequest(
+            item_id=item_id, k=k, filters=list(filters), exclude_item_ids=list(exclude_item_ids)
+        )
+        response: pb2.SimilarItemsResponse = self.stub.SimilarItems(request, timeout=self.timeout)
         return response
 
     def user_embedding(self, user_id: str) -> pb2.UserEmbedding:
@@ -56,3 +97,25 @@ class RecommenderClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def recommend_request(
+    user_id: str,
+    k: int,
+    *,
+    recent_item_ids: Iterable[str] = (),
+    user_attributes: Mapping[str, str] | None = None,
+    exclude_item_ids: Iterable[str] = (),
+    filters: Iterable[pb2.ItemFilter] = (),
+    diversity: pb2.Diversity | None = None,
+) -> pb2.RecommendRequest:
+    """A ``RecommendRequest`` (also for :meth:`RecommenderClient.batch_recommend`)."""
+    return pb2.RecommendRequest(
+        user_id=user_id,
+        k=k,
+        recent_item_ids=list(recent_item_ids),
+        user_attributes=dict(user_attributes or {}),
+        exclude_item_ids=list(exclude_item_ids),
+        filters=list(filters),
+        diversity=diversity,
+    )

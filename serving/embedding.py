@@ -54,3 +54,24 @@ def embed_users(
             inputs = to_inputs(gather(features, chunk), device, history=windows)
             out[start : start + len(chunk)] = model.user_embedding(inputs).float().cpu().numpy()
     return out
+
+
+def embed_user_inputs(
+    model: TwoTowerModel,
+    features: EncodedFeatures,
+    history: npt.NDArray[np.int64],
+    batch_size: int = _BATCH,
+) -> FloatArray:
+    """User tower output for already gathered rows: ``features`` (B rows) and ``history`` (B, L).
+
+    The serving path for request-time inputs (recent items appended, attributes given).
+    """
+    device = _device(model)
+    n = len(history)
+    out = np.empty((n, model.spec.output_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            chunk = np.arange(start, min(start + batch_size, n), dtype=np.int64)
+            inputs = to_inputs(gather(features, chunk), device, history=history[chunk])
+            out[chunk] = model.user_embedding(inputs).float().cpu().numpy()
+    return out

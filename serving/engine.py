@@ -1,24 +1,70 @@
-"""The online recommender: a loaded bundle answering per-user requests.
+"""The online recommender: a loaded bundle answering recommendation requests.
+
+A request (:class:`~serving.types.RecommendQuery`) is first *planned* (validated, ids
+resolved, tower inputs decided), then answered together with the other requests of its
+batch: one user-tower pass for every personalised request, one index search per
+distinct filter list (:mod:`serving.retrieval`), popularity fallbacks for unknown users
+without request-time signals. Plain requests (user id and k only) take the same path
+with no extra work: stored features, stored history, no selector.
 
 All methods are CPU-bound and thread-safe for concurrent calls; the gRPC layer runs
-them in an executor, never on the event loop.
+them in an executor, never on the event loop. Item vectors are copied out of the index
+once at load (n_items x dim float32) for diversity and explanations.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
 
 from serving.bundle import Bundle, load_bundle
-from serving.embedding import embed_users
-from serving.errors import NotFoundError
-from serving.features import FIRST_TOKEN_INDEX
-from serving.index import search
-from serving.types import FallbackReason, Recommendation, ScoredItem
+from serving.cold_start import RequestAttributes
+from serving.diversity import Categories, capped
+from serving.embedding import embed_user_inputs, embed_users
+from serving.errors import InvalidArgumentError, NotFoundError
+from serving.explain import explain
+from serving.features import FIRST_TOKEN_INDEX, PAD_INDEX, EncodedFeatures
+from serving.filters import AllowedRows, ItemFilters
+from serving.history import append_recent, last_items
+from serving.index import item_vectors, search
+from serving.inputs import gather
+from serving.retrieval import Retriever, Wanted
+from serving.types import (
+    FallbackReason,
+    Recommendation,
+    RecommendQuery,
+    ScoredItem,
+    SimilarItemsQuery,
+)
 
 FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated query: who the user is, what the tower reads, what the search needs.
+
+    ``row``: the user's table row (None: unknown). ``features`` / ``history``: request-time
+    tower inputs (1 row / (L,) window) replacing the stored ones; None = stored.
+    """
+
+    query: RecommendQuery
+    row: int | None
+    features: EncodedFeatures | None
+    history: IntArray | None
+    allowed: AllowedRows | None
+    wanted: Wanted
+
+    @property
+    def personalised(self) -> bool:
+        return self.row is not None or self.history is not None
 
 
 class TwoTowerEngine:
@@ -31,6 +77,12 @@ class TwoTowerEngine:
         self._popular_rows = np.argsort(-popularity, kind="stable")
         total = popularity.sum()
         self._popular_scores = popularity / total if total > 0 else popularity
+        self.item_vectors = item_vectors(bundle.index)
+        attributes = [c for c in bundle.item_encoder.attribute_columns if c in bundle.items.columns]
+        self.filters = ItemFilters(bundle.items, attributes)
+        self.categories = Categories(bundle.items, bundle.item_encoder, attributes)
+        self.request_attributes = RequestAttributes(bundle.user_encoder, bundle.users, bundle.user_features)
+        self.retriever = Retriever(bundle.index, self.item_vectors)
 
     @classmethod
     def load(cls, path: Path) -> TwoTowerEngine:
@@ -40,12 +92,19 @@ class TwoTowerEngine:
     def model_version(self) -> str:
         return self.bundle.model_version
 
+    # ------------------------------------------------------------------ look-ups
     def user_row(self, user_id: str) -> int | None:
         """Table row of a known user, else None."""
         index = self.bundle.user_encoder.ids.index_of(user_id)
         return None if index is None else index - FIRST_TOKEN_INDEX
 
-    def embed_rows(self, rows: npt.NDArray[np.int64]) -> FloatArray:
+    def item_rows(self, item_ids: Iterable[str]) -> IntArray:
+        """Index rows of the known ids, in order; unknown ids are skipped."""
+        index_of = self.bundle.item_encoder.ids.index_of
+        indices = [i for i in map(index_of, item_ids) if i is not None]
+        return np.asarray(indices, dtype=np.int64) - FIRST_TOKEN_INDEX
+
+    def embed_rows(self, rows: IntArray) -> FloatArray:
         """User tower output for known users (table rows), one batched pass."""
         bundle = self.bundle
         embeddings: FloatArray = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows)
@@ -58,22 +117,155 @@ class TwoTowerEngine:
         embedding: FloatArray = self.embed_rows(np.array([row], dtype=np.int64))[0]
         return embedding
 
-    def recommend(self, user_id: str, k: int) -> Recommendation:
-        return self.recommend_many([user_id], k)[0]
+    # ------------------------------------------------------------ recommending
+    @overload
+    def recommend(self, query: RecommendQuery) -> Recommendation: ...
+    @overload
+    def recommend(self, query: str, k: int) -> Recommendation: ...
+    def recommend(self, query: RecommendQuery | str, k: int | None = None) -> Recommendation:
+        """Top-k for one query; ``recommend(user_id, k)`` is the plain request."""
+        if isinstance(query, str):
+            if k is None:
+                raise TypeError("recommend(user_id, k): k is required")
+            query = RecommendQuery(query, k)
+        return self._answer([self._plan(query)])[0]
 
-    def recommend_many(self, user_ids: list[str], k: int) -> list[Recommendation]:
-        """Recommendations for many users with one tower pass and one index search."""
-        rows = [self.user_row(u) for u in user_ids]
-        known = [i for i, r in enumerate(rows) if r is not None]
-        results: list[Recommendation | None] = [None] * len(user_ids)
-        if known:
-            known_rows = np.array([rows[i] for i in known], dtype=np.int64)
-            for position, items in zip(known, self._search(known_rows, k), strict=True):
-                results[position] = Recommendation(items, self.model_version)
-        fallback = Recommendation(self._popular(k), self.model_version, FallbackReason.UNKNOWN_USER)
-        return [r if r is not None else fallback for r in results]
+    def recommend_many(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
+        """Answers in query order: one tower pass, one search per distinct filter list.
 
-    def top_k_rows(self, rows: npt.NDArray[np.int64], k: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        An invalid query raises :class:`InvalidArgumentError` naming ``requests[i].<field>``.
+        """
+        plans = []
+        for i, query in enumerate(queries):
+            try:
+                plans.append(self._plan(query))
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"requests[{i}].{exc.field}", exc.problem) from exc
+        return self._answer(plans)
+
+    def similar_items(self, query: SimilarItemsQuery) -> list[ScoredItem]:
+        """The k items nearest to a known item (cosine), the item itself excluded."""
+        _check_k(query.k)
+        index = self.bundle.item_encoder.ids.index_of(query.item_id)
+        if index is None:
+            raise NotFoundError("item", query.item_id)
+        row = index - FIRST_TOKEN_INDEX
+        allowed = self.filters.allowed(query.filters)
+        exclude = np.concatenate([[row], self.item_rows(query.exclude_item_ids)]).astype(np.int64)
+        ((rows, scores),) = self.retriever.top_k(
+            self.item_vectors[row : row + 1], [Wanted(query.k, exclude)], allowed
+        )
+        return [ScoredItem(self._item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+
+    def _plan(self, query: RecommendQuery) -> _Plan:
+        """Validate ``query`` and decide the tower inputs; raises InvalidArgumentError."""
+        _check_k(query.k)
+        allowed = self.filters.allowed(query.filters)
+        self.categories.validate(query.diversity)
+        row = self.user_row(query.user_id)
+        recent = self.item_rows(query.recent_item_ids)
+        features, history = self._request_inputs(query, row, recent)
+        excluded = [recent, self.item_rows(query.exclude_item_ids)]
+        if row is not None:
+            excluded.append(self.bundle.sequences.row(row) - FIRST_TOKEN_INDEX)
+        wanted = Wanted(
+            query.k, np.concatenate(excluded), query.diversity, self.categories.codes(query.diversity)
+        )
+        return _Plan(query, row, features, history, allowed, wanted)
+
+    def _request_inputs(
+        self, query: RecommendQuery, row: int | None, recent: IntArray
+    ) -> tuple[EncodedFeatures | None, IntArray | None]:
+        """(features, history window) replacing the stored ones; None = stored.
+
+        An unknown user with neither recent items nor attributes gets (None, None): the
+        popularity fallback answers. Any other unknown user gets the OOV id, the given
+        attributes and the recent items as the whole history.
+        """
+        attributes = query.user_attributes
+        length = self.bundle.spec.history_length
+        if row is None:
+            if not (attributes or len(recent)):
+                return None, None
+            empty = np.full(length, PAD_INDEX, dtype=np.int64)
+            features = self.request_attributes.encode(query.user_id, None, attributes)
+            return features, append_recent(empty, recent + FIRST_TOKEN_INDEX)
+        stored_features = (
+            self.request_attributes.encode(query.user_id, row, attributes) if attributes else None
+        )
+        if not len(recent):
+            return stored_features, None
+        stored = last_items(self.bundle.sequences, np.array([row], dtype=np.int64), length)[0]
+        return stored_features, append_recent(stored, recent + FIRST_TOKEN_INDEX)
+
+    def _answer(self, plans: Sequence[_Plan]) -> list[Recommendation]:
+        results: list[Recommendation | None] = [None] * len(plans)
+        model = [i for i, plan in enumerate(plans) if plan.personalised]
+        if model:
+            embeddings, windows = self._embed([plans[i] for i in model])
+            groups: dict[object, list[int]] = defaultdict(list)
+            for position, i in enumerate(model):
+                groups[plans[i].query.filters].append(position)
+            for members in groups.values():
+                ranked = self.retriever.top_k(
+                    embeddings[members],
+                    [plans[model[m]].wanted for m in members],
+                    plans[model[members[0]]].allowed,
+                )
+                for m, (rows, scores) in zip(members, ranked, strict=True):
+                    results[model[m]] = self._personalised(rows, scores, windows[m])
+        for i, plan in enumerate(plans):
+            if results[i] is None:
+                results[i] = self._fallback(plan)
+        return [r for r in results if r is not None]
+
+    def _embed(self, plans: Sequence[_Plan]) -> tuple[FloatArray, IntArray]:
+        """(user embeddings, history windows) for personalised plans, one tower pass."""
+        bundle = self.bundle
+        rows = np.array([0 if p.row is None else p.row for p in plans], dtype=np.int64)
+        windows = last_items(bundle.sequences, rows, bundle.spec.history_length)
+        custom = [j for j, p in enumerate(plans) if p.features is not None or p.history is not None]
+        if not custom:
+            plain: FloatArray = embed_users(
+                bundle.model, bundle.user_features, bundle.sequences, rows, history=windows
+            )
+            return plain, windows
+        features = gather(bundle.user_features, rows)
+        for j in custom:
+            plan = plans[j]
+            if plan.features is not None:
+                for name, values in plan.features.items():
+                    features[name][j] = values[0]
+            if plan.history is not None:
+                windows[j] = plan.history
+        return embed_user_inputs(bundle.model, features, windows), windows
+
+    def _personalised(self, rows: IntArray, scores: FloatArray, window: IntArray) -> Recommendation:
+        history = np.unique(window[window != PAD_INDEX]) - FIRST_TOKEN_INDEX
+        because = explain(self.item_vectors, rows, history)
+        ids = self._item_ids
+        items = [
+            ScoredItem(ids[r], float(s), ids[w] if w >= 0 else "")
+            for r, s, w in zip(rows, scores, because, strict=True)
+        ]
+        return Recommendation(items, self.model_version)
+
+    def _fallback(self, plan: _Plan) -> Recommendation:
+        """Most popular eligible items (filters, exclusions and category cap applied)."""
+        k, exclude, cap = plan.wanted.k, plan.wanted.exclude, plan.wanted.categories
+        order = self._popular_rows
+        if plan.allowed is not None:
+            order = order[plan.allowed.mask[order]]
+        if len(exclude):
+            order = order[~np.isin(order, exclude)]
+        if cap is not None:
+            order = order[capped(cap[order], plan.query.diversity.max_per_category)]
+        order = order[:k]
+        items = [ScoredItem(self._item_ids[r], float(self._popular_scores[r])) for r in order]
+        return Recommendation(items, self.model_version, FallbackReason.UNKNOWN_USER)
+
+    # ------------------------------------------------------- batch (campaign) lists
+    def top_k_rows(self, rows: IntArray, k: int) -> tuple[IntArray, FloatArray]:
         """(index rows, scores), both (B, k), best first, seen items removed; -1 pads.
 
         Over-fetches by the largest seen set in the batch, so that after removing seen
@@ -93,22 +285,12 @@ class TwoTowerEngine:
             out_scores[i, : len(chosen)] = scores[i][keep][:k]
         return out_rows, out_scores
 
-    def _search(self, rows: npt.NDArray[np.int64], k: int) -> list[list[ScoredItem]]:
-        found, scores = self.top_k_rows(rows, k)
-        return [
-            [
-                ScoredItem(self._item_ids[r], float(s))
-                for r, s in zip(user_rows, user_scores, strict=True)
-                if r >= 0
-            ]
-            for user_rows, user_scores in zip(found, scores, strict=True)
-        ]
-
-    def popular_rows(self, k: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    def popular_rows(self, k: int) -> tuple[IntArray, FloatArray]:
         """The fallback: most popular items (index rows) and their interaction shares."""
         rows = self._popular_rows[:k]
         return rows, self._popular_scores[rows].astype(np.float32)
 
-    def _popular(self, k: int) -> list[ScoredItem]:
-        rows, scores = self.popular_rows(k)
-        return [ScoredItem(self._item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise InvalidArgumentError("k", f"must be >= 1, got {k}")

@@ -34,9 +34,23 @@ def read_index(path: Path) -> faiss.Index:
 
 
 def search(
-    index: faiss.Index, queries: npt.NDArray[np.float32], k: int
+    index: faiss.Index,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    params: faiss.SearchParameters | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """(scores, rows) of shape (B, k); rows are -1 where fewer than k items exist."""
+    """(scores, rows) of shape (B, k); rows are -1 where fewer than k items exist.
+
+    ``params`` may carry an ID selector (``faiss.SearchParameters(sel=...)``): then only
+    selected rows are searched, and the top k are the top k selected rows.
+    """
     k = max(1, min(k, index.ntotal))
-    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    vectors = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, rows = index.search(vectors, k) if params is None else index.search(vectors, k, params=params)
     return scores, rows.astype(np.int64)
+
+
+def item_vectors(index: faiss.Index) -> npt.NDArray[np.float32]:
+    """Every indexed vector, (ntotal, d) float32, row r = index row r (a copy)."""
+    vectors: npt.NDArray[np.float32] = index.reconstruct_n(0, index.ntotal)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

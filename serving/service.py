@@ -1,4 +1,6 @@
-"""The ``recsys.v1.Recommender`` servicer: validation, deadlines, proto mapping.
+"""The ``recsys.v1.Recommender`` servicer: deadlines and the executor around engine calls.
+
+Request validation and proto mapping live in :mod:`serving.wire`.
 
 The servicer never decides status codes for domain errors: it raises them and
 :mod:`serving.interceptors` maps them. The only codes set here are
@@ -21,17 +23,11 @@ import numpy as np
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.errors import InvalidArgumentError, NotReadyError
-from serving.types import FallbackReason, Recommendation, RecommenderEngine
-
-MIN_K = 1
-MAX_K = 1000
+from serving.errors import NotReadyError
+from serving.types import RecommenderEngine
+from serving.wire import to_items, to_queries, to_query, to_response, to_similar_query, validate_user_id
 
 _T = TypeVar("_T")
-
-_FALLBACK_REASONS: dict[FallbackReason, pb2.FallbackReason] = {
-    FallbackReason.UNKNOWN_USER: pb2.FALLBACK_REASON_UNKNOWN_USER,
-}
 
 
 class EngineHolder:
@@ -63,31 +59,6 @@ class EngineHolder:
         return previous
 
 
-def validate_user_id(user_id: str) -> str:
-    """``user_id`` unchanged; raises :class:`InvalidArgumentError` when it is empty."""
-    if not user_id:
-        raise InvalidArgumentError("user_id", "must not be empty")
-    return user_id
-
-
-def validate_k(k: int) -> int:
-    """``k`` unchanged; raises :class:`InvalidArgumentError` outside ``MIN_K..MAX_K``."""
-    if not MIN_K <= k <= MAX_K:
-        raise InvalidArgumentError("k", f"must be in {MIN_K}..{MAX_K}, got {k}")
-    return k
-
-
-def to_response(recommendation: Recommendation) -> pb2.RecommendResponse:
-    """Map a :class:`Recommendation` to its wire form, preserving item order."""
-    reason = recommendation.fallback_reason
-    return pb2.RecommendResponse(
-        items=[pb2.ScoredItem(item_id=item.item_id, score=item.score) for item in recommendation.items],
-        model_version=recommendation.model_version,
-        fallback=recommendation.fallback,
-        fallback_reason=pb2.FALLBACK_REASON_UNSPECIFIED if reason is None else _FALLBACK_REASONS[reason],
-    )
-
-
 class RecommenderServicer(pb2_grpc.RecommenderServicer):
     """Implements ``recsys.v1.Recommender`` on top of an :class:`EngineHolder`.
 
@@ -102,11 +73,27 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
     async def Recommend(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.RecommendResponse:
-        user_id = validate_user_id(request.user_id)
-        k = validate_k(request.k)
+        query = to_query(request)
         engine = self._holder.get()
-        recommendation = await self._run(context, lambda: engine.recommend(user_id, k))
+        recommendation = await self._run(context, lambda: engine.recommend(query))
         return to_response(recommendation)
+
+    async def BatchRecommend(  # noqa: N802  (name fixed by the generated servicer)
+        self, request: pb2.BatchRecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb2.BatchRecommendResponse:
+        queries = to_queries(request)
+        engine = self._holder.get()
+        recommendations = await self._run(context, lambda: engine.recommend_many(queries))
+        return pb2.BatchRecommendResponse(responses=[to_response(r) for r in recommendations])
+
+    async def SimilarItems(  # noqa: N802  (name fixed by the generated servicer)
+        self, request: pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb2.SimilarItemsResponse:
+        query = to_similar_query(request)
+        engine = self._holder.get()
+        items = await self._run(context, lambda: engine.similar_items(query))
+        # The engine that answered names the version (a hot swap must not mislabel it).
+        return pb2.SimilarItemsResponse(items=to_items(items), model_version=engine.model_version)
 
     async def GetUserEmbedding(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.GetUserEmbeddingRequest, context: grpc.aio.ServicerContext

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,17 @@ from serving.errors import InvalidArgumentError, NotFoundError, NotReadyError, O
 from serving.interceptors import INTERNAL_MESSAGE, status_for
 from serving.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError, serve
 from serving.service import EngineHolder, RecommenderServicer
-from serving.types import FallbackReason, Recommendation, RecommenderEngine, ScoredItem
+from serving.types import (
+    Diversity,
+    FallbackReason,
+    ItemFilter,
+    Recommendation,
+    RecommenderEngine,
+    RecommendQuery,
+    ScoredItem,
+    SimilarItemsQuery,
+)
+from serving.wire import MAX_BATCH, to_query
 
 MODEL_VERSION = "test-model-7"
 SECRET = "postgres://admin:hunter2@db.internal/recsys"  # must never reach a client
@@ -48,7 +58,8 @@ class FakeEngine:
     """Deterministic in-memory engine.
 
     ``"boom"`` raises a RuntimeError carrying an internal detail; ``"slow"`` signals
-    ``slow_started`` and then takes ``slow_s`` seconds.
+    ``slow_started`` and then takes ``slow_s`` seconds. Excluded items are dropped; the
+    last query seen is kept in ``queries`` (tests check the wire mapping with it).
     """
 
     def __init__(self, *, slow_s: float = 0.6) -> None:
@@ -65,21 +76,32 @@ class FakeEngine:
         }
         self._popular = [ScoredItem("p1", 1.0), ScoredItem("p2", 0.5), ScoredItem("p3", 0.2)]
         self._embeddings = {"alice": np.array([0.6, 0.8], dtype=np.float32)}
+        self._similar = {"i1": [ScoredItem("i3", 0.8), ScoredItem("i2", 0.4), ScoredItem("i7", 0.1)]}
+        self.queries: list[RecommendQuery] = []
 
     @property
     def model_version(self) -> str:
         return MODEL_VERSION
 
-    def recommend(self, user_id: str, k: int) -> Recommendation:
-        if user_id == "boom":
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        self.queries.append(query)
+        if query.user_id == "boom":
             raise RuntimeError(f"lost connection to {SECRET}")
-        if user_id == "slow":
+        if query.user_id == "slow":
             self.slow_started.set()
             time.sleep(self.slow_s)
-        items = self._items.get(user_id)
-        if items is None:
-            return Recommendation(self._popular[:k], MODEL_VERSION, FallbackReason.UNKNOWN_USER)
-        return Recommendation(items[:k], MODEL_VERSION)
+        items = self._items.get(query.user_id)
+        reason = None if items is not None else FallbackReason.UNKNOWN_USER
+        eligible = [i for i in items or self._popular if i.item_id not in query.exclude_item_ids]
+        return Recommendation(eligible[: query.k], MODEL_VERSION, reason)
+
+    def recommend_many(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
+        return [self.recommend(query) for query in queries]
+
+    def similar_items(self, query: SimilarItemsQuery) -> list[ScoredItem]:
+        if query.item_id not in self._similar:
+            raise NotFoundError("item", query.item_id)
+        return self._similar[query.item_id][: query.k]
 
     def user_embedding(self, user_id: str) -> npt.NDArray[np.float32]:
         if user_id not in self._embeddings:
@@ -291,8 +313,12 @@ from serving.types import Recommendation
 
 class Engine:
     model_version = "child-1"
-    def recommend(self, user_id, k):
+    def recommend(self, query):
         return Recommendation([], self.model_version)
+    def recommend_many(self, queries):
+        return [self.recommend(q) for q in queries]
+    def similar_items(self, query):
+        return []
     def user_embedding(self, user_id):
         raise KeyError(user_id)
 
@@ -341,7 +367,12 @@ def test_reflection_serves_the_contract_under_its_proto_path(channel: grpc.Chann
     (raw,) = response.file_descriptor_response.file_descriptor_proto
     descriptor = descriptor_pb2.FileDescriptorProto.FromString(raw)
     assert descriptor.name == "recsys/v1/recommender.proto"
-    assert [m.name for m in descriptor.service[0].method] == ["Recommend", "GetUserEmbedding"]
+    assert [m.name for m in descriptor.service[0].method] == [
+        "Recommend",
+        "GetUserEmbedding",
+        "SimilarItems",
+        "BatchRecommend",
+    ]
 
 
 # --- Recommend / GetUserEmbedding ------------------------------------------------------
@@ -382,6 +413,85 @@ def test_invalid_recommend_request(stub: pb2_grpc.RecommenderStub, user_id: str,
 def test_boundary_k_is_accepted(stub: pb2_grpc.RecommenderStub) -> None:
     assert len(stub.Recommend(pb2.RecommendRequest(user_id="alice", k=1), timeout=2).items) == 1
     assert len(stub.Recommend(pb2.RecommendRequest(user_id="alice", k=1000), timeout=2).items) == 4
+
+
+def test_recommend_options_reach_the_engine(stub: pb2_grpc.RecommenderStub, engine: FakeEngine) -> None:
+    request = pb2.RecommendRequest(
+        user_id="alice",
+        k=3,
+        recent_item_ids=["i5", "i6"],
+        user_attributes={"age": "31", "region": "north"},
+        exclude_item_ids=["i1"],
+        filters=[
+            pb2.ItemFilter(attribute="category", any_of=["books"], none_of=["toys"]),
+            pb2.ItemFilter(attribute="price", min=0.0),
+        ],
+        diversity=pb2.Diversity(mmr_lambda=0.5, max_per_category=2, category_attribute="brand"),
+    )
+    response = stub.Recommend(request, timeout=2)
+    assert [i.item_id for i in response.items] == ["i3", "i7", "i2"]  # i1 excluded
+    assert engine.queries[-1] == RecommendQuery(
+        user_id="alice",
+        k=3,
+        recent_item_ids=("i5", "i6"),
+        user_attributes={"age": "31", "region": "north"},
+        exclude_item_ids=("i1",),
+        filters=(
+            ItemFilter("category", any_of=("books",), none_of=("toys",)),
+            ItemFilter("price", min=0.0),  # an unset max stays None, a set 0.0 stays 0.0
+        ),
+        diversity=Diversity(mmr_lambda=0.5, max_per_category=2, category_attribute="brand"),
+    )
+
+
+def test_plain_request_maps_to_a_plain_query() -> None:
+    assert to_query(pb2.RecommendRequest(user_id="alice", k=4)) == RecommendQuery("alice", 4)
+
+
+def test_batch_recommend_answers_in_request_order(stub: pb2_grpc.RecommenderStub) -> None:
+    users = ["nobody", "alice", "alice", "ghost"]
+    request = pb2.BatchRecommendRequest(
+        requests=[pb2.RecommendRequest(user_id=u, k=2 + i % 2) for i, u in enumerate(users)]
+    )
+    responses = stub.BatchRecommend(request, timeout=2).responses
+    assert len(responses) == len(users)
+    for i, (user, response) in enumerate(zip(users, responses, strict=True)):
+        single = stub.Recommend(pb2.RecommendRequest(user_id=user, k=2 + i % 2), timeout=2)
+        assert response == single
+    assert stub.BatchRecommend(pb2.BatchRecommendRequest(), timeout=2).responses == []
+
+
+def test_batch_recommend_limits_and_names_the_bad_request(stub: pb2_grpc.RecommenderStub) -> None:
+    too_many = pb2.BatchRecommendRequest(
+        requests=[pb2.RecommendRequest(user_id="alice", k=1)] * (MAX_BATCH + 1)
+    )
+    err = _rpc_error(lambda: stub.BatchRecommend(too_many, timeout=5))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == f"requests: at most {MAX_BATCH} requests per call, got {MAX_BATCH + 1}"
+    at_limit = pb2.BatchRecommendRequest(requests=too_many.requests[:MAX_BATCH])
+    assert len(stub.BatchRecommend(at_limit, timeout=5).responses) == MAX_BATCH
+    bad = pb2.BatchRecommendRequest(
+        requests=[pb2.RecommendRequest(user_id="alice", k=1), pb2.RecommendRequest(user_id="alice", k=0)]
+    )
+    err = _rpc_error(lambda: stub.BatchRecommend(bad, timeout=2))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "requests[1].k: must be in 1..1000, got 0"
+
+
+def test_similar_items(stub: pb2_grpc.RecommenderStub) -> None:
+    response = stub.SimilarItems(pb2.SimilarItemsRequest(item_id="i1", k=2), timeout=2)
+    assert [(i.item_id, round(i.score, 4)) for i in response.items] == [("i3", 0.8), ("i2", 0.4)]
+    assert response.model_version == MODEL_VERSION
+    err = _rpc_error(lambda: stub.SimilarItems(pb2.SimilarItemsRequest(item_id="nope", k=2), timeout=2))
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    assert "nope" in err.details()
+    for k in (0, 1001):
+        err = _rpc_error(lambda k=k: stub.SimilarItems(pb2.SimilarItemsRequest(item_id="i1", k=k), timeout=2))
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details() == f"k: must be in 1..1000, got {k}"
+    err = _rpc_error(lambda: stub.SimilarItems(pb2.SimilarItemsRequest(k=2), timeout=2))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "item_id: must not be empty"
 
 
 def test_user_embedding(stub: pb2_grpc.RecommenderStub) -> None:

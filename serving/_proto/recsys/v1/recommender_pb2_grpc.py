@@ -47,6 +47,16 @@ class RecommenderStub:
                 request_serializer=recsys_dot_v1_dot_recommender__pb2.GetUserEmbeddingRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recommender__pb2.UserEmbedding.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.Recommender/SimilarItems',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
+        self.BatchRecommend = channel.unary_unary(
+                '/recsys.v1.Recommender/BatchRecommend',
+                request_serializer=recsys_dot_v1_dot_recommender__pb2.BatchRecommendRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recommender__pb2.BatchRecommendResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -55,9 +65,12 @@ class RecommenderServicer:
     """
 
     def Recommend(self, request, context):
-        """Top-k items for one user, best first. Items the user already interacted with are
-        never returned. An unknown user gets a popularity fallback (reason set), never an
-        error. k outside 1..1000 or an empty user id -> INVALID_ARGUMENT.
+        """Top-k items for one user, best first. Items the user already interacted with, the
+        request's recent and excluded items and items failing a filter are never returned.
+        An unknown user without recent items or attributes gets a popularity fallback
+        (reason set), never an error. k outside 1..1000, an empty user id, an unknown user
+        attribute, filter attribute or diversity attribute, or an out-of-range option ->
+        INVALID_ARGUMENT naming the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,6 +79,25 @@ class RecommenderServicer:
     def GetUserEmbedding(self, request, context):
         """The user tower's output for a known user (L2-normalised, model dimension).
         Unknown user -> NOT_FOUND: there is no meaningful fallback embedding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimilarItems(self, request, context):
+        """The k items most similar to one item (cosine of item embeddings), best first; the
+        item itself, excluded items and items failing a filter are never returned.
+        Unknown item -> NOT_FOUND; k outside 1..1000 or a bad filter -> INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecommend(self, request, context):
+        """Up to 1000 Recommend requests answered together (batched tower pass and index
+        search); responses in request order, each equal to the Recommend answer. More
+        than 1000 requests, or any invalid request -> INVALID_ARGUMENT naming it
+        (requests[i].field); then no request is answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +115,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetUserEmbedding,
                     request_deserializer=recsys_dot_v1_dot_recommender__pb2.GetUserEmbeddingRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recommender__pb2.UserEmbedding.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'BatchRecommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecommend,
+                    request_deserializer=recsys_dot_v1_dot_recommender__pb2.BatchRecommendRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recommender__pb2.BatchRecommendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +183,60 @@ class Recommender:
             '/recsys.v1.Recommender/GetUserEmbedding',
             recsys_dot_v1_dot_recommender__pb2.GetUserEmbeddingRequest.SerializeToString,
             recsys_dot_v1_dot_recommender__pb2.UserEmbedding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/SimilarItems',
+            recsys_dot_v1_dot_recommender__pb2.SimilarItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/BatchRecommend',
+            recsys_dot_v1_dot_recommender__pb2.BatchRecommendRequest.SerializeToString,
+            recsys_dot_v1_dot_recommender__pb2.BatchRecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,86 @@
+"""Index search for many queries at once: filters inside the search, exclusions and
+diversity after it, exactly k items whenever k eligible items exist.
+
+One FAISS search serves a group of queries that share a filter list (the filter is an
+ID selector, so the search ranks only allowed rows). Per-query exclusions (seen, recent
+and explicitly excluded items) are removed afterwards, so the search over-fetches by
+the largest exclusion count in the group: after removal at least k remain whenever k
+eligible rows exist. Diversity re-ranks an over-fetched candidate list; if a
+per-category cap leaves fewer than k, that query is searched again with twice the
+candidates until k are found or every allowed row was considered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from serving.diversity import candidate_count, rerank
+from serving.filters import AllowedRows
+from serving.index import search
+from serving.types import NO_DIVERSITY, Diversity
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+Ranked = tuple[IntArray, FloatArray]
+"""(index rows, scores), best first (re-ranked order with diversity)."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What one query needs from the search beyond its vector.
+
+    ``exclude``: rows never returned (duplicates allowed). ``categories``: per-row
+    category codes for a per-category cap, or None.
+    """
+
+    k: int
+    exclude: IntArray
+    diversity: Diversity = NO_DIVERSITY
+    categories: IntArray | None = None
+
+
+class Retriever:
+    """Searches one index; ``vectors`` are its item vectors (row r = index row r)."""
+
+    def __init__(self, index: faiss.Index, vectors: FloatArray) -> None:
+        self.index = index
+        self.vectors = vectors
+
+    def top_k(
+        self, queries: FloatArray, wanted: Sequence[Wanted], allowed: AllowedRows | None
+    ) -> list[Ranked]:
+        """Per query (rows of ``queries``), its top ``k`` eligible rows among ``allowed``
+        (None: every row), excluded rows removed, re-ranked for diversity when asked."""
+        limit = self.index.ntotal if allowed is None else allowed.count
+        if limit == 0 or not wanted:
+            empty: Ranked = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return [empty for _ in wanted]
+        params = None if allowed is None else allowed.params
+        fetch = min(limit, max(candidate_count(w.k, w.diversity) + len(w.exclude) for w in wanted))
+        scores, found = search(self.index, queries, fetch, params)
+        out: list[Ranked] = []
+        for i, want in enumerate(wanted):
+            ranked = self._pick(want, found[i], scores[i])
+            widened = fetch
+            while len(ranked[0]) < want.k and widened < limit:
+                widened = min(limit, 2 * widened)
+                more_scores, more_found = search(self.index, queries[i : i + 1], widened, params)
+                ranked = self._pick(want, more_found[0], more_scores[0])
+            out.append(ranked)
+        return out
+
+    def _pick(self, want: Wanted, found: IntArray, scores: FloatArray) -> Ranked:
+        keep = found >= 0
+        if len(want.exclude):
+            keep &= ~np.isin(found, want.exclude)
+        rows, kept_scores = found[keep], scores[keep]
+        if not want.diversity.active:
+            return rows[: want.k], kept_scores[: want.k]
+        categories = None if want.categories is None else want.categories[rows]
+        positions = rerank(kept_scores, self.vectors[rows], want.k, want.diversity, categories)
+        return rows[positions], kept_scores[positions]

@@ -1,0 +1,113 @@
+"""Wire (``recsys.v1`` messages) <-> domain (:mod:`serving.types`) mapping, with the
+checks that need no model: non-empty ids, k in range, batch size.
+
+Checks that need the bundle (attribute names, filter types) happen in the engine. Both
+raise :class:`~serving.errors.InvalidArgumentError` naming the field; status codes are
+decided in :mod:`serving.interceptors` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from serving._proto.recsys.v1 import recommender_pb2 as pb2
+from serving.errors import InvalidArgumentError
+from serving.types import (
+    Diversity,
+    FallbackReason,
+    ItemFilter,
+    Recommendation,
+    RecommendQuery,
+    ScoredItem,
+    SimilarItemsQuery,
+)
+
+MIN_K = 1
+MAX_K = 1000
+MAX_BATCH = 1000
+
+_FALLBACK_REASONS: dict[FallbackReason, pb2.FallbackReason] = {
+    FallbackReason.UNKNOWN_USER: pb2.FALLBACK_REASON_UNKNOWN_USER,
+}
+
+
+def validate_user_id(user_id: str, field: str = "user_id") -> str:
+    """``user_id`` unchanged; raises :class:`InvalidArgumentError` when it is empty."""
+    if not user_id:
+        raise InvalidArgumentError(field, "must not be empty")
+    return user_id
+
+
+def validate_k(k: int, field: str = "k") -> int:
+    """``k`` unchanged; raises :class:`InvalidArgumentError` outside ``MIN_K..MAX_K``."""
+    if not MIN_K <= k <= MAX_K:
+        raise InvalidArgumentError(field, f"must be in {MIN_K}..{MAX_K}, got {k}")
+    return k
+
+
+def to_filters(filters: Iterable[pb2.ItemFilter]) -> tuple[ItemFilter, ...]:
+    """Domain filters from repeated ``ItemFilter`` (unset min/max stay None)."""
+    return tuple(
+        ItemFilter(
+            attribute=f.attribute,
+            any_of=tuple(f.any_of),
+            none_of=tuple(f.none_of),
+            min=f.min if f.HasField("min") else None,
+            max=f.max if f.HasField("max") else None,
+        )
+        for f in filters
+    )
+
+
+def to_query(request: pb2.RecommendRequest, prefix: str = "") -> RecommendQuery:
+    """A validated :class:`RecommendQuery`; field names in errors start with ``prefix``."""
+    return RecommendQuery(
+        user_id=validate_user_id(request.user_id, f"{prefix}user_id"),
+        k=validate_k(request.k, f"{prefix}k"),
+        recent_item_ids=tuple(request.recent_item_ids),
+        user_attributes=dict(request.user_attributes),
+        exclude_item_ids=tuple(request.exclude_item_ids),
+        filters=to_filters(request.filters),
+        diversity=Diversity(
+            mmr_lambda=request.diversity.mmr_lambda,
+            max_per_category=request.diversity.max_per_category,
+            category_attribute=request.diversity.category_attribute,
+        ),
+    )
+
+
+def to_queries(request: pb2.BatchRecommendRequest) -> list[RecommendQuery]:
+    """Validated queries in request order; at most :data:`MAX_BATCH`."""
+    n = len(request.requests)
+    if n > MAX_BATCH:
+        raise InvalidArgumentError("requests", f"at most {MAX_BATCH} requests per call, got {n}")
+    return [to_query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+
+
+def to_similar_query(request: pb2.SimilarItemsRequest) -> SimilarItemsQuery:
+    if not request.item_id:
+        raise InvalidArgumentError("item_id", "must not be empty")
+    return SimilarItemsQuery(
+        item_id=request.item_id,
+        k=validate_k(request.k),
+        filters=to_filters(request.filters),
+        exclude_item_ids=tuple(request.exclude_item_ids),
+    )
+
+
+def to_items(items: list[ScoredItem]) -> list[pb2.ScoredItem]:
+    return [
+        pb2.ScoredItem(item_id=item.item_id, score=item.score, explanation_item_id=item.explanation_item_id)
+        for item in items
+    ]
+
+
+def to_response(recommendation: Recommendation) -> pb2.RecommendResponse:
+    """Map a :class:`Recommendation` to its wire form, preserving item order."""
+    reason = recommendation.fallback_reason
+    return pb2.RecommendResponse(
+        items=to_items(recommendation.items),
+        model_version=recommendation.model_version,
+        fallback=recommendation.fallback,
+        fallback_reason=pb2.FALLBACK_REASON_UNSPECIFIED if reason is None else _FALLBACK_REASONS[reason],
+    )
