@@ -545,3 +545,23 @@ def test_training_history_is_strictly_before_each_example() -> None:
         [PAD_INDEX, z],
     ]
     assert user_inputs[ID_FEATURE].tolist() == [2, 2, 2, 3, 3]
+
+
+def test_other_items_history_never_holds_the_target_nor_other_users_items() -> None:
+    frame = _interactions(
+        [("a", "x", 1), ("a", "y", 2), ("a", "z", 3), ("b", "z", 1), ("b", "y", 2), ("c", "x", 1)]
+    )
+    prepared = prepare(frame, None, None, DataConfig())
+    batcher = ExampleBatcher(
+        prepared, history_length=8, id_dropout=0.0, rng=np.random.default_rng(0), others_share=1.0
+    )
+    x, y, z = 2, 3, 4
+    for _ in range(20):  # random draws: check the invariant many times
+        user_inputs, _, item_ids = batcher.batch(np.arange(6, dtype=np.int64), device=torch.device("cpu"))
+        history = user_inputs["history"].tolist()
+        targets = item_ids.tolist()
+        mine = {0: {x, y, z}, 1: {x, y, z}, 2: {x, y, z}, 3: {y, z}, 4: {y, z}, 5: {x}}
+        for row, (items, target) in enumerate(zip(history, targets, strict=True)):
+            assert target not in items
+            assert set(items) - {PAD_INDEX} <= mine[row] - {target}
+        assert history[5] == [PAD_INDEX] * 8  # c has no other item

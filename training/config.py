@@ -94,6 +94,9 @@ class TrainConfig:
     """Uniformly sampled negatives per step in addition to the in-batch ones (mixed
     negative sampling). At or above the catalogue size the loss is the exact softmax
     over every item; 0 uses in-batch negatives only."""
+    others_history_share: float = 0.0
+    """Share of training examples whose history is a random sample of the user's other
+    items (any time) instead of the items just before the target."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     refit_full: bool = True
@@ -254,6 +257,7 @@ def validate(config: Config) -> None:
         ),
         (config.eval.k >= 1, "eval.k: must be >= 1"),
         (config.train.uniform_negatives >= 0, "train.uniform_negatives: must be >= 0"),
+        (0 <= config.train.others_history_share <= 1, "train.others_history_share: must be in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from serving.features import FIRST_TOKEN_INDEX, ID_FEATURE, OOV_INDEX, EncodedFeatures
+from serving.features import FIRST_TOKEN_INDEX, ID_FEATURE, OOV_INDEX, PAD_INDEX, EncodedFeatures
 from serving.history import windows
 from serving.inputs import gather, to_inputs, tower_spec
 from serving.model import Inputs, TwoTowerModel, TwoTowerSpec
@@ -75,11 +75,19 @@ def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
 class ExampleBatcher:
     """Builds (user inputs, item inputs, item indices) for a set of example positions."""
 
-    def __init__(self, prepared: Prepared, history_length: int, id_dropout: float, rng: np.random.Generator):
+    def __init__(
+        self,
+        prepared: Prepared,
+        history_length: int,
+        id_dropout: float,
+        rng: np.random.Generator,
+        others_share: float = 0.0,
+    ):
         seq = prepared.sequences
         self.prepared = prepared
         self.history_length = history_length
         self.id_dropout = id_dropout
+        self.others_share = others_share
         self.rng = rng
         self.example_users = np.repeat(np.arange(seq.rows, dtype=np.int64), seq.lengths())
         self.example_items = seq.items
@@ -94,6 +102,22 @@ class ExampleBatcher:
         ids[self.rng.random(len(ids)) < self.id_dropout] = OOV_INDEX
         return {**features, ID_FEATURE: ids}
 
+    def _other_items(
+        self, users: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """(B, L) histories drawn uniformly (with replacement) from each user's other items,
+        at any time: teaches the tower a user's whole taste, not only what comes next."""
+        seq = self.prepared.sequences
+        starts = seq.indptr[users]
+        others = seq.indptr[users + 1] - starts - 1  # items of the user besides the target
+        draws = self.rng.random((len(users), self.history_length))
+        offsets = (draws * np.maximum(others, 1)[:, None]).astype(np.int64)
+        # Skip over the target's own position so it never appears in its history.
+        offsets += offsets >= (positions - starts)[:, None]
+        history: npt.NDArray[np.int64] = seq.items[np.minimum(starts[:, None] + offsets, len(seq.items) - 1)]
+        history[others == 0] = PAD_INDEX
+        return history
+
     def batch(
         self, positions: npt.NDArray[np.int64], device: torch.device
     ) -> tuple[Inputs, Inputs, torch.Tensor]:
@@ -101,6 +125,10 @@ class ExampleBatcher:
         users = self.example_users[positions]
         items = self.example_items[positions]
         history = windows(seq.items, seq.indptr[users], positions, self.history_length)
+        if self.others_share > 0:
+            others = self.rng.random(len(positions)) < self.others_share
+            if others.any():
+                history[others] = self._other_items(users[others], positions[others])
         user_features = self._drop_ids(gather(self.prepared.user_features, users))
         item_features = self._drop_ids(gather(self.prepared.item_features, items - FIRST_TOKEN_INDEX))
         user_inputs = to_inputs(user_features, device, history=history)
@@ -169,7 +197,9 @@ class TrainTask:
             self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
         self.rng = np.random.default_rng(cfg.seed)
-        self.batcher = ExampleBatcher(prepared, self.spec.history_length, config.model.id_dropout, self.rng)
+        self.batcher = ExampleBatcher(
+            prepared, self.spec.history_length, config.model.id_dropout, self.rng, cfg.others_history_share
+        )
         self.negatives = NegativeSampler(self.batcher, config, self.device)
 
     def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
