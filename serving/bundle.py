@@ -10,7 +10,9 @@ Layout (schema version 1)::
     items.parquet         row r = item index r + 2 = FAISS row r: item_id, kept
                           attributes, popularity (interaction count)
     vocabularies.parquet  entity, feature, token: fitted attribute vocabularies in order
-    index.faiss           item embeddings (inner product over unit vectors)
+    index.faiss           item embeddings (inner product over unit vectors): exact, IVF-Flat
+                          or HNSW-Flat as the manifest's ``index`` section says, with the
+                          search parameters chosen by build-time calibration
 
 :func:`write_bundle` publishes the directory atomically (manifest last, then one rename);
 :func:`load_bundle` verifies everything and raises :class:`BundleError` naming the file
@@ -35,7 +37,8 @@ import torch
 from serving.errors import BundleError
 from serving.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
 from serving.history import Sequences
-from serving.index import EXACT_INNER_PRODUCT, build_index, read_index
+from serving.index import IndexSpec, configure, read_index
+from serving.index_calibration import BuiltIndex, build_calibrated_index
 from serving.model import TwoTowerModel, TwoTowerSpec
 from serving.storage import atomic_directory
 
@@ -58,7 +61,10 @@ class BundleContents:
     ``user_table`` / ``item_table`` rows are in index order (row r = index r + 2) and
     hold the id column plus the raw attribute columns (only those the encoders kept
     are written). ``sequences`` rows align with users; ``item_embeddings`` and
-    ``popularity`` with items.
+    ``popularity`` with items. ``index``: the calibrated index over ``item_embeddings``
+    (:func:`serving.index_calibration.build_calibrated_index`, ideally with user
+    embeddings as calibration queries); None: :func:`write_bundle` builds one with the
+    default :class:`~serving.index_options.IndexOptions` and item vectors as queries.
     """
 
     model_version: str
@@ -74,6 +80,7 @@ class BundleContents:
     item_embeddings: npt.NDArray[np.float32]
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    index: BuiltIndex | None = None
 
 
 @dataclass
@@ -102,6 +109,11 @@ class Bundle:
     def item_ids(self) -> pl.Series:
         return self.items.get_column("item_id")
 
+    @property
+    def index_spec(self) -> IndexSpec:
+        """Type, build and search parameters of :attr:`index` (already applied to it)."""
+        return IndexSpec.from_manifest(self.manifest.get("index"))
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -125,9 +137,15 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
         raise ValueError("user table / sequences do not match the user vocabulary")
     if contents.item_table.height != n_items or contents.item_embeddings.shape != (n_items, spec.output_dim):
         raise ValueError("item table / embeddings do not match the item vocabulary")
+    built = contents.index
+    if built is not None and (built.index.ntotal != n_items or built.index.d != spec.output_dim):
+        raise ValueError(
+            f"index holds {built.index.ntotal} vectors of dimension {built.index.d}; the bundle has "
+            f"{n_items} items of dimension {spec.output_dim}"
+        )
 
     users = _entity_frame(contents.user_table, contents.user_encoder).with_columns(
-        pl.Series(SEQUENCE, _split(contents.sequences), dtype=pl.List(pl.Int32))
+        _sequence_column(contents.sequences)
     )
     items = _entity_frame(contents.item_table, contents.item_encoder).with_columns(
         pl.Series(POPULARITY, contents.popularity, dtype=pl.Int64)
@@ -146,7 +164,9 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
         users.write_parquet(tmp / USERS)
         items.write_parquet(tmp / ITEMS)
         vocabularies.write_parquet(tmp / VOCABULARIES)
-        faiss.write_index(build_index(contents.item_embeddings), str(tmp / INDEX))
+        if built is None:
+            built = build_calibrated_index(contents.item_embeddings)
+        faiss.write_index(built.index, str(tmp / INDEX))
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model_version": contents.model_version,
@@ -154,7 +174,7 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
             "model": spec.to_dict(),
             "embedding_dim": spec.output_dim,
             "metric": "inner_product",
-            "index": {"type": EXACT_INNER_PRODUCT, "ntotal": n_items},
+            "index": built.manifest(),
             "features": {"user": user_description, "item": item_description},
             "counts": {
                 "users": n_users,
@@ -169,8 +189,18 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
     return Path(out)
 
 
-def _split(sequences: Sequences) -> list[npt.NDArray[np.int64]]:
-    return np.split(sequences.items, sequences.indptr[1:-1])
+def _sequence_column(sequences: Sequences) -> pl.Series:
+    """Per-user item sequences as a List(Int32) column.
+
+    Built from the flat items and their row ids rather than from per-row arrays: Polars
+    turns equal-length rows into a fixed-size Array column, which the loader rejects.
+    """
+    rows = np.repeat(np.arange(sequences.rows, dtype=np.int64), sequences.lengths())
+    flat = pl.DataFrame({"row": rows, SEQUENCE: sequences.items.astype(np.int32)})
+    grouped = flat.group_by("row", maintain_order=True).agg(pl.col(SEQUENCE))
+    every_row = pl.DataFrame({"row": np.arange(sequences.rows, dtype=np.int64)})
+    column = every_row.join(grouped, on="row", how="left", maintain_order="left").get_column(SEQUENCE)
+    return column.fill_null(pl.lit([], dtype=pl.List(pl.Int32))).cast(pl.List(pl.Int32))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -252,6 +282,10 @@ def load_bundle(path: Path) -> Bundle:
     _check_fields(spec, user_encoder, item_encoder, path)
 
     try:
+        index_spec = IndexSpec.from_manifest(manifest.get("index"))
+    except ValueError as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid index section: {exc}") from exc
+    try:
         index = read_index(path / INDEX)
     except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
         raise BundleError(f"{path / INDEX}: unreadable: {exc}") from exc
@@ -260,6 +294,10 @@ def load_bundle(path: Path) -> Bundle:
             f"{path / INDEX}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_items} of "
             f"{spec.output_dim}"
         )
+    try:
+        configure(index, index_spec)  # the search parameters chosen at build time
+    except ValueError as exc:
+        raise BundleError(f"{path / INDEX}: does not match the manifest: {exc}") from exc
     sequence_column = users.get_column(SEQUENCE)
     lengths = sequence_column.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = sequence_column.explode().drop_nulls().to_numpy().astype(np.int64)

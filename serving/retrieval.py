@@ -8,6 +8,11 @@ the largest exclusion count in the group: after removal at least k remain whenev
 eligible rows exist. Diversity re-ranks an over-fetched candidate list; if a
 per-category cap leaves fewer than k, that query is searched again with twice the
 candidates until k are found or every allowed row was considered.
+
+With an approximate index (IVF, HNSW) a selective filter (at most
+:func:`~serving.index.exact_subset_limit` allowed rows) is answered by exact search over
+the allowed rows' vectors instead: cheaper than probing the index for rare rows, and
+exact.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy.typing as npt
 
 from serving.diversity import candidate_count, rerank
 from serving.filters import AllowedRows
-from serving.index import search
+from serving.index import exact_subset_limit, search, search_subset
 from serving.types import NO_DIVERSITY, Diversity
 
 FloatArray = npt.NDArray[np.float32]
@@ -50,6 +55,14 @@ class Retriever:
     def __init__(self, index: faiss.Index, vectors: FloatArray) -> None:
         self.index = index
         self.vectors = vectors
+        self._subset_limit = exact_subset_limit(index)
+
+    def search(self, queries: FloatArray, k: int, allowed: AllowedRows | None) -> tuple[FloatArray, IntArray]:
+        """(scores, rows), (B, k): the index search (with the filter's selector), or exact
+        search over the allowed rows when an approximate index meets a selective filter."""
+        if allowed is not None and allowed.count <= self._subset_limit:
+            return search_subset(self.vectors, np.flatnonzero(allowed.mask), queries, k)
+        return search(self.index, queries, k, None if allowed is None else allowed.params)
 
     def top_k(
         self, queries: FloatArray, wanted: Sequence[Wanted], allowed: AllowedRows | None
@@ -60,16 +73,15 @@ class Retriever:
         if limit == 0 or not wanted:
             empty: Ranked = (np.zeros(0, np.int64), np.zeros(0, np.float32))
             return [empty for _ in wanted]
-        params = None if allowed is None else allowed.params
         fetch = min(limit, max(candidate_count(w.k, w.diversity) + len(w.exclude) for w in wanted))
-        scores, found = search(self.index, queries, fetch, params)
+        scores, found = self.search(queries, fetch, allowed)
         out: list[Ranked] = []
         for i, want in enumerate(wanted):
             ranked = self._pick(want, found[i], scores[i])
             widened = fetch
             while len(ranked[0]) < want.k and widened < limit:
                 widened = min(limit, 2 * widened)
-                more_scores, more_found = search(self.index, queries[i : i + 1], widened, params)
+                more_scores, more_found = self.search(queries[i : i + 1], widened, allowed)
                 ranked = self._pick(want, more_found[0], more_scores[0])
             out.append(ranked)
         return out

@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from serving.index_options import IndexOptions
+
+IndexConfig = IndexOptions
+"""The ``[index]`` section (index type, calibration target and ladders). Declared in
+:mod:`serving.index_options`, because the serving-side index builder uses the same
+defaults and ``serving`` never imports ``training``; validated by :func:`validate`."""
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
@@ -127,6 +134,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/TOML-serialisable form (tuples become lists)."""
@@ -262,6 +270,9 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    index_problems = config.index.problems()
+    if index_problems:
+        raise ConfigError(index_problems[0])
 
 
 def to_toml(config: Config) -> str:

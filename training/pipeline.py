@@ -6,13 +6,17 @@
 3. Fit encoders and train again on every interaction (``train.refit_full``), so the
    bundle knows every interaction it was given; otherwise reuse the evaluated model
    with histories from every interaction.
-4. Write the bundle (atomic), log it to MLflow and register a model version.
+4. Build the item index the ``[index]`` section asks for, calibrated on user
+   embeddings (recall@k against exact search for each search setting; the cheapest
+   setting reaching the target is chosen), and log the curve and the choice.
+5. Write the bundle (atomic), log it to MLflow and register a model version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import resource
 import time
@@ -20,11 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from serving.bundle import BundleContents, write_bundle
-from serving.embedding import embed_items
-from training.config import Config
+from serving.embedding import embed_items, embed_users
+from serving.index import EXACT_INNER_PRODUCT
+from serving.index_calibration import BuiltIndex, build_calibrated_index, resolve_type
+from serving.model import TwoTowerModel
+from training.config import Config, IndexConfig
 from training.data.io import Dataset, load_dataset
 from training.evaluate import evaluate
 from training.evaluation import split
@@ -61,6 +70,58 @@ def model_version_of(state_dict: dict[str, torch.Tensor]) -> str:
     torch.save(state_dict, buffer)
     digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:8]
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+INDEX_CALIBRATION_ARTIFACT = "index_calibration.json"
+
+
+def build_item_index(
+    model: TwoTowerModel,
+    prepared: Prepared,
+    item_embeddings: npt.NDArray[np.float32],
+    options: IndexConfig,
+) -> BuiltIndex:
+    """The bundle's item index, calibrated on the user embeddings of a seeded sample of
+    ``options.sample_queries`` known users (the queries serving will run); exact search
+    (no calibration) when ``options`` resolve to it for this catalogue."""
+    if resolve_type(len(item_embeddings), options) == EXACT_INNER_PRODUCT:
+        return build_calibrated_index(item_embeddings, options)
+    rng = np.random.default_rng(options.seed)
+    n_users = prepared.sequences.rows
+    rows = np.sort(rng.choice(n_users, size=min(n_users, options.sample_queries), replace=False))
+    queries = embed_users(model, prepared.user_features, prepared.sequences, rows.astype(np.int64))
+    return build_calibrated_index(item_embeddings, options, queries)
+
+
+def log_index_calibration(tracker: Tracker, built: BuiltIndex) -> None:
+    """Log the index choice and its calibration curve to the run.
+
+    Params ``index.type``, ``index.params`` and ``index.search_params`` (JSON); metrics
+    ``index.recall_at_k``, ``index.build_seconds``, ``index.calibration_seconds`` and, per
+    ladder position (the step), ``index_calibration.recall`` and
+    ``index_calibration.ms_per_query``; the whole record as ``index_calibration.json``.
+    """
+    record = built.manifest()
+    tracker.log_params(
+        {
+            "index.type": built.spec.type,
+            "index.params": json.dumps(dict(built.spec.params), sort_keys=True),
+            "index.search_params": json.dumps(dict(built.spec.search_params), sort_keys=True),
+        }
+    )
+    tracker.log_metrics(
+        {
+            "index.recall_at_k": built.recall_at_k,
+            "index.build_seconds": built.build_seconds,
+            "index.calibration_seconds": built.calibration_seconds,
+        }
+    )
+    for step, point in enumerate(built.curve):
+        tracker.log_metrics(
+            {"index_calibration.recall": point.recall, "index_calibration.ms_per_query": point.ms_per_query},
+            step=step,
+        )
+    tracker.log_dict(record, INDEX_CALIBRATION_ARTIFACT)
 
 
 def _fit(prepared: Prepared, config: Config, tracker: Tracker, stage: str) -> TrainResult:
@@ -141,6 +202,9 @@ def train(
         model = final.model.cpu().eval()
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         version = model_version_of(state)
+        item_embeddings = embed_items(model, final_data.item_features)
+        built_index = build_item_index(model, final_data, item_embeddings, config.index)
+        log_index_calibration(tracker, built_index)
         summary = TrainSummary(
             bundle=Path(out),
             model_version=version,
@@ -160,7 +224,7 @@ def train(
             item_table=final_data.item_table,
             sequences=final_data.sequences,
             popularity=final_data.popularity,
-            item_embeddings=embed_items(model, final_data.item_features),
+            item_embeddings=item_embeddings,
             metrics=metrics,
             info={
                 "protocol": config.eval.protocol,
@@ -173,6 +237,7 @@ def train(
                 },
                 "input_counts": counts,
             },
+            index=built_index,
         )
         write_bundle(Path(out), contents, overwrite=overwrite)
         log.info("bundle %s written to %s", version, out)
