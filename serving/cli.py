@@ -1,22 +1,22 @@
 """Command-line entry points of the serving side (no training dependencies).
 
 ``python -m serving serve ...`` / ``recsys serve ...`` and ``recsys recommend ...``
-share these argument definitions and functions.
+share these argument definitions and functions. torch, FAISS and the engine are imported
+where they are used, so the supervising parent of ``--workers N`` never loads them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import time
 from pathlib import Path
 
-import faiss
-import torch
-
-from serving.batch import read_user_ids, recommend_batch, write_recommendations
-from serving.engine import TwoTowerEngine
 from serving.server import ServerOptions, run_server
+from serving.types import RecommenderEngine
+from serving.workers import run_workers
 
 log = logging.getLogger(__name__)
 
@@ -25,35 +25,118 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
-    parser.add_argument("--threads", type=int, default=4, help="engine threads (CPU-bound work)")
+    parser.add_argument(
+        "--threads", type=int, default=4, help="engine threads per process (CPU-bound work; default 4)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); >1 needs an explicit --port (default 1)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=64, help="Recommend requests per engine call at most (default 64)"
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a queued Recommend waits for others to batch with (default 2 ms)",
+    )
+    parser.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=1,
+        help="Recommend batches computed at once, each on an engine thread (default 1)",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=512,
+        help="engine calls admitted at once per process (queued + running); more get "
+        "RESOURCE_EXHAUSTED at once (default 512)",
+    )
     parser.add_argument(
         "--max-concurrent-rpcs",
         type=int,
-        default=256,
-        help="calls admitted at once; more get RESOURCE_EXHAUSTED",
+        default=1024,
+        help="hard cap on calls in progress per process, health checks included (default 1024)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default 0: off); with --workers "
+        "the parent serves them, summed over the workers",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every call at INFO (default: only failed calls)"
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
 
 
 def configure_compute_threads(threads: int) -> None:
-    """One intra-op thread per engine thread: requests are parallel across threads, and
-    nested parallelism inside each small request only adds contention."""
+    """One intra-op thread per engine thread: requests are parallel across threads (and
+    batched), and nested parallelism inside each engine call only adds contention.
+
+    Also sets ``OMP_NUM_THREADS=1``, which takes effect only when this runs before FAISS
+    and torch are first imported (the serve command makes sure of it): OpenMP's
+    ``omp_set_num_threads`` binds only the calling thread, the engine threads are new
+    threads that read the process-wide default (one per core), and an idle OpenMP team
+    spinning after each search costs more CPU than the search itself.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import faiss
+    import torch
+
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     log.debug("engine threads: %d", threads)
 
 
+def load_engine(bundle: Path) -> RecommenderEngine:
+    """The engine for ``bundle`` (picklable as ``functools.partial(load_engine, path)``).
+
+    Raises :class:`~serving.errors.BundleError` for a missing or bad bundle.
+    """
+    from serving.engine import TwoTowerEngine
+
+    return TwoTowerEngine.load(bundle)
+
+
 def serve_command(args: argparse.Namespace) -> None:
+    """Serve ``args.bundle`` until SIGTERM/SIGINT (``--workers N``: N processes).
+
+    Raises :class:`ValueError` for bad options, :class:`~serving.server.ServerStartupError`
+    when the server cannot start, and :class:`SystemExit` (non-zero) when a worker of
+    ``--workers N`` dies while serving.
+    """
     options = ServerOptions(
         host=args.host,
         port=args.port,
         max_workers=args.threads,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         grace_seconds=args.grace,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        batch_concurrency=args.batch_concurrency,
+        max_pending=args.max_pending,
+        metrics_port=args.metrics_port,
+        access_log=args.access_log,
     )
-    configure_compute_threads(args.threads)
+    if args.workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {args.workers}")
     bundle: Path = args.bundle
-    run_server(options, lambda: TwoTowerEngine.load(bundle))
+    load = functools.partial(load_engine, bundle)
+    if args.workers > 1:
+        status = run_workers(
+            options, args.workers, load, prepare=functools.partial(configure_compute_threads, args.threads)
+        )
+        if status != 0:
+            raise SystemExit(status)
+        return
+    configure_compute_threads(args.threads)
+    run_server(options, load)
 
 
 def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +152,9 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recommend_command(args: argparse.Namespace) -> None:
+    from serving.batch import read_user_ids, recommend_batch, write_recommendations
+    from serving.engine import TwoTowerEngine
+
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     users = read_user_ids(args.users)

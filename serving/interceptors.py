@@ -1,4 +1,5 @@
-"""The one place where domain errors become gRPC status codes, plus the access log.
+"""The one place where domain errors become gRPC status codes, plus the cross-cutting
+per-call concerns: request ids, the access log and the latency metrics.
 
 :class:`ErrorMappingInterceptor` wraps every coroutine unary-unary handler of a
 ``grpc.aio`` server:
@@ -16,27 +17,48 @@ Streaming handlers and synchronous handlers are returned untouched (the aio serv
 synchronous handlers on its own thread pool, where awaiting ``context.abort`` is not
 possible); every servicer in this service is ``async``.
 
-Each wrapped call logs one access line on ``serving.access``: method, status code and
-duration in milliseconds. Request and response payloads are never logged: they hold user
-ids, which are personal data.
+Each wrapped call
+
+* has a request id: the caller's ``x-request-id`` metadata when it is a plausible id
+  (1..128 characters from ``[A-Za-z0-9._:/+=@-]``), else a generated one (32 hex
+  digits, unique per process and across processes); it is echoed in the trailing
+  metadata (``x-request-id``) whatever the status;
+* logs one access line on ``serving.access``: method, status code, duration in
+  milliseconds and the request id. Request and response payloads are never logged: they
+  hold user ids and histories, which are personal data;
+* is observed in ``recsys_rpc_duration_seconds{method, code}`` when metrics are given.
+
+Calls refused by gRPC itself (``maximum_concurrent_rpcs``) never reach the interceptor.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
+import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
 from serving.errors import InvalidArgumentError, NotFoundError, NotReadyError, OverloadedError
+from serving.metrics import ServingMetrics
 
 logger = logging.getLogger("serving")
 access_logger = logging.getLogger("serving.access")
 
 INTERNAL_MESSAGE = "internal error"
+REQUEST_ID_KEY = "x-request-id"
+# What a caller-given id may look like; anything else (too long, spaces, control
+# characters that could forge log lines) is replaced by a generated id.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+# Generated ids: a random per-process prefix and a counter (unique without a system call
+# per request; the prefix tells processes and restarts apart).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 # Message used when a domain error carries no text of its own.
 _DEFAULT_MESSAGES: dict[grpc.StatusCode, str] = {
@@ -67,16 +89,35 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
+def request_id_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``x-request-id`` when it is a plausible id, else a fresh one.
+
+    Generated ids are 32 hex digits: 16 random per process, then a 16-digit counter.
+    """
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
-    """Maps domain errors to status codes and writes one access-log line per unary call.
+    """Maps domain errors to status codes; request id, access-log line and metrics per unary call.
 
     ``access_log_level`` is the level of the per-call line for calls that end ``OK``;
     calls that end with any other status are logged at ``INFO`` or above so that they are
-    visible with the default production level.
+    visible with the default production level. ``metrics`` (optional) receives each
+    call's duration by method and status code.
     """
 
-    def __init__(self, *, access_log_level: int = logging.DEBUG) -> None:
+    def __init__(
+        self, *, access_log_level: int = logging.DEBUG, metrics: ServingMetrics | None = None
+    ) -> None:
         self._access_log_level = access_log_level
+        self._metrics = metrics
+        # method -> (handler as registered, wrapped handler): handlers are looked up per
+        # call, but the registered object is the same each time, so wrap it once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._observers: dict[tuple[str, grpc.StatusCode], Callable[[float], None]] = {}
 
     async def intercept_service(
         self,
@@ -84,6 +125,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if (
             handler is None
             or handler.request_streaming
@@ -91,16 +136,20 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             or not inspect.iscoroutinefunction(handler.unary_unary)
         ):
             return handler
-        method: str = handler_call_details.method
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = grpc.unary_unary_rpc_method_handler(
             self._wrap(method, handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            request_id = request_id_of(context.invocation_metadata())
+            # Kept by gRPC when the call is later aborted (abort without trailing metadata).
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code: grpc.StatusCode | None = None
             try:
                 response = await behavior(request, context)
@@ -120,19 +169,32 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 code, message = status_for(exc)
                 if code is grpc.StatusCode.INTERNAL:
-                    logger.exception("unhandled error in %s", method)
+                    logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
                 await context.abort(code, message)
             finally:
                 # code stays None only when the call was cancelled (client gone, deadline hit
                 # while waiting, server shutting down): CancelledError is not an Exception.
-                self._log_access(method, code or grpc.StatusCode.CANCELLED, started)
+                self._record(method, code or grpc.StatusCode.CANCELLED, started, request_id)
 
         return wrapped
 
-    def _log_access(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _record(self, method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            observe = self._observers.get((method, code))
+            if observe is None:
+                observe = self._metrics.rpc_duration.labels(method, code.name).observe
+                self._observers[(method, code)] = observe
+            observe(elapsed)
         level = self._access_log_level
         if code is not grpc.StatusCode.OK:
             level = max(level, logging.INFO)
         if access_logger.isEnabledFor(level):
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
-            access_logger.log(level, "rpc method=%s code=%s duration_ms=%.1f", method, code.name, elapsed_ms)
+            access_logger.log(
+                level,
+                "rpc method=%s code=%s duration_ms=%.1f request_id=%s",
+                method,
+                code.name,
+                elapsed * 1000.0,
+                request_id,
+            )

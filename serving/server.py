@@ -2,24 +2,38 @@
 
 Lifecycle of :func:`serve`:
 
-1. Build a ``grpc.aio`` server with :class:`~serving.interceptors.ErrorMappingInterceptor`,
-   message-size limits and ``maximum_concurrent_rpcs`` (beyond it gRPC answers
-   ``RESOURCE_EXHAUSTED`` itself), the Recommender servicer, standard health checking and
-   server reflection.
-2. Bind ``host:port`` (port 0 picks a free port, reported through ``on_bound``) and start.
-   Health reports ``NOT_SERVING`` for ``""`` and ``recsys.v1.Recommender`` from the first
-   moment, so orchestrators can probe while the model loads.
-3. Run ``load_engine()`` on the engine executor. On success install the engine, flip
-   health to ``SERVING`` and set ``ready``. On failure log it and raise
-   :class:`ServerStartupError`: a process that cannot answer must not look alive.
+1. Build a ``grpc.aio`` server with :class:`~serving.interceptors.ErrorMappingInterceptor`
+   (status codes, request ids, access log, latency metrics), message-size limits and
+   ``maximum_concurrent_rpcs`` (a hard cap on all calls, health checks included; beyond
+   it gRPC answers ``RESOURCE_EXHAUSTED`` itself), the Recommender servicer behind a
+   :class:`~serving.batcher.MicroBatcher` (micro-batching and admission control of engine
+   calls: over ``max_pending`` they get ``RESOURCE_EXHAUSTED`` at once), standard health
+   checking and server reflection.
+2. Bind ``host:port`` (port 0 picks a free port, reported through ``on_bound``), start the
+   ``/metrics`` endpoint when ``metrics_port`` is set, and start. Health reports
+   ``NOT_SERVING`` for ``""`` and ``recsys.v1.Recommender`` from the first moment, so
+   orchestrators can probe while the model loads.
+3. Run ``load_engine()`` on the engine executor. On success move every object alive then
+   (modules, the engine) to the garbage collector's permanent generation (``gc.freeze``),
+   so that full collections scan only what requests allocate (with a loaded model a full
+   collection otherwise stalls every call for ~50-150 ms), install the engine, report its
+   version (``recsys_model_info``), flip health to ``SERVING`` and set ``ready``. On
+   failure log it and raise :class:`ServerStartupError`: a process that cannot answer
+   must not look alive.
 4. Wait for ``stop`` (or SIGTERM/SIGINT), then shut down gracefully: health goes
    ``NOT_SERVING`` (load balancers drain), ``server.stop(grace)`` lets in-flight calls finish
-   for up to ``grace_seconds`` while refusing new ones, and the executor is shut down.
+   for up to ``grace_seconds`` while refusing new ones, and the executor and the metrics
+   endpoint are shut down.
+
+The port is bound without ``SO_REUSEPORT`` so that a busy port fails loudly, except for
+the workers of ``recsys serve --workers N`` (``reuse_port``; see :mod:`serving.workers`),
+which share one port on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -34,7 +48,10 @@ from grpc_reflection.v1alpha import reflection
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+from serving.batcher import BatchOptions, MicroBatcher
+from serving.errors import RecsysError
 from serving.interceptors import ErrorMappingInterceptor
+from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
 from serving.service import EngineHolder, RecommenderServicer
 from serving.types import RecommenderEngine
 
@@ -46,8 +63,8 @@ HEALTH_SERVICES: tuple[str, ...] = (health.OVERALL_HEALTH, RECOMMENDER_SERVICE)
 _MIB = 1024 * 1024
 
 
-class ServerStartupError(RuntimeError):
-    """The server could not start: the address cannot be bound or the engine failed to load."""
+class ServerStartupError(RecsysError, RuntimeError):
+    """The server could not start: an address cannot be bound or the engine failed to load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +80,23 @@ class ServerOptions:
     grace_seconds: float = 10.0
     max_receive_message_bytes: int = 4 * _MIB
     max_send_message_bytes: int = 16 * _MIB
-    # Calls admitted at once (running + queued for the executor); more get RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = 256
+    # Hard cap on calls in progress (health checks included); more get RESOURCE_EXHAUSTED
+    # from gRPC. Keep it above max_pending so health checks pass while engine calls are shed.
+    max_concurrent_rpcs: int = 1024
+    # Micro-batching of Recommend calls (see serving.batcher).
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    # Batches computed at once (each on an engine thread; at most max_workers). One keeps
+    # batches large under load: Python work in the engine holds the GIL either way.
+    batch_concurrency: int = 1
+    # Engine calls admitted at once (queued + running); more get RESOURCE_EXHAUSTED at once.
+    max_pending: int = 512
+    # Port of the Prometheus /metrics endpoint on ``host``; 0 = no endpoint.
+    metrics_port: int = 0
+    # Log every call's access line at INFO (default: only calls that did not end OK).
+    access_log: bool = False
+    # Share the port with other processes (SO_REUSEPORT): only for --workers N.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -73,6 +105,7 @@ class ServerOptions:
             raise ValueError(f"port: must be in 0..65535, got {self.port}")
         for name in (
             "max_workers",
+            "batch_concurrency",
             "max_receive_message_bytes",
             "max_send_message_bytes",
             "max_concurrent_rpcs",
@@ -81,6 +114,19 @@ class ServerOptions:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: must be in 0..65535, got {self.metrics_port}")
+        _ = self.batch_options  # validates the batching options
+
+    @property
+    def batch_options(self) -> BatchOptions:
+        """The batcher's limits (``batch_concurrency`` capped at ``max_workers``)."""
+        return BatchOptions(
+            max_batch=self.max_batch,
+            max_wait_ms=self.max_wait_ms,
+            max_pending=self.max_pending,
+            max_concurrent=min(self.batch_concurrency, self.max_workers),
+        )
 
     @property
     def address(self) -> str:
@@ -89,15 +135,17 @@ class ServerOptions:
         return f"{host}:{self.port}"
 
 
-def _build_server(options: ServerOptions) -> grpc.aio.Server:
+def _build_server(options: ServerOptions, metrics: ServingMetrics) -> grpc.aio.Server:
+    access_log_level = logging.INFO if options.access_log else logging.DEBUG
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(access_log_level=access_log_level, metrics=metrics)],
         options=[
             ("grpc.max_receive_message_length", options.max_receive_message_bytes),
             ("grpc.max_send_message_length", options.max_send_message_bytes),
             # gRPC enables SO_REUSEPORT by default on Linux, so a second server on a busy
-            # port would bind "successfully" and silently share traffic. Fail instead.
-            ("grpc.so_reuseport", 0),
+            # port would bind "successfully" and silently share traffic. Fail instead,
+            # unless this is one of several workers sharing the port on purpose.
+            ("grpc.so_reuseport", 1 if options.reuse_port else 0),
         ],
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
@@ -112,6 +160,21 @@ def _bind(server: grpc.aio.Server, options: ServerOptions) -> int:
     if port == 0:  # older grpc versions report failure this way instead of raising
         raise ServerStartupError(f"cannot bind gRPC server to {options.address}")
     return port
+
+
+def _start_metrics(options: ServerOptions, metrics: ServingMetrics) -> MetricsServer:
+    try:
+        return start_metrics_server(options.host, options.metrics_port, metrics.registry)
+    except OSError as exc:
+        raise ServerStartupError(
+            f"cannot bind the metrics endpoint to {options.host}:{options.metrics_port}: {exc}"
+        ) from exc
+
+
+def _freeze_heap() -> None:
+    """Collect garbage once, then exempt every surviving object from future collections."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _set_health(
@@ -180,11 +243,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="recsys-engine")
     holder = EngineHolder()
+    metrics = ServingMetrics()
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    server = _build_server(options)
-    servicer = RecommenderServicer(holder, executor)
+    server = _build_server(options, metrics)
+    batcher = MicroBatcher(executor, options.batch_options, metrics)
+    servicer = RecommenderServicer(holder, executor, batcher=batcher, metrics=metrics)
     pb2_grpc.add_RecommenderServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -193,8 +258,12 @@ async def serve(
 
     signals: list[signal.Signals] = []
     started = False
+    metrics_server: MetricsServer | None = None
     try:
         port = _bind(server, options)
+        if options.metrics_port:
+            metrics_server = _start_metrics(options, metrics)
+            logger.info("metrics on http://%s:%d/metrics", options.host, metrics_server.port)
         await server.start()
         started = True
         logger.info(
@@ -208,7 +277,9 @@ async def serve(
         engine = await _load(executor, load_engine, stop)
         if engine is None:
             return
+        await loop.run_in_executor(executor, _freeze_heap)
         holder.swap(engine)
+        metrics.set_model_version(engine.model_version)
         await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving model %s on %s:%d", engine.model_version, options.host, port)
         if ready is not None:
@@ -225,6 +296,8 @@ async def serve(
             await server.stop(options.grace_seconds)
         # Off the loop: waits for engine calls that outlived their deadline to return.
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.close)
         logger.info("gRPC server stopped")
 
 

@@ -1,20 +1,24 @@
-"""The ``recsys.v1.Recommender`` servicer: deadlines and the executor around engine calls.
+"""The ``recsys.v1.Recommender`` servicer: engine calls behind the batcher, within deadlines.
 
 Request validation and proto mapping live in :mod:`serving.wire`.
 
 The servicer never decides status codes for domain errors: it raises them and
-:mod:`serving.interceptors` maps them. The only codes set here are
-``DEADLINE_EXCEEDED`` (which is about the call, not the domain).
+:mod:`serving.interceptors` maps them. The only code set here is ``DEADLINE_EXCEEDED``
+(which is about the call, not the domain).
 
-Engine calls are CPU-bound, so they run on the bounded executor given to the servicer,
-never on the event loop: a slow engine call must not stall health checks or other RPCs.
+Every engine call goes through the server's :class:`~serving.batcher.MicroBatcher`:
+``Recommend`` is micro-batched with concurrent calls; ``BatchRecommend``,
+``SimilarItems`` and ``GetUserEmbedding`` run on the executor directly. All of them count
+against its admission limit (over it: :class:`~serving.errors.OverloadedError`). Engine
+calls are CPU-bound, so they run on the bounded executor, never on the event loop: a slow
+engine call must not stall health checks or other RPCs. ``BatchRecommend`` also
+validates and maps its (up to 1000) messages on the executor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -23,8 +27,10 @@ import numpy as np
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+from serving.batcher import BatchOptions, DeadlineExpired, MicroBatcher
 from serving.errors import NotReadyError
-from serving.types import RecommenderEngine
+from serving.metrics import ServingMetrics
+from serving.types import Recommendation, RecommenderEngine
 from serving.wire import to_items, to_queries, to_query, to_response, to_similar_query, validate_user_id
 
 _T = TypeVar("_T")
@@ -62,36 +68,55 @@ class EngineHolder:
 class RecommenderServicer(pb2_grpc.RecommenderServicer):
     """Implements ``recsys.v1.Recommender`` on top of an :class:`EngineHolder`.
 
-    ``executor`` runs the engine calls; its size bounds how many run at once (calls
-    beyond that queue). The servicer does not own it: whoever created it shuts it down.
+    ``executor`` runs the engine calls; its size bounds how many run at once. The
+    servicer does not own it: whoever created it shuts it down. ``batcher`` (default: a
+    :class:`MicroBatcher` with default :class:`BatchOptions` on ``executor``) batches and
+    admits the calls; ``metrics`` (optional) counts fallback answers.
     """
 
-    def __init__(self, holder: EngineHolder, executor: Executor) -> None:
+    def __init__(
+        self,
+        holder: EngineHolder,
+        executor: Executor | None,
+        *,
+        batcher: MicroBatcher | None = None,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self._holder = holder
-        self._executor = executor
+        self._batcher = batcher if batcher is not None else MicroBatcher(executor, BatchOptions(), metrics)
+        self._metrics = metrics
 
     async def Recommend(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.RecommendResponse:
         query = to_query(request)
         engine = self._holder.get()
-        recommendation = await self._run(context, lambda: engine.recommend(query))
+        recommendation = await self._within_deadline(
+            context, self._batcher.recommend(engine, query, context.time_remaining())
+        )
+        self._count_fallbacks((recommendation,))
         return to_response(recommendation)
 
     async def BatchRecommend(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.BatchRecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.BatchRecommendResponse:
-        queries = to_queries(request)
         engine = self._holder.get()
-        recommendations = await self._run(context, lambda: engine.recommend_many(queries))
-        return pb2.BatchRecommendResponse(responses=[to_response(r) for r in recommendations])
+
+        def answer() -> pb2.BatchRecommendResponse:
+            recommendations = engine.recommend_many(to_queries(request))
+            self._count_fallbacks(recommendations)
+            return pb2.BatchRecommendResponse(responses=[to_response(r) for r in recommendations])
+
+        return await self._within_deadline(context, self._batcher.run(answer, context.time_remaining()))
 
     async def SimilarItems(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb2.SimilarItemsResponse:
         query = to_similar_query(request)
         engine = self._holder.get()
-        items = await self._run(context, lambda: engine.similar_items(query))
+        items = await self._within_deadline(
+            context, self._batcher.run(lambda: engine.similar_items(query), context.time_remaining())
+        )
         # The engine that answered names the version (a hot swap must not mislabel it).
         return pb2.SimilarItemsResponse(items=to_items(items), model_version=engine.model_version)
 
@@ -100,7 +125,9 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
     ) -> pb2.UserEmbedding:
         user_id = validate_user_id(request.user_id)
         engine = self._holder.get()
-        vector = await self._run(context, lambda: engine.user_embedding(user_id))
+        vector = await self._within_deadline(
+            context, self._batcher.run(lambda: engine.user_embedding(user_id), context.time_remaining())
+        )
         return pb2.UserEmbedding(
             user_id=user_id,
             values=np.asarray(vector, dtype=np.float32).ravel().tolist(),
@@ -109,24 +136,22 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
             model_version=engine.model_version,
         )
 
-    async def _run(self, context: grpc.aio.ServicerContext, call: Callable[[], _T]) -> _T:
-        """Run ``call`` on the executor within the caller's deadline.
+    def _count_fallbacks(self, recommendations: Sequence[Recommendation]) -> None:
+        if self._metrics is None:
+            return
+        for recommendation in recommendations:
+            if recommendation.fallback_reason is not None:
+                self._metrics.fallbacks.labels(recommendation.fallback_reason.value).inc()
 
-        Aborts with ``DEADLINE_EXCEEDED`` when the deadline has already passed (no work
-        is started) or passes while waiting. A call that times out keeps running in its
-        worker thread until it returns (threads cannot be interrupted); its result is
-        dropped.
+    @staticmethod
+    async def _within_deadline(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
+        """``await work``; :class:`DeadlineExpired` aborts the call with ``DEADLINE_EXCEEDED``.
+
+        The batcher starts no work for a call whose deadline has already passed, and drops
+        the answer of one whose deadline passes while it waits.
         """
-        remaining: float | None = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before work started")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
-            return await asyncio.wait_for(future, timeout=remaining)
-        except TimeoutError:
-            # wait_for cancels the future on timeout; a TimeoutError raised by the engine
-            # itself leaves it completed, and is a bug for the interceptor to report.
-            if not future.cancelled():
-                raise
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            return await work
+        except DeadlineExpired as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             raise  # unreachable: abort always raises

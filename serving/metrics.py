@@ -1,0 +1,180 @@
+"""Prometheus metrics of the serving process and the ``/metrics`` HTTP endpoint.
+
+One :class:`ServingMetrics` per server, registered in its own registry (several servers
+in one process, as in tests, never collide):
+
+* ``recsys_rpc_duration_seconds{method, code}``: histogram of every unary call, observed by
+  the interceptor (``code`` is the gRPC status name, ``OK`` included);
+* ``recsys_batch_size``: histogram of Recommend requests answered by one engine call (one
+  user-tower pass), observed by :mod:`serving.batcher`;
+* ``recsys_batch_queue_wait_seconds``: how long the oldest request of a batch waited;
+* ``recsys_fallback_total{reason}``: answers given by the popularity fallback;
+* ``recsys_rejected_total``: calls refused by admission control (``RESOURCE_EXHAUSTED``);
+* ``recsys_expired_in_queue_total``: calls whose deadline passed while queued (no work done);
+* ``recsys_pending_requests``: admitted engine calls, queued or running;
+* ``recsys_model_info{model_version}``: 1 for the model version being served.
+
+Several worker processes (``recsys serve --workers N``) use prometheus-client's
+*multiprocess mode*: the supervising parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers start, each worker writes its values to memory-mapped files there, and the
+parent alone serves ``/metrics`` (:func:`multiprocess_registry`), summing histograms
+and counters over the workers. One scrape target per server, whatever ``N``.
+
+Labels never carry request data: method names, status codes, reasons and the model
+version only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Seconds: sub-millisecond to a 10 s deadline; the p99 target (10 ms) falls on a bucket edge.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def multiprocess_mode() -> bool:
+    """True when values go to ``$PROMETHEUS_MULTIPROC_DIR`` (a worker of ``--workers N``)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class ServingMetrics:
+    """The metrics of one server (see the module docstring). Thread-safe.
+
+    ``registry`` defaults to a fresh one; in single-process mode it also carries the
+    standard ``process_*`` / ``python_info`` collectors.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        if registry is None and not multiprocess_mode():
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+        self.rpc_duration = Histogram(
+            "recsys_rpc_duration_seconds",
+            "Duration of unary gRPC calls, by full method name and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "recsys_batch_size",
+            "Recommend requests answered by one engine call (one user-tower pass).",
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "recsys_batch_queue_wait_seconds",
+            "Time the oldest request of a batch waited before the batch was dispatched.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.fallbacks = Counter(
+            "recsys_fallback",
+            "Recommendations answered by the popularity fallback, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self.rejected = Counter(
+            "recsys_rejected",
+            "Calls refused by admission control (RESOURCE_EXHAUSTED).",
+            registry=reg,
+        )
+        self.expired = Counter(
+            "recsys_expired_in_queue",
+            "Calls whose deadline passed while they were queued (answered without work).",
+            registry=reg,
+        )
+        self.pending = Gauge(
+            "recsys_pending_requests",
+            "Admitted engine calls, queued or running.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.model_info = Gauge(
+            "recsys_model_info",
+            "1 for the model version being served.",
+            ["model_version"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self._model_version: str | None = None
+        self._lock = threading.Lock()
+
+    def set_model_version(self, version: str) -> None:
+        """Report ``version`` as the one served (the previous version's series is removed)."""
+        with self._lock:
+            if self._model_version is not None and self._model_version != version:
+                self.model_info.remove(self._model_version)
+            self._model_version = version
+            self.model_info.labels(version).set(1)
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
+    """A registry that reads every worker's values from ``path`` (the parent's ``/metrics``)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
+
+
+@dataclass
+class MetricsServer:
+    """A running ``/metrics`` endpoint (a daemon thread of prometheus-client's WSGI server)."""
+
+    httpd: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_port)
+
+    def close(self) -> None:
+        """Stop serving and release the port. Blocks up to ~0.5 s: call it off the event loop."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry) -> MetricsServer:
+    """Serve ``registry`` as Prometheus text on ``http://host:port/metrics`` (any path works).
+
+    ``port`` 0 picks a free one (see :attr:`MetricsServer.port`). Raises :class:`OSError`
+    when the address cannot be bound.
+    """
+    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(httpd, thread)
