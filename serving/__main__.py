@@ -1,4 +1,4 @@
-"""``python -m serving --bundle DIR [--port P] [--host H]``: the serving image's entry point."""
+"""``python -m serving --bundle DIR|--model REF [--experiments F] [--port P]``: the serving entry point."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         serve_command(args)
-    except (BundleError, ServerStartupError) as exc:
+    except (BundleError, ServerStartupError, ValueError) as exc:  # ValueError: bad options
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,23 +10,32 @@ import asyncio
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
+from serving.live_models import EngineSource, LiveModels
 from serving.server import ServerOptions, serve
-from serving.types import RecommenderEngine
+
+_T = TypeVar("_T")
 
 
 class BackgroundServer:
     """``with BackgroundServer(options, load) as server: server.port`` — started and SERVING
-    on entry (or the startup error re-raised), drained and stopped on exit."""
+    on entry (or the startup error re-raised), drained and stopped on exit.
+
+    ``load``: a callable returning the engine, or
+    :class:`~serving.live_models.LiveModelOptions` (watched aliases, experiments);
+    ``models`` is the server's :class:`~serving.live_models.LiveModels` once started.
+    """
 
     def __init__(
         self,
         options: ServerOptions,
-        load_engine: Callable[[], RecommenderEngine],
+        load_engine: EngineSource,
         start_timeout: float = 60.0,
     ) -> None:
         self.options = options
         self.load_engine = load_engine
+        self.models: LiveModels | None = None
         self.start_timeout = start_timeout
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -48,6 +57,9 @@ class BackgroundServer:
             def bound(port: int) -> None:
                 self.port = port
 
+            def created(models: LiveModels) -> None:
+                self.models = models
+
             try:
                 await serve(
                     self.options,
@@ -56,6 +68,7 @@ class BackgroundServer:
                     stop=self._stop,
                     on_bound=bound,
                     handle_signals=False,
+                    on_models=created,
                 )
             finally:
                 waiter.cancel()
@@ -70,6 +83,18 @@ class BackgroundServer:
     @property
     def address(self) -> str:
         return f"{self.options.host}:{self.port}"
+
+    def manage(self, work: Callable[[], _T], timeout: float = 60.0) -> _T:
+        """Run ``work`` (e.g. ``server.models.check_aliases``) on the server's model
+        management thread now, as its background tasks would, and return its result."""
+        if self._loop is None or self.models is None:
+            raise RuntimeError("server not started")
+        models = self.models
+
+        async def call() -> _T:
+            return await asyncio.get_running_loop().run_in_executor(models.management, work)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
 
     def __enter__(self) -> BackgroundServer:
         self._thread.start()

@@ -52,7 +52,7 @@ def recommend_batch(engine: TwoTowerEngine, user_ids: pl.Series, k: int) -> pl.D
     frames: list[pl.DataFrame] = []
     for start in range(0, len(user_ids), _BATCH):
         chunk = user_ids.slice(start, _BATCH)
-        indices = index.encode(chunk)
+        indices = index.encode(engine.bundle_user_ids(chunk))
         known = indices >= 2
         rows = np.full((len(chunk), k), -1, dtype=np.int64)
         scores = np.zeros((len(chunk), k), dtype=np.float32)

@@ -13,6 +13,12 @@ Layout (schema version 1)::
     index.faiss           item embeddings (inner product over unit vectors): exact, IVF-Flat
                           or HNSW-Flat as the manifest's ``index`` section says, with the
                           search parameters chosen by build-time calibration
+    users.faiss           optional: user embeddings (row r = users.parquet row r), built
+                          like index.faiss; the manifest's ``user_index`` section describes
+                          it. Lookalike audiences need it (serving.audience)
+    profiles.parquet      optional: one member profile per user (serving.profiles); the
+                          manifest's ``profiles`` section holds clock, thresholds, segment
+                          descriptions and the churn model
 
 :func:`write_bundle` publishes the directory atomically (manifest last, then one rename);
 :func:`load_bundle` verifies everything and raises :class:`BundleError` naming the file
@@ -34,6 +40,7 @@ import numpy.typing as npt
 import polars as pl
 import torch
 
+from serving.audience import UserIndex
 from serving.errors import BundleError
 from serving.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
 from serving.history import Sequences
@@ -49,6 +56,8 @@ USERS = "users.parquet"
 ITEMS = "items.parquet"
 VOCABULARIES = "vocabularies.parquet"
 INDEX = "index.faiss"
+USER_INDEX = "users.faiss"
+PROFILES = "profiles.parquet"
 # Reserved column names (the encoders never take "__" columns as attributes).
 SEQUENCE = "__sequence"
 POPULARITY = "__popularity"
@@ -81,6 +90,13 @@ class BundleContents:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     index: BuiltIndex | None = None
+    # Calibrated index over every user's embedding (row r = user row r); None: not written.
+    user_index: UserIndex | None = None
+    # The manifest's ``privacy`` section (serving.pseudonym); empty: raw user ids.
+    privacy: dict[str, Any] = field(default_factory=dict)
+    # Member profiles (serving.profiles) and the manifest's ``profiles`` section; None: not written.
+    profiles: pl.DataFrame | None = None
+    profiles_manifest: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +116,8 @@ class Bundle:
     sequences: Sequences
     popularity: npt.NDArray[np.int64]
     index: faiss.Index
+    # None for bundles written without users.faiss (lookalikes unavailable).
+    user_index: faiss.Index | None = None
 
     @property
     def model_version(self) -> str:
@@ -144,6 +162,13 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
             f"{n_items} items of dimension {spec.output_dim}"
         )
 
+    users_built = contents.user_index.built.index if contents.user_index is not None else None
+    if users_built is not None and (users_built.ntotal != n_users or users_built.d != spec.output_dim):
+        raise ValueError(
+            f"user index holds {users_built.ntotal} vectors of dimension {users_built.d}; the bundle has "
+            f"{n_users} users of dimension {spec.output_dim}"
+        )
+
     users = _entity_frame(contents.user_table, contents.user_encoder).with_columns(
         _sequence_column(contents.sequences)
     )
@@ -167,6 +192,13 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
         if built is None:
             built = build_calibrated_index(contents.item_embeddings)
         faiss.write_index(built.index, str(tmp / INDEX))
+        files = [TOWERS, USERS, ITEMS, VOCABULARIES, INDEX]
+        if contents.user_index is not None:
+            faiss.write_index(contents.user_index.built.index, str(tmp / USER_INDEX))
+            files.append(USER_INDEX)
+        if contents.profiles is not None:
+            contents.profiles.write_parquet(tmp / PROFILES)
+            files.append(PROFILES)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model_version": contents.model_version,
@@ -175,6 +207,9 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
             "embedding_dim": spec.output_dim,
             "metric": "inner_product",
             "index": built.manifest(),
+            **({"user_index": contents.user_index.manifest()} if contents.user_index is not None else {}),
+            **({"privacy": contents.privacy} if contents.privacy else {}),
+            **({"profiles": contents.profiles_manifest} if contents.profiles is not None else {}),
             "features": {"user": user_description, "item": item_description},
             "counts": {
                 "users": n_users,
@@ -183,7 +218,7 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
             },
             "metrics": contents.metrics,
             "info": contents.info,
-            "files": {name: sha256_file(tmp / name) for name in (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX)},
+            "files": {name: sha256_file(tmp / name) for name in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     return Path(out)
@@ -298,6 +333,7 @@ def load_bundle(path: Path) -> Bundle:
         configure(index, index_spec)  # the search parameters chosen at build time
     except ValueError as exc:
         raise BundleError(f"{path / INDEX}: does not match the manifest: {exc}") from exc
+    user_index = _read_user_index(path, manifest, n_users, spec.output_dim)
     sequence_column = users.get_column(SEQUENCE)
     lengths = sequence_column.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = sequence_column.explode().drop_nulls().to_numpy().astype(np.int64)
@@ -319,7 +355,31 @@ def load_bundle(path: Path) -> Bundle:
         sequences=sequences,
         popularity=items.get_column(POPULARITY).to_numpy().astype(np.int64),
         index=index,
+        user_index=user_index,
     )
+
+
+def _read_user_index(path: Path, manifest: dict[str, Any], n_users: int, dim: int) -> faiss.Index | None:
+    """``users.faiss`` checked against the manifest, its search parameters applied; None if absent."""
+    if USER_INDEX not in manifest["files"]:
+        return None
+    file = path / USER_INDEX
+    try:
+        spec = IndexSpec.from_manifest(manifest.get("user_index"))
+        index = read_index(file)
+    except ValueError as exc:
+        raise BundleError(f"{path / MANIFEST}: invalid user_index section: {exc}") from exc
+    except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
+        raise BundleError(f"{file}: unreadable: {exc}") from exc
+    if index.d != dim or index.ntotal != n_users:
+        raise BundleError(
+            f"{file}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_users} of {dim}"
+        )
+    try:
+        configure(index, spec)
+    except ValueError as exc:
+        raise BundleError(f"{file}: does not match the manifest: {exc}") from exc
+    return index
 
 
 def _read_parquet(file: Path) -> pl.DataFrame:

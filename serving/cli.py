@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from serving.live_models import EngineSource, LiveModelOptions
 from serving.server import ServerOptions, run_server
 from serving.types import RecommenderEngine
 from serving.workers import run_workers
@@ -22,7 +23,40 @@ log = logging.getLogger(__name__)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--bundle", type=Path, help="model bundle directory (served as it is)")
+    what.add_argument(
+        "--model",
+        help="model reference: models:/NAME@ALIAS (watched: a moved alias is hot-swapped), "
+        "models:/NAME/VERSION, or a bundle directory",
+    )
+    parser.add_argument(
+        "--experiments",
+        type=Path,
+        help="A/B experiments file (TOML; see serving/experiments.py), reloaded when it changes",
+    )
+    parser.add_argument(
+        "--model-poll-s",
+        type=float,
+        default=15.0,
+        help="seconds between checks of where a models:/NAME@ALIAS points (default 15)",
+    )
+    parser.add_argument(
+        "--experiments-poll-s",
+        type=float,
+        default=2.0,
+        help="seconds between checks of the experiments file for changes (default 2; SIGHUP: at once)",
+    )
+    parser.add_argument(
+        "--bundle-cache",
+        type=Path,
+        help="where registered bundles are cached (default mlflow/bundles-cache)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default="",
+        help="MLflow registry for models:/ references (default $MLFLOW_TRACKING_URI, else mlflow/)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     parser.add_argument(
@@ -73,6 +107,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", action="store_true", help="log every call at INFO (default: only failed calls)"
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    parser.add_argument(
+        "--events-dir",
+        type=Path,
+        help="feedback event log directory for LogEvents (write-ahead log + date-partitioned Parquet); "
+        "without it LogEvents answers FAILED_PRECONDITION",
+    )
+    parser.add_argument(
+        "--events-compact-s",
+        type=float,
+        default=30.0,
+        help="seconds before logged events are compacted into readable Parquet (default 30)",
+    )
+    parser.add_argument(
+        "--events-key-env",
+        default="",
+        metavar="VAR",
+        help="store pseudonymous user ids in the event log, HMAC-keyed by $VAR (the bundle's "
+        "privacy.key_env, e.g. RECSYS_ID_KEY); default: ids as sent",
+    )
 
 
 def configure_compute_threads(threads: int) -> None:
@@ -104,6 +157,20 @@ def load_engine(bundle: Path) -> RecommenderEngine:
     return TwoTowerEngine.load(bundle)
 
 
+def engine_source(args: argparse.Namespace) -> EngineSource:
+    """What to serve: a fixed ``--bundle``, or live models (``--model``, ``--experiments``)."""
+    if args.bundle is not None and args.experiments is None:
+        return functools.partial(load_engine, Path(args.bundle))
+    return LiveModelOptions(
+        model=str(args.bundle if args.bundle is not None else args.model),
+        experiments=args.experiments,
+        poll_seconds=args.model_poll_s,
+        experiments_poll_seconds=args.experiments_poll_s,
+        cache_dir=args.bundle_cache,
+        tracking_uri=args.tracking_uri,
+    )
+
+
 def serve_command(args: argparse.Namespace) -> None:
     """Serve ``args.bundle`` until SIGTERM/SIGINT (``--workers N``: N processes).
 
@@ -123,11 +190,13 @@ def serve_command(args: argparse.Namespace) -> None:
         max_pending=args.max_pending,
         metrics_port=args.metrics_port,
         access_log=args.access_log,
+        events_dir=args.events_dir,
+        events_compact_interval_s=args.events_compact_s,
+        events_key_env=args.events_key_env,
     )
     if args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
-    bundle: Path = args.bundle
-    load = functools.partial(load_engine, bundle)
+    load = engine_source(args)
     if args.workers > 1:
         status = run_workers(
             options, args.workers, load, prepare=functools.partial(configure_compute_threads, args.threads)

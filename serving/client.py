@@ -33,6 +33,8 @@ class RecommenderClient:
         exclude_item_ids: Iterable[str] = (),
         filters: Iterable[pb2.ItemFilter] = (),
         diversity: pb2.Diversity | None = None,
+        experiment: str = "",
+        force_variant: str = "",
     ) -> pb2.RecommendResponse:
         """``Recommend``; options as in ``recsys.v1.RecommendRequest`` (all off by default)."""
         request = recommend_request(
@@ -43,6 +45,8 @@ class RecommenderClient:
             exclude_item_ids=exclude_item_ids,
             filters=filters,
             diversity=diversity,
+            experiment=experiment,
+            force_variant=force_variant,
         )
         response: pb2.RecommendResponse = self.stub.Recommend(request, timeout=self.timeout)
         return response
@@ -108,6 +112,8 @@ def recommend_request(
     exclude_item_ids: Iterable[str] = (),
     filters: Iterable[pb2.ItemFilter] = (),
     diversity: pb2.Diversity | None = None,
+    experiment: str = "",
+    force_variant: str = "",
 ) -> pb2.RecommendRequest:
     """A ``RecommendRequest`` (also for :meth:`RecommenderClient.batch_recommend`)."""
     return pb2.RecommendRequest(
@@ -118,4 +124,6 @@ def recommend_request(
         exclude_item_ids=list(exclude_item_ids),
         filters=list(filters),
         diversity=diversity,
+        experiment=experiment,
+        force_variant=force_variant,
     )

@@ -22,7 +22,9 @@ from typing import overload
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 
+from serving.audience import Audience, SimilarUsersQuery, UserAudiences, stored_mean
 from serving.bundle import Bundle, load_bundle
 from serving.cold_start import RequestAttributes
 from serving.diversity import Categories, capped
@@ -34,6 +36,7 @@ from serving.filters import AllowedRows, ItemFilters
 from serving.history import append_recent, last_items
 from serving.index import item_vectors, search
 from serving.inputs import gather
+from serving.pseudonym import Pseudonymiser, user_id_mapper
 from serving.retrieval import Retriever, Wanted
 from serving.types import (
     FallbackReason,
@@ -72,6 +75,9 @@ class TwoTowerEngine:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        # Raw request ids -> the bundle's ids (pseudonyms when the manifest says so); raises
+        # BundleError without the right key, so a server never starts unable to find users.
+        self.bundle_user_id = user_id_mapper(bundle.manifest)
         self._item_ids: list[str] = bundle.item_ids.to_list()
         popularity = bundle.popularity.astype(np.float64)
         self._popular_rows = np.argsort(-popularity, kind="stable")
@@ -83,6 +89,14 @@ class TwoTowerEngine:
         self.categories = Categories(bundle.items, bundle.item_encoder, attributes)
         self.request_attributes = RequestAttributes(bundle.user_encoder, bundle.users, bundle.user_features)
         self.retriever = Retriever(bundle.index, self.item_vectors)
+        self.audiences = UserAudiences(
+            bundle.user_index,
+            bundle.users.get_column("user_id"),
+            self.user_row,
+            self.embed_rows,
+            self.model_version,
+            stored_mean(bundle.manifest, bundle.spec.output_dim),
+        )
 
     @classmethod
     def load(cls, path: Path) -> TwoTowerEngine:
@@ -94,9 +108,14 @@ class TwoTowerEngine:
 
     # ------------------------------------------------------------------ look-ups
     def user_row(self, user_id: str) -> int | None:
-        """Table row of a known user, else None."""
-        index = self.bundle.user_encoder.ids.index_of(user_id)
+        """Table row of a known user (a raw request id), else None."""
+        index = self.bundle.user_encoder.ids.index_of(self.bundle_user_id(user_id))
         return None if index is None else index - FIRST_TOKEN_INDEX
+
+    def bundle_user_ids(self, user_ids: pl.Series) -> pl.Series:
+        """Raw user ids as the bundle holds them (pseudonymised when the bundle is)."""
+        mapper = self.bundle_user_id
+        return mapper.series(user_ids) if isinstance(mapper, Pseudonymiser) else user_ids
 
     def item_rows(self, item_ids: Iterable[str]) -> IntArray:
         """Index rows of the known ids, in order; unknown ids are skipped."""
@@ -117,6 +136,10 @@ class TwoTowerEngine:
         embedding: FloatArray = self.embed_rows(np.array([row], dtype=np.int64))[0]
         return embedding
 
+    def similar_users(self, query: SimilarUsersQuery) -> Audience:
+        """Lookalike audience of the seed users (see :mod:`serving.audience`)."""
+        return self.audiences.expand(query)
+
     # ------------------------------------------------------------ recommending
     @overload
     def recommend(self, query: RecommendQuery) -> Recommendation: ...
@@ -135,13 +158,26 @@ class TwoTowerEngine:
 
         An invalid query raises :class:`InvalidArgumentError` naming ``requests[i].<field>``.
         """
+        return self._answer(self._plans(queries))
+
+    def recommend_popular(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:
+        """The ``popularity`` serving strategy (an experiment variant): the most popular
+        eligible items for every user, known or not, validated as :meth:`recommend_many`.
+
+        Seen, recent and excluded items are left out; filters and the category cap apply.
+        ``fallback_reason`` is None: the variant chose popularity, it is not a fallback.
+        """
+        return [self._fallback(plan, None) for plan in self._plans(queries)]
+
+    def _plans(self, queries: Sequence[RecommendQuery]) -> list[_Plan]:
+        """Validated plans in query order; errors name ``requests[i].<field>``."""
         plans = []
         for i, query in enumerate(queries):
             try:
                 plans.append(self._plan(query))
             except InvalidArgumentError as exc:
                 raise InvalidArgumentError(f"requests[{i}].{exc.field}", exc.problem) from exc
-        return self._answer(plans)
+        return plans
 
     def similar_items(self, query: SimilarItemsQuery) -> list[ScoredItem]:
         """The k items nearest to a known item (cosine), the item itself excluded."""
@@ -250,7 +286,9 @@ class TwoTowerEngine:
         ]
         return Recommendation(items, self.model_version)
 
-    def _fallback(self, plan: _Plan) -> Recommendation:
+    def _fallback(
+        self, plan: _Plan, reason: FallbackReason | None = FallbackReason.UNKNOWN_USER
+    ) -> Recommendation:
         """Most popular eligible items (filters, exclusions and category cap applied)."""
         k, exclude, cap = plan.wanted.k, plan.wanted.exclude, plan.wanted.categories
         order = self._popular_rows
@@ -262,7 +300,7 @@ class TwoTowerEngine:
             order = order[capped(cap[order], plan.query.diversity.max_per_category)]
         order = order[:k]
         items = [ScoredItem(self._item_ids[r], float(self._popular_scores[r])) for r in order]
-        return Recommendation(items, self.model_version, FallbackReason.UNKNOWN_USER)
+        return Recommendation(items, self.model_version, reason)
 
     # ------------------------------------------------------- batch (campaign) lists
     def top_k_rows(self, rows: IntArray, k: int) -> tuple[IntArray, FloatArray]:

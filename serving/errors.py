@@ -38,5 +38,16 @@ class NotReadyError(RecsysError):
     """No model is loaded yet."""
 
 
+class FeatureUnavailableError(RecsysError):
+    """The loaded model cannot answer this kind of call (e.g. a bundle without a user index)."""
+
+
+class NotConfiguredError(FeatureUnavailableError):
+    """The server was started without what this call needs (LogEvents without an event log).
+
+    Mapped like its parent (``FAILED_PRECONDITION``): retrying the same server cannot help.
+    """
+
+
 class BundleError(RecsysError):
     """A model bundle is missing, corrupt, or incompatible. The message says which file and why."""

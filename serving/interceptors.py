@@ -8,6 +8,8 @@ per-call concerns: request ids, the access log and the latency metrics.
 * :class:`~serving.errors.NotFoundError`        -> ``NOT_FOUND``
 * :class:`~serving.errors.OverloadedError`      -> ``RESOURCE_EXHAUSTED``
 * :class:`~serving.errors.NotReadyError`        -> ``UNAVAILABLE``
+* :class:`~serving.errors.FeatureUnavailableError` -> ``FAILED_PRECONDITION``
+  (and its sub-class :class:`~serving.errors.NotConfiguredError`: no event log)
 * any other exception -> ``INTERNAL`` with a generic message; the traceback goes to the
   ``serving`` logger only, never to the caller.
 
@@ -44,7 +46,13 @@ from typing import Any
 
 import grpc
 
-from serving.errors import InvalidArgumentError, NotFoundError, NotReadyError, OverloadedError
+from serving.errors import (
+    FeatureUnavailableError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotReadyError,
+    OverloadedError,
+)
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger("serving")
@@ -72,6 +80,7 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (FeatureUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -13,6 +13,12 @@ in one process, as in tests, never collide):
 * ``recsys_expired_in_queue_total``: calls whose deadline passed while queued (no work done);
 * ``recsys_pending_requests``: admitted engine calls, queued or running;
 * ``recsys_model_info{model_version}``: 1 for the model version being served.
+* ``recsys_variant_answers_total{experiment, variant}``: Recommend answers per experiment
+  variant (names from the experiments file, never request data);
+* ``recsys_model_swaps_total{outcome}``: hot swaps of a watched ``models:/NAME@ALIAS``
+  (``swapped`` or ``refused``: the new bundle failed to download, verify or warm up);
+* ``recsys_experiments_reloads_total{outcome}``: experiments file reloads (``applied`` /
+  ``refused``).
 
 Several worker processes (``recsys serve --workers N``) use prometheus-client's
 *multiprocess mode*: the supervising parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
@@ -132,6 +138,24 @@ class ServingMetrics:
             ["model_version"],
             registry=reg,
             multiprocess_mode="livemax",
+        )
+        self.variant_answers = Counter(
+            "recsys_variant_answers",
+            "Recommend answers per experiment variant.",
+            ["experiment", "variant"],
+            registry=reg,
+        )
+        self.model_swaps = Counter(
+            "recsys_model_swaps",
+            "Hot swaps of a watched models:/NAME@ALIAS reference, by outcome (swapped, refused).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.experiments_reloads = Counter(
+            "recsys_experiments_reloads",
+            "Reloads of the experiments file, by outcome (applied, refused).",
+            ["outcome"],
+            registry=reg,
         )
         self._model_version: str | None = None
         self._lock = threading.Lock()

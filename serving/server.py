@@ -8,18 +8,22 @@ Lifecycle of :func:`serve`:
    it gRPC answers ``RESOURCE_EXHAUSTED`` itself), the Recommender servicer behind a
    :class:`~serving.batcher.MicroBatcher` (micro-batching and admission control of engine
    calls: over ``max_pending`` they get ``RESOURCE_EXHAUSTED`` at once), standard health
-   checking and server reflection.
+   checking and server reflection. With ``events_dir`` the feedback event log is opened
+   (recovering what a killed process left in its WAL) for ``EventCollector.LogEvents``;
+   it is closed, every event compacted into Parquet, after the graceful shutdown.
 2. Bind ``host:port`` (port 0 picks a free port, reported through ``on_bound``), start the
    ``/metrics`` endpoint when ``metrics_port`` is set, and start. Health reports
    ``NOT_SERVING`` for ``""`` and ``recsys.v1.Recommender`` from the first moment, so
    orchestrators can probe while the model loads.
-3. Run ``load_engine()`` on the engine executor. On success move every object alive then
+3. Load the models on the engine executor (:meth:`~serving.live_models.LiveModels.load_initial`:
+   ``load_engine()``, or the default model and the experiments' models of
+   :class:`~serving.live_models.LiveModelOptions`). On success move every object alive then
    (modules, the engine) to the garbage collector's permanent generation (``gc.freeze``),
    so that full collections scan only what requests allocate (with a loaded model a full
    collection otherwise stalls every call for ~50-150 ms), install the engine, report its
-   version (``recsys_model_info``), flip health to ``SERVING`` and set ``ready``. On
-   failure log it and raise :class:`ServerStartupError`: a process that cannot answer
-   must not look alive.
+   version (``recsys_model_info``), flip health to ``SERVING``, set ``ready`` and start
+   watching aliases and the experiments file (hot swaps and reloads). On failure log it
+   and raise :class:`ServerStartupError`: a process that cannot answer must not look alive.
 4. Wait for ``stop`` (or SIGTERM/SIGINT), then shut down gracefully: health goes
    ``NOT_SERVING`` (load balancers drain), ``server.stop(grace)`` lets in-flight calls finish
    for up to ``grace_seconds`` while refusing new ones, and the executor and the metrics
@@ -33,6 +37,7 @@ which share one port on purpose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -40,26 +45,47 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving._proto.recsys.v1 import (
+    audiences_pb2,
+    audiences_pb2_grpc,
+    events_pb2_grpc,
+    profiles_pb2,
+    profiles_pb2_grpc,
+)
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+from serving.audience_service import AudiencesServicer
 from serving.batcher import BatchOptions, MicroBatcher
 from serving.errors import RecsysError
+from serving.events.log import EventLog, EventLogOptions
+from serving.events.service import EVENT_COLLECTOR_SERVICE, EventCollectorServicer
 from serving.interceptors import ErrorMappingInterceptor
+from serving.live_models import EngineSource, LiveModels
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
+from serving.profiles.service import MemberProfilesServicer
+from serving.pseudonym import PseudonymKeyError
 from serving.service import EngineHolder, RecommenderServicer
 from serving.types import RecommenderEngine
 
 logger = logging.getLogger("serving")
 
 RECOMMENDER_SERVICE: str = pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+AUDIENCES_SERVICE: str = audiences_pb2.DESCRIPTOR.services_by_name["Audiences"].full_name
+PROFILES_SERVICE: str = profiles_pb2.DESCRIPTOR.services_by_name["MemberProfiles"].full_name
 # Health entries the server maintains: "" is the whole server, by gRPC convention.
-HEALTH_SERVICES: tuple[str, ...] = (health.OVERALL_HEALTH, RECOMMENDER_SERVICE)
+HEALTH_SERVICES: tuple[str, ...] = (
+    health.OVERALL_HEALTH,
+    RECOMMENDER_SERVICE,
+    AUDIENCES_SERVICE,
+    PROFILES_SERVICE,
+)
 _MIB = 1024 * 1024
 
 
@@ -97,6 +123,14 @@ class ServerOptions:
     access_log: bool = False
     # Share the port with other processes (SO_REUSEPORT): only for --workers N.
     reuse_port: bool = False
+    # Feedback event log directory for LogEvents (serving.events); None = LogEvents answers
+    # FAILED_PRECONDITION. Several processes may share one directory.
+    events_dir: Path | None = None
+    # Seconds before logged events are compacted from the WAL into readable Parquet.
+    events_compact_interval_s: float = 30.0
+    # Non-empty: the event log stores pseudonymous user ids, HMAC-keyed by this environment
+    # variable (use the bundle's privacy.key_env; serving.pseudonym).
+    events_key_env: str = ""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -117,6 +151,7 @@ class ServerOptions:
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port: must be in 0..65535, got {self.metrics_port}")
         _ = self.batch_options  # validates the batching options
+        _ = self.event_log_options
 
     @property
     def batch_options(self) -> BatchOptions:
@@ -126,6 +161,12 @@ class ServerOptions:
             max_wait_ms=self.max_wait_ms,
             max_pending=self.max_pending,
             max_concurrent=min(self.batch_concurrency, self.max_workers),
+        )
+
+    @property
+    def event_log_options(self) -> EventLogOptions:
+        return EventLogOptions(
+            compact_interval_s=self.events_compact_interval_s, user_id_key_env=self.events_key_env
         )
 
     @property
@@ -219,16 +260,33 @@ async def _load(
     return loading.result()
 
 
+async def _open_event_log(options: ServerOptions) -> EventLog | None:
+    """The event log of ``options.events_dir`` (opened off the loop), or None without one."""
+    if options.events_dir is None:
+        return None
+    try:
+        return await asyncio.to_thread(EventLog.open, options.events_dir, options.event_log_options)
+    except (OSError, PseudonymKeyError) as exc:
+        raise ServerStartupError(f"cannot open the event log at {options.events_dir}: {exc}") from exc
+
+
 async def serve(
     options: ServerOptions,
-    load_engine: Callable[[], RecommenderEngine],
+    load_engine: EngineSource,
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     on_bound: Callable[[int], None] | None = None,
     handle_signals: bool = True,
+    on_models: Callable[[LiveModels], None] | None = None,
 ) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives; see the module docstring.
+
+    ``load_engine``: a callable returning the one engine to serve, or
+    :class:`~serving.live_models.LiveModelOptions` (a model reference, watched when it is
+    ``models:/NAME@ALIAS``, and an experiments file reloaded while serving; see
+    :mod:`serving.live_models`). ``on_models`` receives the server's
+    :class:`~serving.live_models.LiveModels` before loading starts (tests, embedding).
 
     ``ready`` is set once the engine is loaded and health reports ``SERVING``.
     ``on_bound(port)`` is called right after the server started listening (before the
@@ -249,16 +307,46 @@ async def serve(
 
     server = _build_server(options, metrics)
     batcher = MicroBatcher(executor, options.batch_options, metrics)
-    servicer = RecommenderServicer(holder, executor, batcher=batcher, metrics=metrics)
+    models = LiveModels(load_engine, holder, metrics)
+    if on_models is not None:
+        on_models(models)
+    servicer = RecommenderServicer(holder, executor, batcher=batcher, metrics=metrics, router=models.router)
     pb2_grpc.add_RecommenderServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    audiences_pb2_grpc.add_AudiencesServicer_to_server(  # type: ignore[no-untyped-call]
+        AudiencesServicer(holder, batcher), server
+    )
+    profiles_pb2_grpc.add_MemberProfilesServicer_to_server(  # type: ignore[no-untyped-call]
+        MemberProfilesServicer(holder, batcher), server
+    )
+    # The event log does not need the model: it opens (recovering a crashed process's WAL)
+    # before the port is bound, and its health entry is SERVING as soon as it is open.
+    event_log = await _open_event_log(options)
+    events_pb2_grpc.add_EventCollectorServicer_to_server(  # type: ignore[no-untyped-call]
+        EventCollectorServicer(event_log), server
+    )
+    events_health = (
+        health_pb2.HealthCheckResponse.NOT_SERVING
+        if event_log is None
+        else health_pb2.HealthCheckResponse.SERVING
+    )
+    await health_servicer.set(EVENT_COLLECTOR_SERVICE, events_health)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (RECOMMENDER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (
+            RECOMMENDER_SERVICE,
+            AUDIENCES_SERVICE,
+            PROFILES_SERVICE,
+            EVENT_COLLECTOR_SERVICE,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
 
     signals: list[signal.Signals] = []
     started = False
     metrics_server: MetricsServer | None = None
+    watching: asyncio.Task[None] | None = None
     try:
         port = _bind(server, options)
         if options.metrics_port:
@@ -274,7 +362,7 @@ async def serve(
         if handle_signals:
             signals = _install_signal_handlers(loop, stop)
 
-        engine = await _load(executor, load_engine, stop)
+        engine = await _load(executor, models.load_initial, stop)
         if engine is None:
             return
         await loop.run_in_executor(executor, _freeze_heap)
@@ -284,9 +372,16 @@ async def serve(
         logger.info("serving model %s on %s:%d", engine.model_version, options.host, port)
         if ready is not None:
             ready.set()
+        # Alias watching and experiments reloads (no-op for a fixed engine).
+        watching = asyncio.create_task(models.run(handle_signals=handle_signals))
         await stop.wait()
         logger.info("stop requested; draining for up to %.1f s", options.grace_seconds)
     finally:
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        models.close()
         for sig in signals:
             loop.remove_signal_handler(sig)
         # NOT_SERVING first so health-checking load balancers stop routing here while
@@ -298,10 +393,13 @@ async def serve(
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
+        if event_log is not None:
+            # After server.stop: every acknowledged call is in the WAL; compact it all.
+            await asyncio.to_thread(event_log.close)
         logger.info("gRPC server stopped")
 
 
-def run_server(options: ServerOptions, load_engine: Callable[[], RecommenderEngine]) -> None:
+def run_server(options: ServerOptions, load_engine: EngineSource) -> None:
     """Blocking entry point: serve on a fresh event loop until SIGTERM/SIGINT.
 
     Raises :class:`ServerStartupError` (callers exit non-zero) when the server cannot start.

@@ -30,6 +30,7 @@ from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.batcher import BatchOptions, DeadlineExpired, MicroBatcher
 from serving.errors import NotReadyError
 from serving.metrics import ServingMetrics
+from serving.routing import Route, Router, recommend_routed
 from serving.types import Recommendation, RecommenderEngine
 from serving.wire import to_items, to_queries, to_query, to_response, to_similar_query, validate_user_id
 
@@ -71,7 +72,10 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
     ``executor`` runs the engine calls; its size bounds how many run at once. The
     servicer does not own it: whoever created it shuts it down. ``batcher`` (default: a
     :class:`MicroBatcher` with default :class:`BatchOptions` on ``executor``) batches and
-    admits the calls; ``metrics`` (optional) counts fallback answers.
+    admits the calls; ``metrics`` (optional) counts fallback and variant answers.
+    ``router`` (default: no experiments, everything answered by ``holder``) picks the
+    engine of each Recommend request (:mod:`serving.routing`); its default holder must be
+    ``holder``.
     """
 
     def __init__(
@@ -81,8 +85,12 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         *,
         batcher: MicroBatcher | None = None,
         metrics: ServingMetrics | None = None,
+        router: Router | None = None,
     ) -> None:
         self._holder = holder
+        self._router = router if router is not None else Router(holder)
+        if self._router.default is not holder:
+            raise ValueError("router: its default holder must be the servicer's holder")
         self._batcher = batcher if batcher is not None else MicroBatcher(executor, BatchOptions(), metrics)
         self._metrics = metrics
 
@@ -90,22 +98,29 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         self, request: pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.RecommendResponse:
         query = to_query(request)
-        engine = self._holder.get()
+        # One read of the routing table and of the variant's engine for the whole call.
+        route = self._router.route(query.user_id, request.experiment, request.force_variant)
         recommendation = await self._within_deadline(
-            context, self._batcher.recommend(engine, query, context.time_remaining())
+            context, self._batcher.recommend(route.engine, route.query(query), context.time_remaining())
         )
-        self._count_fallbacks((recommendation,))
-        return to_response(recommendation)
+        self._count((recommendation,), (route,))
+        return to_response(recommendation, route.variant)
 
     async def BatchRecommend(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.BatchRecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.BatchRecommendResponse:
-        engine = self._holder.get()
+        router = self._router
 
         def answer() -> pb2.BatchRecommendResponse:
-            recommendations = engine.recommend_many(to_queries(request))
-            self._count_fallbacks(recommendations)
-            return pb2.BatchRecommendResponse(responses=[to_response(r) for r in recommendations])
+            queries = to_queries(request)
+            pairs = zip(queries, request.requests, strict=True)
+            routes = router.routes([(q.user_id, r.experiment, r.force_variant) for q, r in pairs])
+            routed = [route.query(query) for route, query in zip(routes, queries, strict=True)]
+            recommendations = recommend_routed(routes, routed)
+            self._count(recommendations, routes)
+            return pb2.BatchRecommendResponse(
+                responses=[to_response(r, rt.variant) for r, rt in zip(recommendations, routes, strict=True)]
+            )
 
         return await self._within_deadline(context, self._batcher.run(answer, context.time_remaining()))
 
@@ -136,12 +151,15 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
             model_version=engine.model_version,
         )
 
-    def _count_fallbacks(self, recommendations: Sequence[Recommendation]) -> None:
+    def _count(self, recommendations: Sequence[Recommendation], routes: Sequence[Route]) -> None:
+        """Count fallback answers and answers per experiment variant."""
         if self._metrics is None:
             return
-        for recommendation in recommendations:
+        for recommendation, route in zip(recommendations, routes, strict=True):
             if recommendation.fallback_reason is not None:
                 self._metrics.fallbacks.labels(recommendation.fallback_reason.value).inc()
+            if route.variant:
+                self._metrics.variant_answers.labels(route.experiment, route.variant).inc()
 
     @staticmethod
     async def _within_deadline(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:

@@ -102,12 +102,16 @@ def to_items(items: list[ScoredItem]) -> list[pb2.ScoredItem]:
     ]
 
 
-def to_response(recommendation: Recommendation) -> pb2.RecommendResponse:
-    """Map a :class:`Recommendation` to its wire form, preserving item order."""
+def to_response(recommendation: Recommendation, variant: str = "") -> pb2.RecommendResponse:
+    """Map a :class:`Recommendation` to its wire form, preserving item order.
+
+    ``variant``: the experiment variant that answered (empty: no experiment).
+    """
     reason = recommendation.fallback_reason
     return pb2.RecommendResponse(
         items=to_items(recommendation.items),
         model_version=recommendation.model_version,
         fallback=recommendation.fallback,
         fallback_reason=pb2.FALLBACK_REASON_UNSPECIFIED if reason is None else _FALLBACK_REASONS[reason],
+        variant=variant,
     )

@@ -46,9 +46,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+from serving.live_models import EngineSource
 from serving.metrics import MULTIPROC_ENV, MetricsServer, multiprocess_registry, start_metrics_server
 from serving.server import ServerOptions, ServerStartupError
-from serving.types import RecommenderEngine
 
 logger = logging.getLogger("serving")
 
@@ -83,15 +83,16 @@ def check_port_free(host: str, port: int) -> None:
 def run_workers(
     options: ServerOptions,
     workers: int,
-    load_engine: Callable[[], RecommenderEngine],
+    load_engine: EngineSource,
     *,
     prepare: Callable[[], None] | None = None,
 ) -> int:
     """Serve with ``workers`` processes on ``options.port`` until SIGTERM/SIGINT; see the module docstring.
 
     Call it from the main thread (it installs the signal handlers it forwards from).
-    ``load_engine`` and ``prepare`` (run first in each worker, e.g. thread settings) must
-    be picklable (module-level functions, :func:`functools.partial` of them). Returns the
+    ``load_engine`` (a callable or :class:`~serving.live_models.LiveModelOptions`) and
+    ``prepare`` (run first in each worker, e.g. thread settings) must be picklable
+    (module-level functions, :func:`functools.partial` of them, the options dataclass). Returns the
     exit status: 0 after a requested stop with every worker stopping cleanly, 1 otherwise.
     Raises :class:`ServerStartupError` when the port or the metrics port cannot be bound
     or a worker fails to start; :class:`ValueError` for ``workers < 2`` or port 0.
@@ -292,7 +293,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(
     index: int,
     options: ServerOptions,
-    load_engine: Callable[[], RecommenderEngine],
+    load_engine: EngineSource,
     prepare: Callable[[], None] | None,
     ready_conn: Connection,
     log_level: int,

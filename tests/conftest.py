@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import polars as pl
 import pytest
 
@@ -109,3 +110,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synth_data: SynthSummary) 
 def engine(trained: TrainedBundle) -> TwoTowerEngine:
     """The shared bundle, loaded and verified (read-only: do not mutate)."""
     return TwoTowerEngine.load(trained.bundle)
+
+
+@pytest.fixture(scope="session")
+def served_channel(trained: TrainedBundle) -> Iterator[grpc.Channel]:
+    """A channel to a real server on a free loopback port, serving the shared bundle with default
+    options (every service registered). Read-only: tests must not change the server's state."""
+    from serving.background import BackgroundServer
+    from serving.server import ServerOptions
+
+    options = ServerOptions(host="127.0.0.1", port=0, grace_seconds=0.5, max_workers=2)
+    with (
+        BackgroundServer(options, lambda: TwoTowerEngine.load(trained.bundle), start_timeout=30) as running,
+        grpc.insecure_channel(running.address) as connected,
+    ):
+        yield connected

@@ -17,8 +17,10 @@ from serving.bundle import (
     INDEX,
     ITEMS,
     MANIFEST,
+    PROFILES,
     SCHEMA_VERSION,
     TOWERS,
+    USER_INDEX,
     USERS,
     VOCABULARIES,
     Bundle,
@@ -35,7 +37,7 @@ from training.features import Prepared, prepare
 from training.pipeline import model_version_of
 from training.trainer import TrainResult, model_spec, train_model
 
-ALL_FILES = (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX)
+ALL_FILES = (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX, USER_INDEX, PROFILES)
 
 
 @pytest.fixture(scope="module")

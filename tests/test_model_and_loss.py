@@ -326,3 +326,12 @@ def test_throughput_measures_both_loops_on_the_same_batches(prepared: Prepared) 
     assert result.ratio == pytest.approx(
         result.pipeline_samples_per_second / result.model_only_samples_per_second
     )
+
+
+def test_bf16_precision_trains_with_fp32_weights(prepared: Prepared) -> None:
+    # bf16 autocast changes the arithmetic of forward passes only: the loss still falls and
+    # the weights (and so the bundle) stay fp32.
+    result = train_model(prepared, tiny_config("train.epochs=3", "train.precision=bf16"))
+    assert all(math.isfinite(x) for x in result.epoch_losses)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())

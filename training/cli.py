@@ -15,6 +15,9 @@ from pathlib import Path
 from serving.errors import RecsysError
 from training.cli_args import add_config_arguments, config_from_arguments
 from training.cli_benchmark import add_benchmark_parser
+from training.cli_lifecycle import add_lifecycle_parsers
+from training.cli_profiles import add_profile_parsers
+from training.cli_tune import add_tune_parser
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -90,6 +93,12 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     recommend_command(args)
 
 
+def cmd_lookalike(args: argparse.Namespace) -> None:
+    from serving.audience_batch import lookalike_command
+
+    lookalike_command(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serving.cli import serve_command
 
@@ -101,9 +110,12 @@ def cmd_query(args: argparse.Namespace) -> None:
 
     with RecommenderClient(args.address, timeout=args.timeout) as client:
         print(f"health: {client.health()}")
-        response = client.recommend(args.user, args.k)
+        response = client.recommend(
+            args.user, args.k, experiment=args.experiment, force_variant=args.force_variant
+        )
         note = " (fallback: unknown user)" if response.fallback else ""
-        print(f"model {response.model_version}{note}")
+        variant = f", experiment {args.experiment} variant {response.variant}" if args.experiment else ""
+        print(f"model {response.model_version}{variant}{note}")
         for rank, item in enumerate(response.items, start=1):
             print(f"{rank:4d}  {item.item_id:>12}  {item.score:.4f}")
 
@@ -113,6 +125,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     config = config_from_arguments(args, [f"train.epochs={args.epochs}"])
     run_demo(config, args.out, users=args.users, items=args.items, events=args.events)
+
+
+def cmd_ab_report(args: argparse.Namespace) -> None:
+    from training.ab_report import format_table, run_ab_report
+
+    config = config_from_arguments(args)
+    out = args.out if args.out is not None else Path("runs/ab-report") / args.experiment
+    report = run_ab_report(
+        args.events,
+        args.experiment,
+        out,
+        config.tracking,
+        control=args.control,
+        bootstrap_resamples=args.bootstrap,
+    )
+    print(format_table(report))
+    print(f"report, daily table and plots -> {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = commands.add_parser("train", help="train, evaluate, write a bundle, log to MLflow")
-    p.add_argument("--interactions", type=Path, required=True, help="interactions .parquet/.csv")
+    p.add_argument(
+        "--interactions",
+        type=Path,
+        required=True,
+        help="interactions .parquet/.csv, or an event-log directory (recsys serve --events-dir)",
+    )
     p.add_argument("--users", type=Path, help="user attributes .parquet/.csv")
     p.add_argument("--items", type=Path, help="item attributes .parquet/.csv")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
@@ -154,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_recommend_arguments(p)
     p.set_defaults(func=cmd_recommend)
 
+    p = commands.add_parser("lookalike", help="lookalike audience: the users most similar to a seed group")
+    from serving.audience_batch import add_lookalike_arguments
+
+    add_lookalike_arguments(p)
+    p.set_defaults(func=cmd_lookalike)
+
     p = commands.add_parser("serve", help="serve a bundle over gRPC")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
@@ -163,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--experiment", default="", help="answer as this A/B experiment's variant for the user")
+    p.add_argument("--force-variant", default="", help="with --experiment: force this variant (QA)")
     p.set_defaults(func=cmd_query)
 
     p = commands.add_parser(
@@ -186,7 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=cmd_throughput)
 
+    p = commands.add_parser(
+        "ab-report", help="A/B report from the event log: CTR, conversion, revenue/user, tests, plots"
+    )
+    p.add_argument(
+        "--events", type=Path, required=True, help="event-log directory (recsys serve --events-dir)"
+    )
+    p.add_argument("--experiment", required=True, help="experiment name (as logged with the events)")
+    p.add_argument("--control", help="control variant (default: the first variant by name)")
+    p.add_argument("--out", type=Path, help="output directory (default runs/ab-report/EXPERIMENT)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_ab_report)
+
     add_benchmark_parser(commands)
+    add_lifecycle_parsers(commands)
+    add_profile_parsers(commands)
+    add_tune_parser(commands)
     return parser
 
 

@@ -19,11 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from serving.index_options import IndexOptions
+from serving.profiles.options import ProfileOptions
 
 IndexConfig = IndexOptions
 """The ``[index]`` section (index type, calibration target and ladders). Declared in
 :mod:`serving.index_options`, because the serving-side index builder uses the same
 defaults and ``serving`` never imports ``training``; validated by :func:`validate`."""
+
+ProfilesConfig = ProfileOptions
+"""The ``[profiles]`` section (member profiles, RFM, lifecycle thresholds, embedding
+segments, churn model). Declared in :mod:`serving.profiles.options` for the same reason."""
 
 
 class ConfigError(ValueError):
@@ -106,6 +111,9 @@ class TrainConfig:
     items (any time) instead of the items just before the target."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Forward passes and loss under bf16 autocast (weights and optimizer stay fp32). Pays on
+    GPUs with bf16 tensor cores; on a CPU it is usually slower than fp32."""
     refit_full: bool = True
     """After evaluation, train again on every interaction so the bundle knows all of them."""
     progress: bool = True
@@ -128,6 +136,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Pseudonymous user ids (see :mod:`serving.pseudonym`)."""
+
+    pseudonymise_user_ids: bool = False
+    """Replace every user id by HMAC-SHA256(key, id) at ingest, so the bundle, the profiles
+    and the event log hold only pseudonyms; serving hashes request ids with the same key."""
+    key_env: str = "RECSYS_ID_KEY"
+    """Environment variable holding the key (at least 16 bytes; never written anywhere)."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,6 +154,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/TOML-serialisable form (tuples become lists)."""
@@ -266,6 +287,10 @@ def validate(config: Config) -> None:
         (config.eval.k >= 1, "eval.k: must be >= 1"),
         (config.train.uniform_negatives >= 0, "train.uniform_negatives: must be >= 0"),
         (0 <= config.train.others_history_share <= 1, "train.others_history_share: must be in [0, 1]"),
+        (
+            config.privacy.key_env.isidentifier(),
+            "privacy.key_env: must be an environment variable name (letters, digits, _)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -273,6 +298,9 @@ def validate(config: Config) -> None:
     index_problems = config.index.problems()
     if index_problems:
         raise ConfigError(index_problems[0])
+    profile_problems = config.profiles.problems()
+    if profile_problems:
+        raise ConfigError(profile_problems[0])
 
 
 def to_toml(config: Config) -> str:

@@ -9,7 +9,9 @@
 4. Build the item index the ``[index]`` section asks for, calibrated on user
    embeddings (recall@k against exact search for each search setting; the cheapest
    setting reaching the target is chosen), and log the curve and the choice.
-5. Write the bundle (atomic), log it to MLflow and register a model version.
+5. Member profiles (``profiles.enabled``; :mod:`training.profiles`): behaviour, RFM,
+   lifecycle, embedding segments and churn risk, stored in the bundle.
+6. Write the bundle (atomic), log it to MLflow and register a model version.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from serving.audience import build_user_index
 from serving.bundle import BundleContents, write_bundle
 from serving.embedding import embed_items, embed_users
 from serving.index import EXACT_INNER_PRODUCT
@@ -38,6 +41,8 @@ from training.data.io import Dataset, load_dataset
 from training.evaluate import evaluate
 from training.evaluation import split
 from training.features import Prepared, prepare
+from training.profiles import profiles_for_bundle
+from training.pseudonymise import pseudonymise_dataset
 from training.tracking import Tracker, flatten, start_run
 from training.trainer import TrainResult, model_spec, train_model
 
@@ -147,6 +152,8 @@ def train(
         # Fail before hours of training, not after.
         raise FileExistsError(f"{out} already exists (use --overwrite to replace it atomically)")
     data = dataset if dataset is not None else load_dataset(interactions, users, items)
+    # Once, before anything else reads the ids: every later stage sees only pseudonyms.
+    data, privacy = pseudonymise_dataset(data, config.privacy)
     frame = data.interactions
     counts = {
         "interactions": frame.height,
@@ -205,6 +212,14 @@ def train(
         item_embeddings = embed_items(model, final_data.item_features)
         built_index = build_item_index(model, final_data, item_embeddings, config.index)
         log_index_calibration(tracker, built_index)
+        # Every user's embedding, indexed for lookalike audiences (serving.audience).
+        user_rows = np.arange(final_data.sequences.rows, dtype=np.int64)
+        user_embeddings = embed_users(model, final_data.user_features, final_data.sequences, user_rows)
+        user_index = build_user_index(user_embeddings, config.index)
+        tracker.log_params({"user_index.type": user_index.built.spec.type})
+        profiles = profiles_for_bundle(
+            config.profiles, frame, data.users, data.items, final_data, user_embeddings, tracker
+        )
         summary = TrainSummary(
             bundle=Path(out),
             model_version=version,
@@ -238,6 +253,10 @@ def train(
                 "input_counts": counts,
             },
             index=built_index,
+            profiles=profiles.frame if profiles is not None else None,
+            profiles_manifest=profiles.manifest if profiles is not None else {},
+            user_index=user_index,
+            privacy=privacy,
         )
         write_bundle(Path(out), contents, overwrite=overwrite)
         log.info("bundle %s written to %s", version, out)

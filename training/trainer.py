@@ -201,6 +201,7 @@ class TrainTask:
             prepared, self.spec.history_length, config.model.id_dropout, self.rng, cfg.others_history_share
         )
         self.negatives = NegativeSampler(self.batcher, config, self.device)
+        self.bf16 = cfg.precision == "bf16"
 
     def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
         """Example positions of each step for one pass over ``order`` (a last batch of 1 is dropped:
@@ -216,7 +217,8 @@ class TrainTask:
     def step(self, batch: tuple[Inputs, Inputs, torch.Tensor]) -> torch.Tensor:
         """The model path: forward both towers, loss, backward, optimizer step. Returns the loss."""
         self.model.train()
-        loss = self.negatives.loss(self.model, *batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.negatives.loss(self.model, *batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
@@ -243,11 +245,12 @@ def train_model(
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
         batches = task.batches(task.rng.permutation(n).astype(np.int64))
-        total = 0.0
+        # Summed on the device: reading a loss back every step would wait for the GPU each time.
+        total = torch.zeros((), device=task.device)
         for positions in _progress(batches, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}"):
-            total += float(task.step(task.build(positions)))
+            total += task.step(task.build(positions))
             scheduler.step()
-        epoch_loss = total / max(len(batches), 1)
+        epoch_loss = float(total) / max(len(batches), 1)
         result.epoch_losses.append(epoch_loss)
         log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, epoch_loss)
         if on_epoch is not None:
@@ -287,16 +290,25 @@ def measure_throughput(
     prebuilt = [task.build(p) for p in timed]
     model_only = pipeline = 0.0
     for _ in range(rounds):
+        _synchronize(task.device)
         started = time.perf_counter()
         for batch in prebuilt:
             task.step(batch)
+        _synchronize(task.device)
         model_only += time.perf_counter() - started
         started = time.perf_counter()
         for p in timed:
             task.step(task.build(p))
+        _synchronize(task.device)
         pipeline += time.perf_counter() - started
     samples = rounds * sum(len(p) for p in timed)
     return Throughput(samples / pipeline, samples / model_only, rounds * len(timed), config.train.batch_size)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings include it (no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _progress(items: list[T], enabled: bool, description: str) -> Iterable[T]:

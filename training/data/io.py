@@ -2,7 +2,8 @@
 
 Inputs are CSV or Parquet (by file suffix):
 - interactions: ``user_id``, ``item_id``, ``timestamp`` (unix seconds, or a date/datetime,
-  or text of either), optional ``event_type`` and ``value``;
+  or text of either), optional ``event_type`` and ``value``; or a feedback event-log
+  directory (:mod:`training.data.event_log`: clicks, add-to-carts and purchases);
 - users: ``user_id`` plus attribute columns; items: ``item_id`` plus attribute columns.
 
 Every problem raises :class:`InputError` naming the file, the column and the first
@@ -117,7 +118,16 @@ def _timestamps_as_seconds(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
 def load_interactions(path: Path) -> tuple[pl.DataFrame, int]:
     """Read and validate interactions; return (canonical frame, exact duplicates dropped)."""
     path = Path(path)
-    frame = read_table(path, id_columns=("user_id", "item_id"))
+    if path.is_dir():
+        # A feedback event log (``recsys serve --events-dir``): the serve -> log -> retrain loop.
+        from training.data.event_log import event_log_interactions
+
+        try:
+            frame = event_log_interactions(path)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+    else:
+        frame = read_table(path, id_columns=("user_id", "item_id"))
     _require_columns(frame, path, ("user_id", "item_id", "timestamp"))
     for column in ("user_id", "item_id"):
         frame = _ids_as_strings(frame, path, column)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xb3\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x17\n\x0frecent_item_ids\x18\x03 \x03(\t\x12H\n\x0fuser_attributes\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendRequest.UserAttributesEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12&\n\x07\x66ilters\x18\x06 \x03(\x0b\x32\x15.recsys.v1.ItemFilter\x12\'\n\tdiversity\x18\x07 \x01(\x0b\x32\x14.recsys.v1.Diversity\x1a\x35\n\x13UserAttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\nItemFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\x12\x0f\n\x07none_of\x18\x03 \x03(\t\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"U\n\tDiversity\x12\x12\n\nmmr_lambda\x18\x01 \x01(\x02\x12\x18\n\x10max_per_category\x18\x02 \x01(\x05\x12\x1a\n\x12\x63\x61tegory_attribute\x18\x03 \x01(\t\"I\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1b\n\x13\x65xplanation_item_id\x18\x03 \x01(\t\"\x96\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x32\n\x0f\x66\x61llback_reason\x18\x04 \x01(\x0e\x32\x19.recsys.v1.FallbackReason\"*\n\x17GetUserEmbeddingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"G\n\rUserEmbedding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"s\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"F\n\x15\x42\x61tchRecommendRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16\x42\x61tchRecommendResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse*S\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41LLBACK_REASON_UNKNOWN_USER\x10\x01\x32\xcf\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x10GetUserEmbedding\x12\".recsys.v1.GetUserEmbeddingRequest\x1a\x18.recsys.v1.UserEmbedding\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsys.v1.BatchRecommendRequest\x1a!.recsys.v1.BatchRecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brecsys/v1/recommender.proto\x12\trecsys.v1\"\xde\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x17\n\x0frecent_item_ids\x18\x03 \x03(\t\x12H\n\x0fuser_attributes\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendRequest.UserAttributesEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12&\n\x07\x66ilters\x18\x06 \x03(\x0b\x32\x15.recsys.v1.ItemFilter\x12\'\n\tdiversity\x18\x07 \x01(\x0b\x32\x14.recsys.v1.Diversity\x12\x12\n\nexperiment\x18\x08 \x01(\t\x12\x15\n\rforce_variant\x18\t \x01(\t\x1a\x35\n\x13UserAttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\nItemFilter\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\x12\x0f\n\x07none_of\x18\x03 \x03(\t\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"U\n\tDiversity\x12\x12\n\nmmr_lambda\x18\x01 \x01(\x02\x12\x18\n\x10max_per_category\x18\x02 \x01(\x05\x12\x1a\n\x12\x63\x61tegory_attribute\x18\x03 \x01(\t\"I\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1b\n\x13\x65xplanation_item_id\x18\x03 \x01(\t\"\xa7\x01\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\x12\x32\n\x0f\x66\x61llback_reason\x18\x04 \x01(\x0e\x32\x19.recsys.v1.FallbackReason\x12\x0f\n\x07variant\x18\x05 \x01(\t\"*\n\x17GetUserEmbeddingRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"G\n\rUserEmbedding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"s\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12&\n\x07\x66ilters\x18\x03 \x03(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\"S\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"F\n\x15\x42\x61tchRecommendRequest\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RecommendRequest\"I\n\x16\x42\x61tchRecommendResponse\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.recsys.v1.RecommendResponse*S\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x41LLBACK_REASON_UNKNOWN_USER\x10\x01\x32\xcf\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12P\n\x10GetUserEmbedding\x12\".recsys.v1.GetUserEmbeddingRequest\x1a\x18.recsys.v1.UserEmbedding\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12U\n\x0e\x42\x61tchRecommend\x12 .recsys.v1.BatchRecommendRequest\x1a!.recsys.v1.BatchRecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,32 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_FALLBACKREASON']._serialized_start=1251
-  _globals['_FALLBACKREASON']._serialized_end=1334
+  _globals['_FALLBACKREASON']._serialized_start=1311
+  _globals['_FALLBACKREASON']._serialized_end=1394
   _globals['_RECOMMENDREQUEST']._serialized_start=43
-  _globals['_RECOMMENDREQUEST']._serialized_end=350
-  _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._serialized_start=297
-  _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._serialized_end=350
-  _globals['_ITEMFILTER']._serialized_start=352
-  _globals['_ITEMFILTER']._serialized_end=468
-  _globals['_DIVERSITY']._serialized_start=470
-  _globals['_DIVERSITY']._serialized_end=555
-  _globals['_SCOREDITEM']._serialized_start=557
-  _globals['_SCOREDITEM']._serialized_end=630
-  _globals['_RECOMMENDRESPONSE']._serialized_start=633
-  _globals['_RECOMMENDRESPONSE']._serialized_end=783
-  _globals['_GETUSEREMBEDDINGREQUEST']._serialized_start=785
-  _globals['_GETUSEREMBEDDINGREQUEST']._serialized_end=827
-  _globals['_USEREMBEDDING']._serialized_start=829
-  _globals['_USEREMBEDDING']._serialized_end=900
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=902
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1017
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1019
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1102
-  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=1104
-  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=1174
-  _globals['_BATCHRECOMMENDRESPONSE']._serialized_start=1176
-  _globals['_BATCHRECOMMENDRESPONSE']._serialized_end=1249
-  _globals['_RECOMMENDER']._serialized_start=1337
-  _globals['_RECOMMENDER']._serialized_end=1672
+  _globals['_RECOMMENDREQUEST']._serialized_end=393
+  _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._serialized_start=340
+  _globals['_RECOMMENDREQUEST_USERATTRIBUTESENTRY']._serialized_end=393
+  _globals['_ITEMFILTER']._serialized_start=395
+  _globals['_ITEMFILTER']._serialized_end=511
+  _globals['_DIVERSITY']._serialized_start=513
+  _globals['_DIVERSITY']._serialized_end=598
+  _globals['_SCOREDITEM']._serialized_start=600
+  _globals['_SCOREDITEM']._serialized_end=673
+  _globals['_RECOMMENDRESPONSE']._serialized_start=676
+  _globals['_RECOMMENDRESPONSE']._serialized_end=843
+  _globals['_GETUSEREMBEDDINGREQUEST']._serialized_start=845
+  _globals['_GETUSEREMBEDDINGREQUEST']._serialized_end=887
+  _globals['_USEREMBEDDING']._serialized_start=889
+  _globals['_USEREMBEDDING']._serialized_end=960
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=962
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1077
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1079
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1162
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_start=1164
+  _globals['_BATCHRECOMMENDREQUEST']._serialized_end=1234
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_start=1236
+  _globals['_BATCHRECOMMENDRESPONSE']._serialized_end=1309
+  _globals['_RECOMMENDER']._serialized_start=1397
+  _globals['_RECOMMENDER']._serialized_end=1732
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ FALLBACK_REASON_UNSPECIFIED: FallbackReason
 FALLBACK_REASON_UNKNOWN_USER: FallbackReason
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "recent_item_ids", "user_attributes", "exclude_item_ids", "filters", "diversity")
+    __slots__ = ("user_id", "k", "recent_item_ids", "user_attributes", "exclude_item_ids", "filters", "diversity", "experiment", "force_variant")
     class UserAttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_VARIANT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -38,7 +40,9 @@ class RecommendRequest(_message.Message):
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     filters: _containers.RepeatedCompositeFieldContainer[ItemFilter]
     diversity: Diversity
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., user_attributes: _Optional[_Mapping[str, str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[ItemFilter, _Mapping]]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ...) -> None: ...
+    experiment: str
+    force_variant: str
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., user_attributes: _Optional[_Mapping[str, str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[ItemFilter, _Mapping]]] = ..., diversity: _Optional[_Union[Diversity, _Mapping]] = ..., experiment: _Optional[str] = ..., force_variant: _Optional[str] = ...) -> None: ...
 
 class ItemFilter(_message.Message):
     __slots__ = ("attribute", "any_of", "none_of", "min", "max")
@@ -75,16 +79,18 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., explanation_item_id: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version", "fallback", "fallback_reason")
+    __slots__ = ("items", "model_version", "fallback", "fallback_reason", "variant")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_version: str
     fallback: bool
     fallback_reason: FallbackReason
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ...) -> None: ...
+    variant: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class GetUserEmbeddingRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -70,7 +70,9 @@ class RecommenderServicer:
         An unknown user without recent items or attributes gets a popularity fallback
         (reason set), never an error. k outside 1..1000, an empty user id, an unknown user
         attribute, filter attribute or diversity attribute, or an out-of-range option ->
-        INVALID_ARGUMENT naming the field.
+        INVALID_ARGUMENT naming the field. A request naming an experiment is answered by the
+        variant assigned to its user (that variant's model and serving options); the
+        response names the variant and the model version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,7 +99,8 @@ class RecommenderServicer:
         """Up to 1000 Recommend requests answered together (batched tower pass and index
         search); responses in request order, each equal to the Recommend answer. More
         than 1000 requests, or any invalid request -> INVALID_ARGUMENT naming it
-        (requests[i].field); then no request is answered.
+        (requests[i].field); then no request is answered. Each request may name its own
+        experiment (and forced variant), as in Recommend.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,89 @@
+"""The ``recsys.v1.Audiences`` servicer: lookalike audiences over the serving engine.
+
+Same rules as :mod:`serving.service`: the request is validated and mapped here (no
+model needed), the engine work (seed tower pass, FAISS search) runs on the server's
+executor through the :class:`~serving.batcher.MicroBatcher`'s admission control, domain
+errors are raised and mapped to status codes by :mod:`serving.interceptors` only, and
+``DEADLINE_EXCEEDED`` is the one code set here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import grpc
+
+from serving._proto.recsys.v1 import audiences_pb2 as pb2
+from serving._proto.recsys.v1 import audiences_pb2_grpc as pb2_grpc
+from serving.audience import (
+    DEFAULT_SCORING,
+    Audience,
+    SeedScoring,
+    SimilarUsersQuery,
+    validate_seeds,
+    validate_size,
+)
+from serving.batcher import DeadlineExpired, MicroBatcher
+from serving.errors import FeatureUnavailableError, InvalidArgumentError
+from serving.service import EngineHolder
+
+_SCORINGS: dict[int, SeedScoring] = {
+    pb2.SEED_SCORING_UNSPECIFIED: DEFAULT_SCORING,
+    pb2.SEED_SCORING_CONTRAST: SeedScoring.CONTRAST,
+    pb2.SEED_SCORING_CENTROID: SeedScoring.CENTROID,
+    pb2.SEED_SCORING_NEAREST_SEED: SeedScoring.NEAREST_SEED,
+}
+
+
+@runtime_checkable
+class AudienceEngine(Protocol):
+    """An engine that can build lookalike audiences (:class:`serving.engine.TwoTowerEngine`)."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    def similar_users(self, query: SimilarUsersQuery) -> Audience: ...
+
+
+def to_similar_users_query(request: pb2.FindSimilarUsersRequest) -> SimilarUsersQuery:
+    """A validated query; raises :class:`~serving.errors.InvalidArgumentError` naming the field."""
+    scoring = _SCORINGS.get(request.scoring)
+    if scoring is None:
+        raise InvalidArgumentError("scoring", f"unknown value {request.scoring}")
+    return SimilarUsersQuery(
+        seed_user_ids=validate_seeds(request.seed_user_ids),
+        size=validate_size(request.size),
+        scoring=scoring,
+    )
+
+
+def to_similar_users_response(audience: Audience) -> pb2.FindSimilarUsersResponse:
+    return pb2.FindSimilarUsersResponse(
+        users=[pb2.SimilarUser(user_id=u.user_id, score=u.score) for u in audience.users],
+        model_version=audience.model_version,
+        unknown_seed_count=audience.unknown_seeds,
+        known_seed_count=audience.known_seeds,
+    )
+
+
+class AudiencesServicer(pb2_grpc.AudiencesServicer):
+    """Implements ``recsys.v1.Audiences`` on the engine in ``holder``; ``batcher`` runs the
+    engine calls on the server's executor and counts them against its admission limit."""
+
+    def __init__(self, holder: EngineHolder, batcher: MicroBatcher) -> None:
+        self._holder = holder
+        self._batcher = batcher
+
+    async def FindSimilarUsers(  # noqa: N802  (name fixed by the generated servicer)
+        self, request: pb2.FindSimilarUsersRequest, context: grpc.aio.ServicerContext
+    ) -> pb2.FindSimilarUsersResponse:
+        query = to_similar_users_query(request)
+        engine = self._holder.get()
+        if not isinstance(engine, AudienceEngine):
+            raise FeatureUnavailableError("the loaded engine cannot build lookalike audiences")
+        try:
+            audience = await self._batcher.run(lambda: engine.similar_users(query), context.time_remaining())
+        except DeadlineExpired as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            raise  # unreachable: abort always raises
+        return to_similar_users_response(audience)

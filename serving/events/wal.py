@@ -1,0 +1,120 @@
+"""Write-ahead log segments: framed, checksummed, append-only files.
+
+A segment is ``MAGIC`` followed by records ``<u32 length><u32 crc32(payload)><payload>``
+(little endian). A record is durable once :meth:`SegmentWriter.sync` returned. After a
+crash the last record may be torn (short, or with a bad checksum): it was never
+acknowledged, so :func:`read_segment` stops there and reports the bytes it dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from serving.storage import fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAGIC: Final = b"RSYSWAL1"
+_HEADER = struct.Struct("<II")
+# A record larger than this is corruption, not data (a call carries at most 4 MiB).
+MAX_RECORD_BYTES: Final = 64 * 1024 * 1024
+
+
+def frame(payload: bytes) -> bytes:
+    """One record as written to a segment."""
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentContents:
+    """The intact records of a segment and how many trailing bytes were not (torn tail)."""
+
+    records: list[bytes]
+    dropped_bytes: int
+
+
+def read_segment(path: Path) -> SegmentContents:
+    """Every intact record of ``path``, in order, up to the first damaged one.
+
+    A file shorter than the magic (crash while creating it) holds no records.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < len(MAGIC):
+        return SegmentContents([], len(data))
+    if data[: len(MAGIC)] != MAGIC:
+        raise ValueError(f"{path}: not a write-ahead log segment (bad magic)")
+    records: list[bytes] = []
+    offset = len(MAGIC)
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        end = start + length
+        if length > MAX_RECORD_BYTES or end > len(data):
+            break
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            break
+        records.append(payload)
+        offset = end
+    dropped = len(data) - offset
+    if dropped:
+        log.warning(
+            "%s: dropped %d bytes of a torn or damaged last record (never acknowledged)", path, dropped
+        )
+    return SegmentContents(records, dropped)
+
+
+class SegmentWriter:
+    """Appends records to one new segment file. Not thread-safe: one writer thread owns it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        # Unbuffered: a batch is one write, so a failure leaves nothing half in a buffer.
+        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._write_all(MAGIC)
+        os.fsync(self._file.fileno())
+        # The new file's directory entry must survive a crash too.
+        fsync_dir(self.path.parent)
+        self.size = len(MAGIC)
+        self.records = 0
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written or 0 :]
+
+    def append(self, payloads: Iterable[bytes]) -> None:
+        """Write records; durable only after :meth:`sync`.
+
+        On failure (disk full) the segment is cut back to its last complete record, so
+        that a partial record never sits in front of later ones; if even that fails the
+        error propagates and the writer must not be used again.
+        """
+        batch = [frame(payload) for payload in payloads]
+        blob = b"".join(batch)
+        start = self.size
+        try:
+            self._write_all(blob)
+        except BaseException:
+            os.ftruncate(self._file.fileno(), start)
+            self._file.seek(start)
+            raise
+        self.size = start + len(blob)
+        self.records += len(batch)
+
+    def sync(self) -> None:
+        """Make every appended record durable (fdatasync)."""
+        os.fdatasync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            os.fsync(self._file.fileno())
+            self._file.close()

@@ -1,0 +1,6 @@
+"""Member profiles: behaviour, RFM, lifecycle, embedding segments and churn risk.
+
+Built at training time from the same inputs as the model (Polars lazy queries in
+:mod:`~serving.profiles.build`), stored in the bundle (``profiles.parquet`` and the
+manifest's ``profiles`` section), served by ``recsys.v1.MemberProfiles``.
+"""

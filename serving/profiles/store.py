@@ -1,0 +1,72 @@
+"""The member profiles of one bundle, loaded for look-ups.
+
+``profiles.parquet`` is checksummed with the rest of the bundle (``manifest.files``), so
+:func:`serving.bundle.load_bundle` has already verified it; :meth:`ProfileStore.open`
+reads it. A bundle written without profiles (older ones, or ``profiles.enabled =
+false``) raises :class:`~serving.errors.FeatureUnavailableError` (``FAILED_PRECONDITION``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from serving.errors import BundleError, FeatureUnavailableError, NotFoundError
+
+PROFILES_FILE = "profiles.parquet"
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """One user's profile row (column -> value) and the section-level context it needs."""
+
+    row: dict[str, Any]
+    segment: dict[str, Any] | None
+    """The description of the user's embedding segment (manifest), None without one."""
+    section: dict[str, Any]
+    """The manifest's ``profiles`` section (clock, churn metadata, options...)."""
+
+
+class ProfileStore:
+    """Profiles by user id (the bundle's ids: pseudonyms when the bundle is pseudonymised)."""
+
+    def __init__(self, frame: pl.DataFrame, section: dict[str, Any]) -> None:
+        self.frame = frame
+        self.section = section
+        ids = frame.get_column("user_id").to_list()
+        self._rows = {user_id: row for row, user_id in enumerate(ids)}
+        descriptions = section.get("segments", {}).get("descriptions", [])
+        self._segments = {int(d["segment"]): d for d in descriptions}
+
+    @classmethod
+    def open(cls, path: Path, manifest: dict[str, Any]) -> ProfileStore:
+        """The profiles of the (already verified) bundle at ``path``."""
+        if PROFILES_FILE not in manifest.get("files", {}) or "profiles" not in manifest:
+            raise FeatureUnavailableError(
+                "the loaded bundle has no member profiles (built before profiles existed or with "
+                "profiles.enabled = false); retrain it to serve profiles"
+            )
+        file = Path(path) / PROFILES_FILE
+        try:
+            frame = pl.read_parquet(file)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise BundleError(f"{file}: unreadable: {exc}") from exc
+        return cls(frame, manifest["profiles"])
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+    def get(self, user_id: str, shown_id: str | None = None) -> ProfileRecord:
+        """The profile of ``user_id``; :class:`NotFoundError` (naming ``shown_id``, the id
+        the caller used) when there is none."""
+        row = self._rows.get(user_id)
+        if row is None:
+            raise NotFoundError("user", shown_id if shown_id is not None else user_id)
+        values = self.frame.row(row, named=True)
+        segment = values.get("segment")
+        return ProfileRecord(
+            values, self._segments.get(int(segment)) if segment is not None else None, self.section
+        )
