@@ -77,13 +77,18 @@ class AudiencesServicer(pb2_grpc.AudiencesServicer):
     async def FindSimilarUsers(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.FindSimilarUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb2.FindSimilarUsersResponse:
-        query = to_similar_users_query(request)
         engine = self._holder.get()
         if not isinstance(engine, AudienceEngine):
             raise FeatureUnavailableError("the loaded engine cannot build lookalike audiences")
+
+        def answer() -> pb2.FindSimilarUsersResponse:
+            # Validating up to 100,000 seeds and building as many answers is CPU work: all of it
+            # runs on the executor, never on the event loop.
+            audience = engine.similar_users(to_similar_users_query(request))
+            return to_similar_users_response(audience)
+
         try:
-            audience = await self._batcher.run(lambda: engine.similar_users(query), context.time_remaining())
+            return await self._batcher.run(answer, context.time_remaining())
         except DeadlineExpired as exc:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             raise  # unreachable: abort always raises
-        return to_similar_users_response(audience)

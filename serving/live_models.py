@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import signal
@@ -184,13 +185,17 @@ class ModelLoader:
                 )
                 cache.evict(name, version)
                 engine = self._load_engine(fetch())
-        warm_up(engine)
+        try:
+            warm_up(engine)
+        except Exception as exc:  # a bundle that loads but cannot answer is a bad bundle
+            raise BundleError(f"{ref.text}: the warm-up query failed: {exc}") from exc
         return engine
 
 
 @dataclass(frozen=True)
 class SwapRecord:
-    """One hot-swap attempt: ``outcome`` is ``swapped`` or ``refused``; ``seconds`` from the
+    """One hot-swap attempt: ``outcome`` is ``swapped``, ``refused`` (a bad bundle: not retried) or
+    ``failed`` (registry or download trouble: retried at the next poll); ``seconds`` from the
     moment the move was noticed to the swap (download, verification, warm-up)."""
 
     ref: str
@@ -348,6 +353,7 @@ class LiveModels:
         self._versions.loaded = {r: v for r, v in self._versions.loaded.items() if r in in_use}
         self._versions.loaded.update(versions)
         self.router.install(table)
+        _release_frozen_heap()
         logger.info("experiments reloaded from %s: %s", path, _describe(experiments))
         self._count("reloads", "applied")
         return True
@@ -389,14 +395,21 @@ class LiveModels:
             engine = self._loader.load(ref, version)
         except Exception as exc:
             seconds = time.perf_counter() - started
-            self._versions.refused[ref.text] = version
+            if isinstance(exc, BundleError):
+                # The bundle itself is bad (checksums, schema, dimensions): never try it again.
+                self._versions.refused[ref.text] = version
+                outcome = "refused"
+            else:
+                # A registry or download failure may pass: the next poll tries again.
+                outcome = "failed"
             logger.error(
-                "refused version %s of %s (%s); version %s keeps serving", version, ref.text, exc, old
+                "%s version %s of %s (%s); version %s keeps serving", outcome, version, ref.text, exc, old
             )
-            self._count("swaps", "refused")
-            record = SwapRecord(ref.text, old, version, "refused", seconds, str(exc))
+            self._count("swaps", outcome)
+            record = SwapRecord(ref.text, old, version, outcome, seconds, str(exc))
         else:
             holder.swap(engine)
+            _release_frozen_heap()
             seconds = time.perf_counter() - started
             self._versions.loaded[ref.text] = version
             self._versions.refused.pop(ref.text, None)
@@ -488,3 +501,15 @@ def _describe(experiments: ExperimentSet) -> str:
         f"{e.name} (" + ", ".join(f"{v.name} {v.share_percent:g}%" for v in e.variants) + ")"
         for e in experiments.experiments.values()
     )
+
+
+def _release_frozen_heap() -> None:
+    """Let the garbage collector free models that were frozen at start-up.
+
+    The server moves everything alive once the first model is loaded into the permanent
+    generation (``gc.freeze``), which the collector never scans. A model swapped out later may
+    sit in reference cycles, so it is freed only by a collection that can see it: unfreeze.
+    Full collections then scan the whole heap again (the price of a swap, paid until restart).
+    """
+    if gc.get_freeze_count():
+        gc.unfreeze()

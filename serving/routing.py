@@ -64,6 +64,11 @@ class PopularityView:
         self._popular: PopularitySource = engine
 
     @property
+    def engine(self) -> RecommenderEngine:
+        """The engine this view answers with."""
+        return self._engine
+
+    @property
     def model_version(self) -> str:
         return self._engine.model_version
 
@@ -118,9 +123,11 @@ class Router:
     def __init__(self, default: EngineHolder, table: RoutingTable | None = None) -> None:
         self.default = default
         self._table = table if table is not None else RoutingTable()
-        self._views: weakref.WeakKeyDictionary[RecommenderEngine, PopularityView] = (
-            weakref.WeakKeyDictionary()
-        )
+        # One view per holder, for the engine the holder had when it was made: a stable object,
+        # so concurrent popularity calls batch together, and replaced (so the swapped-out engine
+        # can be freed once its in-flight calls end) when the holder's engine changes.
+        # Keyed weakly by holder: a holder dropped by an experiments reload takes its view along.
+        self._views: weakref.WeakKeyDictionary[EngineHolder, PopularityView] = weakref.WeakKeyDictionary()
         self._views_lock = threading.Lock()
 
     @property
@@ -190,15 +197,15 @@ class Router:
             raise NotReadyError(f"model {variant.model} of variant {variant.name!r} is not loaded")
         engine = _read(holder, engines)
         if variant.options.strategy == "popularity":
-            engine = self.popularity_view(engine)
+            engine = self.popularity_view(holder, engine)
         return Route(engine, experiment, variant.name, variant.options.diversity)
 
-    def popularity_view(self, engine: RecommenderEngine) -> PopularityView:
-        """The one :class:`PopularityView` of ``engine`` (created on first use)."""
+    def popularity_view(self, holder: EngineHolder, engine: RecommenderEngine) -> PopularityView:
+        """The one :class:`PopularityView` of ``holder``'s current ``engine`` (made on first use)."""
         with self._views_lock:
-            view = self._views.get(engine)
-            if view is None:
-                view = self._views[engine] = PopularityView(engine)
+            view = self._views.get(holder)
+            if view is None or view.engine is not engine:
+                view = self._views[holder] = PopularityView(engine)
             return view
 
 

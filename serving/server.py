@@ -70,7 +70,7 @@ from serving.interceptors import ErrorMappingInterceptor
 from serving.live_models import EngineSource, LiveModels
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
 from serving.profiles.service import MemberProfilesServicer
-from serving.pseudonym import PseudonymKeyError
+from serving.pseudonym import Pseudonymiser, PseudonymKeyError
 from serving.service import EngineHolder, RecommenderServicer
 from serving.types import RecommenderEngine
 
@@ -260,6 +260,28 @@ async def _load(
     return loading.result()
 
 
+def _check_event_log_ids(engine: RecommenderEngine, event_log: EventLog | None) -> None:
+    """Refuse to log raw (or differently keyed) user ids next to a pseudonymised model.
+
+    The event log feeds retraining: its ids must be the bundle's ids, and raw ids must not be
+    stored where the model's owner decided to keep only pseudonyms.
+    """
+    bundle_ids = getattr(engine, "bundle_user_id", None)
+    if event_log is None or not isinstance(bundle_ids, Pseudonymiser):
+        return
+    logged = event_log.pseudonymiser
+    if logged is None:
+        raise ServerStartupError(
+            "events_key_env: the model's user ids are pseudonymised, so the event log must be too; "
+            "pass --events-key-env with the variable holding the model's key"
+        )
+    if logged.fingerprint() != bundle_ids.fingerprint():
+        raise ServerStartupError(
+            "events_key_env: its key differs from the one the model's user ids were pseudonymised "
+            "with (key fingerprints differ)"
+        )
+
+
 async def _open_event_log(options: ServerOptions) -> EventLog | None:
     """The event log of ``options.events_dir`` (opened off the loop), or None without one."""
     if options.events_dir is None:
@@ -365,6 +387,7 @@ async def serve(
         engine = await _load(executor, models.load_initial, stop)
         if engine is None:
             return
+        _check_event_log_ids(engine, event_log)
         await loop.run_in_executor(executor, _freeze_heap)
         holder.swap(engine)
         metrics.set_model_version(engine.model_version)

@@ -248,7 +248,7 @@ def test_alias_moves_are_hot_swapped_under_load_with_zero_failed_calls(
     swapped = [s for s in models.swaps if s.outcome == "swapped"]
     assert [(s.old_version, s.new_version) for s in swapped] == [(store.v1, store.v2), (store.v2, store.v1)]
     assert load.failures == []
-    assert load.calls > 800
+    assert load.calls >= 600  # what the waits above guarantee; the rest depends on machine speed
     assert set(load.versions) == {old, new}
     figures = {
         "calls": load.calls,

@@ -251,6 +251,24 @@ def test_server_refuses_to_start_without_the_key(
         pass
 
 
+def test_server_refuses_a_raw_event_log_next_to_a_pseudonymised_model(
+    private_run: PrivateRun, with_key: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def start(**events: object) -> None:
+        options = ServerOptions(
+            host="127.0.0.1", port=0, grace_seconds=0.5, max_workers=1, events_dir=tmp_path / "ev", **events
+        )
+        with BackgroundServer(options, lambda: TwoTowerEngine.load(private_run.bundle), start_timeout=30):
+            pass
+
+    with pytest.raises(ServerStartupError, match="events_key_env: the model's user ids are pseudonymised"):
+        start()
+    monkeypatch.setenv("OTHER_KEY", "another-key-of-enough-length-0123456789")
+    with pytest.raises(ServerStartupError, match="key fingerprints differ"):
+        start(events_key_env="OTHER_KEY")
+    start(events_key_env=KEY_ENV)  # the model's own key: starts
+
+
 def test_training_without_the_key_fails_naming_the_variable(
     synth_data: SynthSummary,
     tmp_path: Path,

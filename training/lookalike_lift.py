@@ -40,6 +40,7 @@ import polars as pl
 
 from serving.audience import SeedScoring, SimilarUsersQuery
 from serving.engine import TwoTowerEngine
+from serving.storage import atomic_write_parquet
 from training.config import Config, load_config
 from training.data.io import load_dataset
 from training.pipeline import train
@@ -91,7 +92,7 @@ def train_bundle(data: Path, train_part: pl.DataFrame, work: Path, config: Confi
     """A bundle trained on the training part only (MovieLens user and item attributes)."""
     work.mkdir(parents=True, exist_ok=True)
     interactions = work / "train_interactions.parquet"
-    train_part.write_parquet(interactions)
+    atomic_write_parquet(interactions, train_part)
     users, items = data / "users.parquet", data / "items.parquet"
     bundle = work / "bundle"
     dataset = load_dataset(interactions, users, items)

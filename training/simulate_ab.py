@@ -47,6 +47,7 @@ from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.interceptors import REQUEST_ID_KEY
+from serving.storage import atomic_write_parquet, atomic_write_text
 from training.ab_report import AbReport, format_table, run_ab_report
 from training.config import Config
 
@@ -200,7 +201,8 @@ def play(address: str, users: Sequence[Sequence[Session]], options: SimulationOp
 
 def write_experiments_file(path: Path, bundle: Path) -> Path:
     """Two variants on one bundle, 50/50: the model and the popularity control."""
-    path.write_text(
+    atomic_write_text(
+        path,
         f"""[experiments.{EXPERIMENT}]
 salt = "{EXPERIMENT}-1"
 description = "simulated: two-tower vs popularity on held-out ml-100k interactions"
@@ -214,7 +216,6 @@ strategy = "popularity"
 model = {json.dumps(str(bundle.resolve()))}
 share = 50
 """,
-        encoding="utf-8",
     )
     return path
 
@@ -297,7 +298,7 @@ def run_simulation(
     frame = pl.read_parquet(interactions_path)
     training, heldout = time_split(frame, options.cut_quantile)
     training_path = out / "train_interactions.parquet"
-    training.write_parquet(training_path)
+    atomic_write_parquet(training_path, training)
     seconds["prepare"] = time.perf_counter() - started
 
     started = time.perf_counter()

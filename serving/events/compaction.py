@@ -70,9 +70,10 @@ def write_partitions(root: Path, frame: pl.DataFrame, name: str) -> list[Path]:
     written: list[Path] = []
     for (day,), part in dated.sort("timestamp").partition_by(PARTITION_KEY, as_dict=True).items():
         directory = root / f"{PARTITION_KEY}={day}"
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            fsync_dir(root)  # the new partition directory itself must survive a crash
+        directory.mkdir(parents=True, exist_ok=True)
+        # Always, not only when this process created it: another worker may have created the
+        # directory and not yet made its entry durable when this one deletes its WAL segment.
+        fsync_dir(root)
         path = directory / name
         atomic_write_parquet(path, part.drop(PARTITION_KEY))
         written.append(path)

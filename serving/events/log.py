@@ -91,6 +91,12 @@ def _try_lock(path: Path) -> IO[bytes] | None:
 def _remove_writer_dir(root: Path, directory: Path, lock: IO[bytes]) -> None:
     """Delete an empty (fully compacted) writer directory and its stale temporary files."""
     writer_id = directory.name
+    left = sorted(directory.glob("segment-*.wal"))
+    if left:
+        # Never delete a segment that was not compacted: it may hold acknowledged events.
+        lock.close()
+        log.error("event log %s: %d WAL segments of %s remain; kept for recovery", root, len(left), writer_id)
+        return
     for stale in root.glob(f"{PARTITION_KEY}=*/.part-{writer_id}-*.tmp"):
         stale.unlink(missing_ok=True)
     (directory / _LOCK_NAME).unlink(missing_ok=True)
@@ -188,6 +194,11 @@ class EventLog:
 
     # --- the write path ------------------------------------------------------------------
 
+    @property
+    def pseudonymiser(self) -> Pseudonymiser | None:
+        """What user ids are hashed with before they are stored (None: stored as sent)."""
+        return self._pseudonymiser
+
     def submit(self, events: Sequence[events_pb2.Event]) -> concurrent.futures.Future[None]:
         """Queue validated events; the future resolves once they are durable.
 
@@ -209,7 +220,9 @@ class EventLog:
         """:meth:`submit` and wait (without blocking the event loop) until the events are durable."""
         if not events:
             return
-        await asyncio.wrap_future(self.submit(events))
+        # Pseudonymising and serialising up to 10,000 events is CPU work: not on the event loop.
+        future = await asyncio.to_thread(self.submit, events)
+        await asyncio.wrap_future(future)
 
     def flush(self, timeout: float | None = None) -> None:
         """Close the current segment and wait until everything appended so far is in Parquet."""
@@ -295,6 +308,9 @@ class EventLog:
             self._segment.append(b.payload for b in batches)
             self._segment.sync()
         except Exception as exc:
+            # At-least-once: records that reached the file before the failure are still compacted
+            # below, so a client retrying a failed call may store them twice; events that carry an
+            # event_id are de-duplicated by the readers.
             log.exception("event log %s: write failed; %d calls get an error", self.root, len(batches))
             for batch in batches:
                 batch.future.set_exception(exc)
@@ -317,7 +333,9 @@ class EventLog:
             compact_segment, self.root, segment.path, self.writer_id, self._segment_number
         )
         done.add_done_callback(self._log_failure)
-        self._compactions = [f for f in self._compactions if not f.done()] + [done]
+        # Keep failed compactions: close() must see them and leave their segments for recovery.
+        self._compactions = [f for f in self._compactions if not f.done() or f.exception() is not None]
+        self._compactions.append(done)
         return done
 
     def _after_compactions(self) -> concurrent.futures.Future[int]:
