@@ -12,11 +12,13 @@ Admission
 
 Batching (:meth:`MicroBatcher.recommend`)
     Requests are queued. A batch of at most ``max_batch`` requests is dispatched to the
-    executor when ``max_batch`` are queued or ``max_wait_ms`` after the oldest queued
-    request arrived, whichever comes first, as long as fewer than ``max_concurrent``
-    batches are running; while all are busy the queue grows, so batches get larger under
-    load. One batch is one ``engine.recommend_many`` call: one user-tower pass and one
-    index search per distinct filter list. A batch of one calls ``engine.recommend``.
+    executor at once when no batch is running; otherwise, as long as fewer than
+    ``max_concurrent`` batches are running, when ``max_batch`` are queued or
+    ``max_wait_ms`` after the oldest queued request arrived, whichever comes first. While
+    all slots are busy the queue grows, so batches get larger under load and a lone
+    request never waits for companions. One batch is one ``engine.recommend_many`` call:
+    one user-tower pass and one index search per distinct filter list. A batch of one calls
+    ``engine.recommend``.
 
     Each caller gets its own answer or its own error: an invalid query named by the
     engine (``requests[i].<field>``) is answered with that error and the rest of the batch
@@ -194,7 +196,10 @@ class MicroBatcher:
         """Dispatch every batch that is due and has a free slot; arm the timer for the next."""
         options = self._options
         while self._queue and self._running < options.max_concurrent:
-            if len(self._queue) < options.max_batch:
+            # Work-conserving: an idle engine starts at once (waiting for companions would only
+            # add latency at low load); requests arriving meanwhile queue up, so batches still
+            # grow with load. With another batch running, a free slot waits up to max_wait_ms.
+            if len(self._queue) < options.max_batch and self._running > 0:
                 wait = self._queue[0].enqueued + self._max_wait_s - loop.time()
                 if wait > 0:
                     if self._timer is None:

@@ -75,7 +75,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-wait-ms",
         type=float,
         default=2.0,
-        help="how long a queued Recommend waits for others to batch with (default 2 ms)",
+        help=(
+            "with --batch-concurrency > 1: how long a queued Recommend waits for others to batch "
+            "with while another batch runs (default 2 ms; an idle engine never waits)"
+        ),
     )
     parser.add_argument(
         "--batch-concurrency",
