@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build.
 #   docker build --target serve -t recsys-serve .   # gRPC server, serving dependencies only
-#   docker build --target train -t recsys-train .   # adds MLflow and the training CLI
+#   docker build --target train -t recsys-train .   # adds the `train` extra (MLflow, ...) and the CLI
 # The bundle is mounted read-only at /models/bundle:
 #   docker run -p 50051:50051 -v $PWD/runs/demo/bundle:/models/bundle:ro recsys-serve
 
@@ -30,7 +30,9 @@ CMD ["--bundle", "/models/bundle", "--host", "0.0.0.0", "--port", "50051"]
 
 FROM serve AS train
 USER root
-RUN pip install "mlflow>=3.0,<4" "tqdm>=4.66"
+# The project's `train` extra (MLflow, Optuna, implicit, matplotlib, ...), from the same wheel.
+COPY --from=build /wheels /wheels
+RUN pip install "$(ls /wheels/*.whl)[train]" && rm -rf /wheels
 USER recsys
 ENTRYPOINT ["recsys"]
 CMD ["--help"]
