@@ -12,7 +12,6 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import faiss
@@ -22,6 +21,7 @@ from conftest import TrainedBundle
 
 from serving.bench_catalogue import build_synthetic_bundle, clustered_vectors
 from serving.bundle import INDEX, MANIFEST, load_bundle, sha256_file
+from serving.embedding import embed_users
 from serving.engine import TwoTowerEngine
 from serving.errors import BundleError
 from serving.index import (
@@ -440,13 +440,14 @@ def test_calibration_curve_and_choice_are_logged(forced: tuple[str, BuiltIndex])
 
 def test_pipeline_calibrates_on_user_embeddings(engine: TwoTowerEngine) -> None:
     bundle = engine.bundle
-    prepared = SimpleNamespace(sequences=bundle.sequences, user_features=bundle.user_features)
+    rows = np.arange(bundle.sequences.rows, dtype=np.int64)
+    users = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows)
     options = IndexOptions(kind="ivf", sample_queries=50, ivf_nprobe=(1,))
-    built = build_item_index(bundle.model, prepared, engine.item_vectors, options)  # type: ignore[arg-type]
+    built = build_item_index(engine.item_vectors, users, options)
     assert built.queries_source == "user_embeddings"
     assert built.query_count == 50
     assert built.spec == IndexSpec(IVF_FLAT_INNER_PRODUCT, {"nlist": 1}, {"nprobe": 1})  # 60 items: one list
-    assert build_item_index(bundle.model, prepared, engine.item_vectors, IndexOptions()).spec == EXACT  # type: ignore[arg-type]
+    assert build_item_index(engine.item_vectors, users, IndexOptions()).spec == EXACT
 
 
 def test_training_run_logs_the_index_choice(trained: TrainedBundle) -> None:

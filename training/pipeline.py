@@ -35,7 +35,6 @@ from serving.bundle import BundleContents, write_bundle
 from serving.embedding import embed_items, embed_users
 from serving.index import EXACT_INNER_PRODUCT
 from serving.index_calibration import BuiltIndex, build_calibrated_index, resolve_type
-from serving.model import TwoTowerModel
 from training.config import Config, IndexConfig
 from training.data.io import Dataset, load_dataset
 from training.evaluate import evaluate
@@ -81,21 +80,20 @@ INDEX_CALIBRATION_ARTIFACT = "index_calibration.json"
 
 
 def build_item_index(
-    model: TwoTowerModel,
-    prepared: Prepared,
     item_embeddings: npt.NDArray[np.float32],
+    user_embeddings: npt.NDArray[np.float32],
     options: IndexConfig,
 ) -> BuiltIndex:
-    """The bundle's item index, calibrated on the user embeddings of a seeded sample of
-    ``options.sample_queries`` known users (the queries serving will run); exact search
-    (no calibration) when ``options`` resolve to it for this catalogue."""
+    """The bundle's item index, calibrated on the embeddings of a seeded sample of
+    ``options.sample_queries`` known users (the queries serving will run; rows of
+    ``user_embeddings``); exact search (no calibration) when ``options`` resolve to it for
+    this catalogue."""
     if resolve_type(len(item_embeddings), options) == EXACT_INNER_PRODUCT:
         return build_calibrated_index(item_embeddings, options)
     rng = np.random.default_rng(options.seed)
-    n_users = prepared.sequences.rows
+    n_users = len(user_embeddings)
     rows = np.sort(rng.choice(n_users, size=min(n_users, options.sample_queries), replace=False))
-    queries = embed_users(model, prepared.user_features, prepared.sequences, rows.astype(np.int64))
-    return build_calibrated_index(item_embeddings, options, queries)
+    return build_calibrated_index(item_embeddings, options, user_embeddings[rows])
 
 
 def log_index_calibration(tracker: Tracker, built: BuiltIndex) -> None:
@@ -210,11 +208,12 @@ def train(
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         version = model_version_of(state)
         item_embeddings = embed_items(model, final_data.item_features)
-        built_index = build_item_index(model, final_data, item_embeddings, config.index)
-        log_index_calibration(tracker, built_index)
-        # Every user's embedding, indexed for lookalike audiences (serving.audience).
+        # Every user's embedding, computed once: calibration queries for the item index, the
+        # lookalike index (serving.audience) and the profiles' embedding segments.
         user_rows = np.arange(final_data.sequences.rows, dtype=np.int64)
         user_embeddings = embed_users(model, final_data.user_features, final_data.sequences, user_rows)
+        built_index = build_item_index(item_embeddings, user_embeddings, config.index)
+        log_index_calibration(tracker, built_index)
         user_index = build_user_index(user_embeddings, config.index)
         tracker.log_params({"user_index.type": user_index.built.spec.type})
         profiles = profiles_for_bundle(
