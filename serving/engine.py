@@ -18,7 +18,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -141,16 +140,8 @@ class TwoTowerEngine:
         return self.audiences.expand(query)
 
     # ------------------------------------------------------------ recommending
-    @overload
-    def recommend(self, query: RecommendQuery) -> Recommendation: ...
-    @overload
-    def recommend(self, query: str, k: int) -> Recommendation: ...
-    def recommend(self, query: RecommendQuery | str, k: int | None = None) -> Recommendation:
-        """Top-k for one query; ``recommend(user_id, k)`` is the plain request."""
-        if isinstance(query, str):
-            if k is None:
-                raise TypeError("recommend(user_id, k): k is required")
-            query = RecommendQuery(query, k)
+    def recommend(self, query: RecommendQuery) -> Recommendation:
+        """Top-k for one query (``RecommendQuery(user_id, k)`` is the plain request)."""
         return self._answer([self._plan(query)])[0]
 
     def recommend_many(self, queries: Sequence[RecommendQuery]) -> list[Recommendation]:

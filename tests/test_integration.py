@@ -23,6 +23,7 @@ from serving.client import RecommenderClient
 from serving.engine import TwoTowerEngine
 from serving.errors import InvalidArgumentError
 from serving.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError
+from serving.types import RecommendQuery
 from training.cli import main
 
 pytestmark = pytest.mark.slow
@@ -149,7 +150,7 @@ def test_recommend_known_users(
         assert response.fallback is False
         assert response.fallback_reason == pb2.FALLBACK_REASON_UNSPECIFIED
         # The wire answer is the in-process answer.
-        local = engine.recommend(user, 5)
+        local = engine.recommend(RecommendQuery(user, 5))
         assert items == [i.item_id for i in local.items]
         np.testing.assert_allclose(scores, [i.score for i in local.items], atol=1e-6)
 
@@ -254,7 +255,7 @@ def test_recommend_batch_for_all_users(trained: TrainedBundle, engine: TwoTowerE
             assert not set(items) & seen[user]
     # The batch path agrees with the online path.
     for user in _known_users(trained, 3):
-        expected = [i.item_id for i in engine.recommend(user, k).items]
+        expected = [i.item_id for i in engine.recommend(RecommendQuery(user, k)).items]
         assert frame.filter(pl.col("user_id") == user).get_column("item_id").to_list() == expected
 
 

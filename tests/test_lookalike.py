@@ -29,6 +29,7 @@ from serving.errors import FeatureUnavailableError, InvalidArgumentError
 from serving.index import IVF_FLAT_INNER_PRODUCT
 from serving.index_options import IndexOptions
 from serving.server import AUDIENCES_SERVICE, ServerOptions
+from serving.types import RecommendQuery
 from training.cli import main
 
 pytestmark = pytest.mark.slow
@@ -186,7 +187,7 @@ def test_bundle_without_user_index_loads_and_refuses_lookalikes(
     old = TwoTowerEngine(load_bundle(bundle_without_user_index))
     assert old.bundle.user_index is None
     user = _active_users(trained, 1)[0]
-    assert old.recommend(user, 5).items  # everything else still works
+    assert old.recommend(RecommendQuery(user, 5)).items  # everything else still works
     with pytest.raises(FeatureUnavailableError, match="no user index"):
         old.similar_users(SimilarUsersQuery((user,), 5))
 

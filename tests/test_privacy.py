@@ -35,6 +35,7 @@ from serving.events.log import EventLog, EventLogOptions, opened_event_log
 from serving.events.reader import read_events
 from serving.pseudonym import SCHEME, Pseudonymiser, PseudonymKeyError, is_pseudonym
 from serving.server import ServerOptions, ServerStartupError
+from serving.types import RecommendQuery
 from training.cli import main
 from training.data.synth import SynthSummary
 from training.pipeline import train
@@ -188,14 +189,14 @@ def test_serving_hashes_raw_request_ids(private_run: PrivateRun) -> None:
     engine = TwoTowerEngine.load(private_run.bundle)
     user = private_run.raw_ids[0]
     assert engine.user_row(user) is not None
-    answer = engine.recommend(user, 5)
+    answer = engine.recommend(RecommendQuery(user, 5))
     assert not answer.fallback
     assert len(answer.items) == 5
     assert engine.user_embedding(user).shape == (16,)
     # Ids that came back from the service (pseudonyms) are accepted as they are, never hashed twice.
     pseudonym = Pseudonymiser(KEY.encode())(user)
     assert engine.user_row(pseudonym) == engine.user_row(user)
-    assert engine.recommend(pseudonym, 5).items == answer.items
+    assert engine.recommend(RecommendQuery(pseudonym, 5)).items == answer.items
 
     lists = recommend_batch(engine, pl.Series("user_id", private_run.raw_ids[:4]), 3)
     assert lists.get_column("user_id").unique().sort().to_list() == private_run.raw_ids[:4]

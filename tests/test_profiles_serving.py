@@ -25,6 +25,7 @@ from serving.engine import TwoTowerEngine
 from serving.errors import FeatureUnavailableError
 from serving.profiles.service import ProfileStores
 from serving.server import PROFILES_SERVICE, ServerOptions
+from serving.types import RecommendQuery
 from training import report_check
 from training.cli import main
 
@@ -172,7 +173,7 @@ def test_bundle_without_profiles_loads_and_answers_failed_precondition(
     trained: TrainedBundle, old_bundle: Path
 ) -> None:
     old = TwoTowerEngine(load_bundle(old_bundle))
-    assert old.recommend(_busiest_user(trained), 5).items  # everything else still works
+    assert old.recommend(RecommendQuery(_busiest_user(trained), 5)).items  # everything else still works
     options = ServerOptions(host="127.0.0.1", port=0, grace_seconds=0.5, max_workers=1)
     with (
         BackgroundServer(options, lambda: old, start_timeout=30) as s,
