@@ -182,7 +182,8 @@ class TwoTowerEngine:
         ((rows, scores),) = self.retriever.top_k(
             self.item_vectors[row : row + 1], [Wanted(query.k, exclude)], allowed
         )
-        return [ScoredItem(self._item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+        ids = self._item_ids
+        return [ScoredItem(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
 
     def _plan(self, query: RecommendQuery) -> _Plan:
         """Validate ``query`` and decide the tower inputs; raises InvalidArgumentError."""
@@ -271,9 +272,10 @@ class TwoTowerEngine:
         history = np.unique(window[window != PAD_INDEX]) - FIRST_TOKEN_INDEX
         because = explain(self.item_vectors, rows, history)
         ids = self._item_ids
+        # tolist() first: plain Python ints/floats index and box far faster than NumPy scalars.
         items = [
-            ScoredItem(ids[r], float(s), ids[w] if w >= 0 else "")
-            for r, s, w in zip(rows, scores, because, strict=True)
+            ScoredItem(ids[r], s, ids[w] if w >= 0 else "")
+            for r, s, w in zip(rows.tolist(), scores.tolist(), because.tolist(), strict=True)
         ]
         return Recommendation(items, self.model_version)
 
@@ -283,14 +285,17 @@ class TwoTowerEngine:
         """Most popular eligible items (filters, exclusions and category cap applied)."""
         k, exclude, cap = plan.wanted.k, plan.wanted.exclude, plan.wanted.categories
         order = self._popular_rows
+        if plan.allowed is None and cap is None:
+            order = order[: k + len(exclude)]  # enough: at most len(exclude) of them drop out
         if plan.allowed is not None:
             order = order[plan.allowed.mask[order]]
         if len(exclude):
-            order = order[~np.isin(order, exclude)]
+            order = order[~self.retriever.excluded(order, exclude)]
         if cap is not None:
             order = order[capped(cap[order], plan.query.diversity.max_per_category)]
         order = order[:k]
-        items = [ScoredItem(self._item_ids[r], float(self._popular_scores[r])) for r in order]
+        ids, scores = self._item_ids, self._popular_scores[order].tolist()
+        items = [ScoredItem(ids[r], s) for r, s in zip(order.tolist(), scores, strict=True)]
         return Recommendation(items, self.model_version, reason)
 
     # ------------------------------------------------------- batch (campaign) lists
