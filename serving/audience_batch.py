@@ -48,16 +48,6 @@ def audience_frame(audience: Audience) -> pl.DataFrame:
     )
 
 
-def write_audience(path: Path, frame: pl.DataFrame) -> None:
-    """Atomically write Parquet (``.parquet``) or CSV (anything else)."""
-    from serving.storage import atomic_write_csv, atomic_write_parquet
-
-    if Path(path).suffix.lower() == ".parquet":
-        atomic_write_parquet(Path(path), frame)
-    else:
-        atomic_write_csv(Path(path), frame)
-
-
 def add_lookalike_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
     parser.add_argument(
@@ -80,12 +70,13 @@ def add_lookalike_arguments(parser: argparse.ArgumentParser) -> None:
 def lookalike_command(args: argparse.Namespace) -> None:
     from serving.audience import SeedScoring, SimilarUsersQuery
     from serving.engine import TwoTowerEngine
+    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     seeds = read_seed_ids(args.seed_users)
     audience = engine.similar_users(SimilarUsersQuery(seeds, args.size, SeedScoring(args.scoring)))
-    write_audience(args.out, audience_frame(audience))
+    atomic_write_table(args.out, audience_frame(audience))
     print(
         f"wrote {len(audience.users)} lookalike users of {audience.known_seeds} seed users "
         f"({audience.unknown_seeds} unknown seed ids ignored) to {args.out} in "

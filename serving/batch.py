@@ -15,7 +15,6 @@ import polars as pl
 
 from serving.engine import TwoTowerEngine
 from serving.errors import InvalidArgumentError
-from serving.storage import atomic_write_csv, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 _BATCH = 1024
@@ -87,11 +86,3 @@ def recommend_batch(engine: TwoTowerEngine, user_ids: pl.Series, k: int) -> pl.D
             }
         )
     return pl.concat(frames)
-
-
-def write_recommendations(path: Path, frame: pl.DataFrame) -> None:
-    """Atomically write CSV (default) or Parquet (``.parquet``)."""
-    if Path(path).suffix.lower() == ".parquet":
-        atomic_write_parquet(Path(path), frame)
-    else:
-        atomic_write_csv(Path(path), frame)

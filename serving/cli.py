@@ -224,14 +224,15 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recommend_command(args: argparse.Namespace) -> None:
-    from serving.batch import read_user_ids, recommend_batch, write_recommendations
+    from serving.batch import read_user_ids, recommend_batch
     from serving.engine import TwoTowerEngine
+    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     users = read_user_ids(args.users)
     frame = recommend_batch(engine, users, args.k)
-    write_recommendations(args.out, frame)
+    atomic_write_table(args.out, frame)
     seconds = time.perf_counter() - started
     fallback_users = frame.filter(frame["fallback"]).get_column("user_id").n_unique()
     print(

@@ -67,6 +67,14 @@ def atomic_write_csv(path: Path, frame: pl.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.write_csv(tmp))
 
 
+def atomic_write_table(path: Path, frame: pl.DataFrame) -> None:
+    """Atomically write Parquet when ``path`` ends in ``.parquet`` (any case), else CSV."""
+    if Path(path).suffix.lower() == ".parquet":
+        atomic_write_parquet(Path(path), frame)
+    else:
+        atomic_write_csv(Path(path), frame)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it becomes ``target``.
