@@ -21,10 +21,9 @@ import numpy as np
 import polars as pl
 
 from serving.bundle import read_manifest, verify_checksums
-from serving.errors import FeatureUnavailableError
 from serving.profiles.lifecycle import STAGES
 from serving.profiles.rfm import SEGMENTS, segment
-from serving.profiles.store import PROFILES_FILE
+from serving.profiles.store import read_profiles
 from serving.storage import atomic_write_text
 from training.svg_charts import PALETTE, bar_chart, funnel, heat_map, histogram, line_chart
 
@@ -47,9 +46,7 @@ def load_profiles(bundle: Path) -> tuple[dict[str, Any], pl.DataFrame]:
     """(manifest, profiles) of a verified bundle; FeatureUnavailableError without profiles."""
     manifest = read_manifest(bundle)
     verify_checksums(bundle, manifest)
-    if PROFILES_FILE not in manifest["files"] or "profiles" not in manifest:
-        raise FeatureUnavailableError(f"{bundle}: the bundle has no member profiles (retrain it)")
-    return manifest, pl.read_parquet(Path(bundle) / PROFILES_FILE)
+    return manifest, read_profiles(bundle, manifest)
 
 
 def _kpi(value: str, label: str) -> str:

@@ -44,17 +44,7 @@ class ProfileStore:
     @classmethod
     def open(cls, path: Path, manifest: dict[str, Any]) -> ProfileStore:
         """The profiles of the (already verified) bundle at ``path``."""
-        if PROFILES_FILE not in manifest.get("files", {}) or "profiles" not in manifest:
-            raise FeatureUnavailableError(
-                "the loaded bundle has no member profiles (built before profiles existed or with "
-                "profiles.enabled = false); retrain it to serve profiles"
-            )
-        file = Path(path) / PROFILES_FILE
-        try:
-            frame = pl.read_parquet(file)
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise BundleError(f"{file}: unreadable: {exc}") from exc
-        return cls(frame, manifest["profiles"])
+        return cls(read_profiles(path, manifest), manifest["profiles"])
 
     def __len__(self) -> int:
         return self.frame.height
@@ -70,3 +60,21 @@ class ProfileStore:
         return ProfileRecord(
             values, self._segments.get(int(segment)) if segment is not None else None, self.section
         )
+
+
+def read_profiles(path: Path, manifest: dict[str, Any]) -> pl.DataFrame:
+    """The profile table of the (already verified) bundle at ``path``.
+
+    Raises :class:`FeatureUnavailableError` when the bundle has no profiles and
+    :class:`BundleError` when its profile file cannot be read.
+    """
+    if PROFILES_FILE not in manifest.get("files", {}) or "profiles" not in manifest:
+        raise FeatureUnavailableError(
+            "the bundle has no member profiles (built before profiles existed or with "
+            "profiles.enabled = false); retrain it to serve profiles"
+        )
+    file = Path(path) / PROFILES_FILE
+    try:
+        return pl.read_parquet(file)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise BundleError(f"{file}: unreadable: {exc}") from exc

@@ -15,15 +15,10 @@ from typing import Final
 
 import polars as pl
 
-from serving.events.reader import event_files, scan_events
+from serving.events.reader import is_event_log, scan_events
 
 # Event types that are evidence of interest, strongest last.
 POSITIVE_EVENT_TYPES: Final = ("click", "add_to_cart", "purchase")
-
-
-def is_event_log_directory(path: Path) -> bool:
-    """Whether ``path`` is a directory holding event-log Parquet files."""
-    return Path(path).is_dir() and bool(event_files(path))
 
 
 def event_log_interactions(root: Path, *, include_impressions: bool = False) -> pl.DataFrame:
@@ -33,7 +28,7 @@ def event_log_interactions(root: Path, *, include_impressions: bool = False) -> 
     Raises :class:`ValueError` naming the directory when it holds no event log.
     """
     root = Path(root)
-    if not is_event_log_directory(root):
+    if not is_event_log(root):
         raise ValueError(f"{root}: not an event log (no date=*/part-*.parquet files)")
     kinds = [*POSITIVE_EVENT_TYPES, *(("impression",) if include_impressions else ())]
     return (
