@@ -14,9 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from serving.live_models import EngineSource, LiveModelOptions
+from serving.live_models import EngineSource, LiveModelOptions, load_bundle_engine
 from serving.server import ServerOptions, run_server
-from serving.types import RecommenderEngine
 from serving.workers import run_workers
 
 log = logging.getLogger(__name__)
@@ -150,20 +149,10 @@ def configure_compute_threads(threads: int) -> None:
     log.debug("engine threads: %d", threads)
 
 
-def load_engine(bundle: Path) -> RecommenderEngine:
-    """The engine for ``bundle`` (picklable as ``functools.partial(load_engine, path)``).
-
-    Raises :class:`~serving.errors.BundleError` for a missing or bad bundle.
-    """
-    from serving.engine import TwoTowerEngine
-
-    return TwoTowerEngine.load(bundle)
-
-
 def engine_source(args: argparse.Namespace) -> EngineSource:
     """What to serve: a fixed ``--bundle``, or live models (``--model``, ``--experiments``)."""
     if args.bundle is not None and args.experiments is None:
-        return functools.partial(load_engine, Path(args.bundle))
+        return functools.partial(load_bundle_engine, Path(args.bundle))
     return LiveModelOptions(
         model=str(args.bundle if args.bundle is not None else args.model),
         experiments=args.experiments,

@@ -200,9 +200,13 @@ def parse_experiments(data: bytes, source: Path) -> ExperimentSet:
     experiments: dict[str, Experiment] = {}
     for name, table in tables.items():
         experiments[name] = _experiment(name, table, Path(source).parent, f"{where}: experiment {name!r}")
-    return ExperimentSet(
-        MappingProxyType(experiments), where, hashlib.sha256(data).hexdigest() if data else ""
-    )
+    return ExperimentSet(MappingProxyType(experiments), where, experiments_digest(data))
+
+
+def experiments_digest(data: bytes) -> str:
+    """The identity of an experiments file's content (empty for an empty file): a reload
+    compares it with :attr:`ExperimentSet.digest` to skip unchanged files."""
+    return hashlib.sha256(data).hexdigest() if data else ""
 
 
 def _experiment(name: str, table: Any, base_dir: Path, where: str) -> Experiment:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 import signal
 import threading
@@ -47,7 +46,13 @@ from typing import Literal
 
 from serving.bundle_cache import BundleCache
 from serving.errors import BundleError, InvalidArgumentError, RecsysError
-from serving.experiments import ExperimentConfigError, ExperimentSet, load_experiments, parse_experiments
+from serving.experiments import (
+    ExperimentConfigError,
+    ExperimentSet,
+    experiments_digest,
+    load_experiments,
+    parse_experiments,
+)
 from serving.metrics import ServingMetrics
 from serving.mlflow_store import ModelRegistry, default_store_dir, resolve_tracking_uri
 from serving.model_ref import ModelRef, parse_model_ref
@@ -104,7 +109,11 @@ def warm_up(engine: RecommenderEngine) -> None:
 
 
 def load_bundle_engine(path: Path) -> RecommenderEngine:
-    """A :class:`~serving.engine.TwoTowerEngine` on the verified bundle at ``path``."""
+    """A :class:`~serving.engine.TwoTowerEngine` on the verified bundle at ``path`` (picklable
+    as ``functools.partial(load_bundle_engine, path)`` for ``--workers``).
+
+    Raises :class:`~serving.errors.BundleError` for a missing or bad bundle.
+    """
     from serving.engine import TwoTowerEngine
 
     return TwoTowerEngine.load(path)
@@ -335,7 +344,7 @@ class LiveModels:
                 self._missing_logged = True
             return False
         self._missing_logged = False
-        digest = hashlib.sha256(data).hexdigest() if data else ""
+        digest = experiments_digest(data)
         if digest in (self.router.table.experiments.digest, self._refused_digest):
             return False
         try:

@@ -14,8 +14,8 @@ from conftest import tiny_config
 
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving.background import BackgroundServer
-from serving.cli import load_engine
 from serving.events.schema import EVENT_TYPE_BY_NAME
+from serving.live_models import load_bundle_engine
 from serving.server import ServerOptions
 from training.data.io import InputError, load_interactions
 
@@ -51,7 +51,7 @@ def test_a_model_trains_on_the_event_log_written_through_the_rpc(trained: object
     interactions: pl.DataFrame = trained.interactions  # type: ignore[attr-defined]
     events_dir = tmp_path / "events"
     options = ServerOptions(port=0, grace_seconds=1.0, events_dir=events_dir)
-    with BackgroundServer(options, functools.partial(load_engine, trained.bundle)) as server:  # type: ignore[attr-defined]
+    with BackgroundServer(options, functools.partial(load_bundle_engine, trained.bundle)) as server:  # type: ignore[attr-defined]
         assert _log_through_the_rpc(server.address, interactions) == interactions.height
     # Leaving the block stopped the server, which compacted the whole WAL into Parquet.
 
