@@ -318,17 +318,25 @@ def search_subset(
     take = min(k, len(rows))
     for start in range(0, len(queries), _SUBSET_QUERY_BLOCK):
         block = queries[start : start + _SUBSET_QUERY_BLOCK] @ selected.T
-        if take < len(rows):
-            top = np.argpartition(-block, take - 1, axis=1)[:, :take]
-        else:
-            top = np.broadcast_to(np.arange(len(rows)), block.shape)
-        top_scores = np.take_along_axis(block, top, axis=1)
-        # Best first; equal scores in row order (top is a permutation of positions).
-        order = np.lexsort((top, -top_scores), axis=1)
-        top = np.take_along_axis(top, order, axis=1)
+        top = top_positions(block, take)
         out_scores[start : start + len(block), :take] = np.take_along_axis(block, top, axis=1)
         out_rows[start : start + len(block), :take] = rows[top]
     return out_scores, out_rows
+
+
+def top_positions(scores: FloatArray, take: int) -> IntArray:
+    """Column positions of the ``take`` highest scores of each row of ``scores`` (B, n),
+    (B, min(take, n)): best first, equal scores in column order."""
+    take = min(take, scores.shape[1])
+    if take < scores.shape[1]:
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    # top is a permutation of positions, so the secondary key orders equal scores by column.
+    order = np.lexsort((top, -top_scores), axis=1)
+    ordered: IntArray = np.take_along_axis(top, order, axis=1)
+    return ordered
 
 
 def _run(

@@ -18,7 +18,7 @@ exact.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import faiss
@@ -27,7 +27,14 @@ import numpy.typing as npt
 
 from serving.diversity import candidate_count, rerank
 from serving.filters import AllowedRows
-from serving.index import EXACT_INNER_PRODUCT, exact_subset_limit, index_type, search, search_subset
+from serving.index import (
+    EXACT_INNER_PRODUCT,
+    exact_subset_limit,
+    index_type,
+    search,
+    search_subset,
+    top_positions,
+)
 from serving.types import NO_DIVERSITY, Diversity
 
 FloatArray = npt.NDArray[np.float32]
@@ -102,13 +109,12 @@ class Retriever:
         scores, found = self.search(queries, fetch, allowed)
         out: list[Ranked] = []
         for i, want in enumerate(wanted):
-            ranked = self._pick(want, found[i], scores[i])
-            widened = fetch
-            while len(ranked[0]) < want.k and widened < limit:
-                widened = min(limit, 2 * widened)
-                more_scores, more_found = self.search(queries[i : i + 1], widened, allowed)
-                ranked = self._pick(want, more_found[0], more_scores[0])
-            out.append(ranked)
+
+            def wider(n: int, i: int = i) -> Ranked:
+                more_scores, more_found = self.search(queries[i : i + 1], n, allowed)
+                return more_found[0], more_scores[0]
+
+            out.append(self._widened(want, (found[i], scores[i]), fetch, limit, wider))
         return out
 
     def _top_k_matrix(
@@ -128,18 +134,29 @@ class Retriever:
         if sum(counts):
             owners = np.repeat(np.arange(len(wanted)), counts)
             scores[owners, np.concatenate([w.exclude for w in wanted])] = -np.inf
+        fetch = min(limit, max(candidate_count(w.k, w.diversity) for w in wanted))
+        best = top_positions(scores, fetch)
         out: list[Ranked] = []
         for i, want in enumerate(wanted):
             row = scores[i]
+
+            def wider(n: int, row: FloatArray = row) -> Ranked:
+                return _eligible(top_positions(row[None, :], n)[0], row)
+
             unexcluded = replace(want, exclude=_NO_ROWS)  # already -inf in the matrix
-            fetch = min(limit, candidate_count(want.k, want.diversity))
-            while True:
-                ranked = self._pick(unexcluded, *_best(row, fetch))
-                if len(ranked[0]) >= want.k or fetch >= limit:
-                    break
-                fetch = min(limit, 2 * fetch)  # a category cap left too few: widen
-            out.append(ranked)
+            out.append(self._widened(unexcluded, _eligible(best[i], row), fetch, limit, wider))
         return out
+
+    def _widened(
+        self, want: Wanted, first: Ranked, fetch: int, limit: int, candidates: Callable[[int], Ranked]
+    ) -> Ranked:
+        """``want``'s pick from ``first`` (``fetch`` candidates); while exclusions or a category
+        cap leave fewer than k, again from ``candidates(n)`` with n doubled up to ``limit``."""
+        ranked = self._pick(want, *first)
+        while len(ranked[0]) < want.k and fetch < limit:
+            fetch = min(limit, 2 * fetch)
+            ranked = self._pick(want, *candidates(fetch))
+        return ranked
 
     def _pick(self, want: Wanted, found: IntArray, scores: FloatArray) -> Ranked:
         keep = found >= 0
@@ -153,9 +170,7 @@ class Retriever:
         return rows[positions], kept_scores[positions]
 
 
-def _best(scores: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
-    """(rows, scores) of the ``n`` highest finite entries of ``scores``, best first."""
-    top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    top = top[np.isfinite(scores[top])]
-    return top.astype(np.int64, copy=False), scores[top]
+def _eligible(rows: IntArray, scores: FloatArray) -> Ranked:
+    """(rows, their scores) without the ineligible (-inf) ones; ``scores`` is the full row."""
+    kept = rows[np.isfinite(scores[rows])]
+    return kept.astype(np.int64, copy=False), scores[kept]
