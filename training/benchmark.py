@@ -32,7 +32,7 @@ from training.baselines import BASELINES, baseline_scores, make_baseline
 from training.config import Config
 from training.data.io import find_canonical_files, load_dataset
 from training.evaluate import ScoreBatches, rank_test_users, two_tower_scores
-from training.evaluation import PROTOCOLS, Protocol, split
+from training.evaluation import PROTOCOLS, Protocol, split_for
 from training.evaluation.beyond_accuracy import beyond_accuracy_metrics, item_value_csr
 from training.features import Prepared, encoder_options, prepare
 from training.tracking import flatten, start_run
@@ -223,8 +223,7 @@ def run_benchmark(
         raise ValueError(f"k must be >= 1, got {k}")
     data_dir = Path(data_dir)
     data = load_dataset(*find_canonical_files(data_dir))
-    kwargs: dict[str, Any] = {"min_interactions": config.eval.min_interactions} if protocol == "llo" else {}
-    parts = split(data.interactions, protocol, **kwargs)
+    parts = split_for(data.interactions, protocol, config.eval.min_interactions)
     base = prepare(parts.train, None, None, config.data)
     item_ids = base.item_encoder.ids.tokens
     attribute = diversity_attribute_of(data.items, item_ids, config, diversity_attribute)

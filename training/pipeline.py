@@ -38,7 +38,7 @@ from serving.index_calibration import BuiltIndex, build_calibrated_index, resolv
 from training.config import Config, IndexConfig
 from training.data.io import Dataset, load_dataset
 from training.evaluate import evaluate
-from training.evaluation import split
+from training.evaluation import split_for
 from training.features import Prepared, prepare
 from training.profiles import profiles_for_bundle
 from training.pseudonymise import pseudonymise_dataset
@@ -176,10 +176,7 @@ def train(
         eval_result: TrainResult | None = None
         train_part: Prepared | None = None
         if config.eval.protocol != "none":
-            kwargs = (
-                {"min_interactions": config.eval.min_interactions} if config.eval.protocol == "llo" else {}
-            )
-            parts = split(frame, config.eval.protocol, **kwargs)
+            parts = split_for(frame, config.eval.protocol, config.eval.min_interactions)
             train_part = prepare(parts.train, data.users, data.items, config.data)
             eval_result = _fit(train_part, config, tracker, "eval_train")
             metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)

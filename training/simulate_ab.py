@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+from serving.bench_load import free_port
 from serving.interceptors import REQUEST_ID_KEY
 from serving.storage import atomic_write_parquet, atomic_write_text
 from training.ab_report import AbReport, format_table, run_ab_report
@@ -220,18 +220,11 @@ share = 50
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def start_server(
     bundle: Path, experiments: Path, events_dir: Path, log_path: Path, threads: int = 2
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m serving`` with the experiments and an event log; returns once SERVING."""
-    port = _free_port()
+    port = free_port()
     argv = [
         *(sys.executable, "-m", "serving", "--bundle", str(bundle), "--experiments", str(experiments)),
         *("--events-dir", str(events_dir), "--port", str(port), "--threads", str(threads), "--grace", "5"),

@@ -31,7 +31,7 @@ from serving.storage import atomic_write_text
 from training.config import Config, ConfigError, merge, to_toml, validate
 from training.data.io import Dataset
 from training.evaluate import evaluate
-from training.evaluation import split
+from training.evaluation import split_for
 from training.features import prepare
 from training.tracking import flatten, start_run
 from training.trainer import train_model
@@ -96,9 +96,8 @@ def validation_split(frame: pl.DataFrame, config: Config) -> tuple[pl.DataFrame,
     protocol = config.eval.protocol
     if protocol == "none":
         raise ConfigError("eval.protocol: tuning needs a splitting protocol (llo, rand or time), not 'none'")
-    kwargs: dict[str, Any] = {"min_interactions": config.eval.min_interactions} if protocol == "llo" else {}
-    outer = split(frame, protocol, **kwargs)
-    inner = split(outer.train, protocol, **kwargs)
+    outer = split_for(frame, protocol, config.eval.min_interactions)
+    inner = split_for(outer.train, protocol, config.eval.min_interactions)
     if inner.test.height == 0:
         raise ValueError(f"the {protocol} validation split left no validation interactions; too little data")
     return inner.train, inner.test

@@ -8,6 +8,7 @@ from training.evaluation.splits import (
     leave_last_out,
     random_split,
     split,
+    split_for,
     time_split,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "random_split",
     "ranking_metrics",
     "split",
+    "split_for",
     "time_split",
     "top_k_excluding",
     "truth_csr",

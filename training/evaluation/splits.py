@@ -217,3 +217,11 @@ def split(df: pl.DataFrame | pl.LazyFrame, protocol: Protocol, **kwargs: Any) ->
     if protocol == "time":
         return time_split(df, **kwargs)
     raise ValueError(f"unknown split protocol {protocol!r}; valid protocols are {', '.join(PROTOCOLS)}")
+
+
+def split_for(df: pl.DataFrame | pl.LazyFrame, protocol: Protocol, min_interactions: int) -> Split:
+    """:func:`split` as the configuration asks: ``min_interactions`` (``eval.min_interactions``)
+    applies to leave-last-out, the only protocol that takes it."""
+    if protocol == "llo":
+        return leave_last_out(df, min_interactions=min_interactions)
+    return split(df, protocol)
