@@ -47,6 +47,7 @@ from serving.history import Sequences
 from serving.index import IndexSpec, configure, read_index
 from serving.index_calibration import BuiltIndex, build_calibrated_index
 from serving.model import TwoTowerModel, TwoTowerSpec
+from serving.profiles.store import PROFILES_FILE
 from serving.storage import atomic_directory
 
 SCHEMA_VERSION = 1
@@ -57,7 +58,7 @@ ITEMS = "items.parquet"
 VOCABULARIES = "vocabularies.parquet"
 INDEX = "index.faiss"
 USER_INDEX = "users.faiss"
-PROFILES = "profiles.parquet"
+PROFILES = PROFILES_FILE  # named beside its reader, serving.profiles.store (no torch/FAISS there)
 # Reserved column names (the encoders never take "__" columns as attributes).
 SEQUENCE = "__sequence"
 POPULARITY = "__popularity"

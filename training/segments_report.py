@@ -121,8 +121,8 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
 
     # RFM grid: R rows x F columns, users per cell, named segment per cell.
     bins = int(section["rfm"]["bins"])
-    grid = profiles.group_by("r_score", "f_score").len()
-    cells = {(int(r), int(f)): float(c) for r, f, c in grid.iter_rows()}
+    # The manifest's grid (written with the profiles), not a second group-by over them.
+    cells = {(int(c["r_score"]), int(c["f_score"])): float(c["users"]) for c in section["rfm"]["grid"]}
     scores = list(range(1, bins + 1))
     names = pl.DataFrame({"r": [r for r in scores for _ in scores], "f": scores * bins}).with_columns(
         segment(pl.col("r"), pl.col("f"), bins).alias("name")
