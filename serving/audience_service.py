@@ -20,8 +20,6 @@ from serving.audience import (
     Audience,
     SeedScoring,
     SimilarUsersQuery,
-    validate_seeds,
-    validate_size,
 )
 from serving.batcher import DeadlineExpired, MicroBatcher
 from serving.errors import FeatureUnavailableError, InvalidArgumentError
@@ -46,15 +44,13 @@ class AudienceEngine(Protocol):
 
 
 def to_similar_users_query(request: pb2.FindSimilarUsersRequest) -> SimilarUsersQuery:
-    """A validated query; raises :class:`~serving.errors.InvalidArgumentError` naming the field."""
+    """The request as a query; raises :class:`~serving.errors.InvalidArgumentError` for an
+    unknown scoring. Seeds and size are validated once, where the audience is built
+    (:meth:`serving.audience.UserAudiences.expand`)."""
     scoring = _SCORINGS.get(request.scoring)
     if scoring is None:
         raise InvalidArgumentError("scoring", f"unknown value {request.scoring}")
-    return SimilarUsersQuery(
-        seed_user_ids=validate_seeds(request.seed_user_ids),
-        size=validate_size(request.size),
-        scoring=scoring,
-    )
+    return SimilarUsersQuery(tuple(request.seed_user_ids), request.size, scoring)
 
 
 def to_similar_users_response(audience: Audience) -> pb2.FindSimilarUsersResponse:
