@@ -317,24 +317,12 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path / VOCABULARIES}: does not match the manifest: {exc}") from exc
     _check_fields(spec, user_encoder, item_encoder, path)
 
-    try:
-        index_spec = IndexSpec.from_manifest(manifest.get("index"))
-    except ValueError as exc:
-        raise BundleError(f"{path / MANIFEST}: invalid index section: {exc}") from exc
-    try:
-        index = read_index(path / INDEX)
-    except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
-        raise BundleError(f"{path / INDEX}: unreadable: {exc}") from exc
-    if index.d != spec.output_dim or index.ntotal != n_items:
-        raise BundleError(
-            f"{path / INDEX}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_items} of "
-            f"{spec.output_dim}"
-        )
-    try:
-        configure(index, index_spec)  # the search parameters chosen at build time
-    except ValueError as exc:
-        raise BundleError(f"{path / INDEX}: does not match the manifest: {exc}") from exc
-    user_index = _read_user_index(path, manifest, n_users, spec.output_dim)
+    index = _read_index(path, INDEX, manifest, "index", n_items, spec.output_dim)
+    user_index = (
+        _read_index(path, USER_INDEX, manifest, "user_index", n_users, spec.output_dim)
+        if USER_INDEX in manifest["files"]
+        else None
+    )
     sequence_column = users.get_column(SEQUENCE)
     lengths = sequence_column.list.len().fill_null(0).to_numpy().astype(np.int64)
     flat = sequence_column.explode().drop_nulls().to_numpy().astype(np.int64)
@@ -360,24 +348,26 @@ def load_bundle(path: Path) -> Bundle:
     )
 
 
-def _read_user_index(path: Path, manifest: dict[str, Any], n_users: int, dim: int) -> faiss.Index | None:
-    """``users.faiss`` checked against the manifest, its search parameters applied; None if absent."""
-    if USER_INDEX not in manifest["files"]:
-        return None
-    file = path / USER_INDEX
+def _read_index(
+    path: Path, name: str, manifest: dict[str, Any], section: str, n: int, dim: int
+) -> faiss.Index:
+    """The FAISS index file ``name`` checked against the manifest (``n`` vectors of ``dim``),
+    with the search parameters of its manifest ``section`` applied."""
+    file = path / name
     try:
-        spec = IndexSpec.from_manifest(manifest.get("user_index"))
-        index = read_index(file)
+        spec = IndexSpec.from_manifest(manifest.get(section))
     except ValueError as exc:
-        raise BundleError(f"{path / MANIFEST}: invalid user_index section: {exc}") from exc
+        raise BundleError(f"{path / MANIFEST}: invalid {section} section: {exc}") from exc
+    try:
+        index = read_index(file)
     except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
         raise BundleError(f"{file}: unreadable: {exc}") from exc
-    if index.d != dim or index.ntotal != n_users:
+    if index.d != dim or index.ntotal != n:
         raise BundleError(
-            f"{file}: {index.ntotal} vectors of dimension {index.d}, manifest says {n_users} of {dim}"
+            f"{file}: {index.ntotal} vectors of dimension {index.d}, manifest says {n} of {dim}"
         )
     try:
-        configure(index, spec)
+        configure(index, spec)  # the search parameters chosen at build time
     except ValueError as exc:
         raise BundleError(f"{file}: does not match the manifest: {exc}") from exc
     return index
