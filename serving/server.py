@@ -332,7 +332,7 @@ async def serve(
     models = LiveModels(load_engine, holder, metrics)
     if on_models is not None:
         on_models(models)
-    servicer = RecommenderServicer(holder, executor, batcher=batcher, metrics=metrics, router=models.router)
+    servicer = RecommenderServicer(models.router, executor, batcher=batcher, metrics=metrics)
     pb2_grpc.add_RecommenderServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     audiences_pb2_grpc.add_AudiencesServicer_to_server(  # type: ignore[no-untyped-call]
         AudiencesServicer(holder, batcher), server

@@ -67,30 +67,25 @@ class EngineHolder:
 
 
 class RecommenderServicer(pb2_grpc.RecommenderServicer):
-    """Implements ``recsys.v1.Recommender`` on top of an :class:`EngineHolder`.
+    """Implements ``recsys.v1.Recommender`` on top of a :class:`~serving.routing.Router`.
 
-    ``executor`` runs the engine calls; its size bounds how many run at once. The
-    servicer does not own it: whoever created it shuts it down. ``batcher`` (default: a
-    :class:`MicroBatcher` with default :class:`BatchOptions` on ``executor``) batches and
-    admits the calls; ``metrics`` (optional) counts fallback and variant answers.
-    ``router`` (default: no experiments, everything answered by ``holder``) picks the
-    engine of each Recommend request (:mod:`serving.routing`); its default holder must be
-    ``holder``.
+    ``router`` picks the engine of each Recommend request (:mod:`serving.routing`); its
+    default holder answers everything else (SimilarItems, GetUserEmbedding). ``executor``
+    runs the engine calls; its size bounds how many run at once. The servicer does not own
+    it: whoever created it shuts it down. ``batcher`` (default: a :class:`MicroBatcher` with
+    default :class:`BatchOptions` on ``executor``) batches and admits the calls; ``metrics``
+    (optional) counts fallback and variant answers.
     """
 
     def __init__(
         self,
-        holder: EngineHolder,
+        router: Router,
         executor: Executor | None,
         *,
         batcher: MicroBatcher | None = None,
         metrics: ServingMetrics | None = None,
-        router: Router | None = None,
     ) -> None:
-        self._holder = holder
-        self._router = router if router is not None else Router(holder)
-        if self._router.default is not holder:
-            raise ValueError("router: its default holder must be the servicer's holder")
+        self._router = router
         self._batcher = batcher if batcher is not None else MicroBatcher(executor, BatchOptions(), metrics)
         self._metrics = metrics
 
@@ -128,7 +123,7 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         self, request: pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb2.SimilarItemsResponse:
         query = to_similar_query(request)
-        engine = self._holder.get()
+        engine = self._router.default.get()
         items = await self._within_deadline(
             context, self._batcher.run(lambda: engine.similar_items(query), context.time_remaining())
         )
@@ -139,7 +134,7 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         self, request: pb2.GetUserEmbeddingRequest, context: grpc.aio.ServicerContext
     ) -> pb2.UserEmbedding:
         user_id = validate_user_id(request.user_id)
-        engine = self._holder.get()
+        engine = self._router.default.get()
         vector = await self._within_deadline(
             context, self._batcher.run(lambda: engine.user_embedding(user_id), context.time_remaining())
         )

@@ -32,6 +32,7 @@ from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.errors import InvalidArgumentError, NotFoundError, NotReadyError, OverloadedError, RecsysError
 from serving.interceptors import INTERNAL_MESSAGE, status_for
+from serving.routing import Router
 from serving.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError, serve
 from serving.service import EngineHolder, RecommenderServicer
 from serving.types import (
@@ -576,7 +577,7 @@ class _FakeContext:
 @pytest.mark.parametrize(("remaining", "slow_s"), [(0.0, 0.0), (-1.0, 0.0), (0.05, 0.3)])
 def test_servicer_deadline_paths(remaining: float, slow_s: float) -> None:
     engine = FakeEngine(slow_s=slow_s)
-    servicer = RecommenderServicer(EngineHolder(engine), executor=None)  # type: ignore[arg-type]
+    servicer = RecommenderServicer(Router(EngineHolder(engine)), executor=None)  # type: ignore[arg-type]
     context = _FakeContext(remaining)
 
     async def call() -> None:
