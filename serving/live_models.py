@@ -37,6 +37,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from serving.service import EngineHolder
 from serving.types import Diversity, RecommenderEngine, RecommendQuery
 
 logger = logging.getLogger("serving")
+
+_SWAP_HISTORY = 1000  # hot-swap attempts kept in LiveModels.swaps
 
 WARM_UP_USER = "__recsys_warm_up__"
 
@@ -248,8 +251,9 @@ class LiveModels:
         self._versions = _Versions()
         self._refused_digest = ""
         self._missing_logged = False
-        self.swaps: list[SwapRecord] = []
-        """Every hot-swap attempt, oldest first (figures, tests)."""
+        self.swaps: deque[SwapRecord] = deque(maxlen=_SWAP_HISTORY)
+        """The latest hot-swap attempts, oldest first (figures, tests); bounded, because a
+        download that keeps failing adds one at every poll for as long as the server runs."""
         self.last_reload_error = ""
         """Why the last experiments file was refused ("" when the last reload applied)."""
         self.management = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-models")
