@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving.background import BackgroundServer
-from serving.cli import load_engine
 from serving.events.compaction import compact_segment
 from serving.events.log import WAL_DIRNAME, EventLog, EventLogOptions, recover_orphans
 from serving.events.reader import event_files, read_events
 from serving.events.service import EVENT_COLLECTOR_SERVICE
 from serving.events.validation import MAX_EVENTS_PER_CALL, validate_events
 from serving.events.wal import MAGIC, SegmentWriter, frame, read_segment
+from serving.live_models import load_bundle_engine
 from serving.server import ServerOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def test_a_failed_compaction_keeps_its_segment_through_a_clean_close(
 def events_server(trained: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("events")
     options = ServerOptions(port=0, grace_seconds=1.0, events_dir=root, events_compact_interval_s=3600)
-    load = functools.partial(load_engine, trained.bundle)  # type: ignore[attr-defined]
+    load = functools.partial(load_bundle_engine, trained.bundle)  # type: ignore[attr-defined]
     with BackgroundServer(options, load) as server:
         yield server.address, root
 
@@ -252,7 +252,7 @@ def test_log_events_keeps_the_good_events_and_names_the_bad_ones(events_server: 
 
 
 def test_log_events_without_an_event_log_is_a_failed_precondition(trained: object) -> None:
-    load = functools.partial(load_engine, trained.bundle)  # type: ignore[attr-defined]
+    load = functools.partial(load_bundle_engine, trained.bundle)  # type: ignore[attr-defined]
     with (
         BackgroundServer(ServerOptions(port=0, grace_seconds=1.0), load) as server,
         grpc.insecure_channel(server.address) as channel,
