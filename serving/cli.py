@@ -134,18 +134,22 @@ def configure_compute_threads(threads: int) -> None:
     """One intra-op thread per engine thread: requests are parallel across threads (and
     batched), and nested parallelism inside each engine call only adds contention.
 
-    Also sets ``OMP_NUM_THREADS=1``, which takes effect only when this runs before FAISS
-    and torch are first imported (the serve command makes sure of it): OpenMP's
-    ``omp_set_num_threads`` binds only the calling thread, the engine threads are new
-    threads that read the process-wide default (one per core), and an idle OpenMP team
-    spinning after each search costs more CPU than the search itself.
+    Every native thread pool loaded in the process (NumPy's and FAISS's OpenBLAS, torch's
+    and FAISS's OpenMP) is limited to one thread at run time with ``threadpoolctl``: an
+    idle OpenBLAS or OpenMP team busy-waits after each call, and on the 2-core benchmark
+    machine NumPy's OpenBLAS helper alone burnt ~0.75 of a core under load (the score
+    matrix product of each batch woke it), halving Recommend throughput. ``OMP_NUM_THREADS``
+    is set as well for libraries loaded later (it is read when OpenMP starts).
     """
     os.environ["OMP_NUM_THREADS"] = "1"
     import faiss
+    import numpy  # noqa: F401  (its OpenBLAS must be loaded to be limited)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
+    threadpool_limits(limits=1)
     log.debug("engine threads: %d", threads)
 
 

@@ -44,6 +44,7 @@ from serving.types import (
     ScoredItem,
     SimilarItemsQuery,
 )
+from serving.user_vectors import StoredUserVectors
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -88,6 +89,7 @@ class TwoTowerEngine:
         self.categories = Categories(bundle.items, bundle.item_encoder, attributes)
         self.request_attributes = RequestAttributes(bundle.user_encoder, bundle.users, bundle.user_features)
         self.retriever = Retriever(bundle.index, self.item_vectors)
+        self._stored_vectors = StoredUserVectors(self._tower_rows, bundle.spec.output_dim)
         self.audiences = UserAudiences(
             bundle.user_index,
             bundle.users.get_column("user_id"),
@@ -123,7 +125,14 @@ class TwoTowerEngine:
         return np.asarray(indices, dtype=np.int64) - FIRST_TOKEN_INDEX
 
     def embed_rows(self, rows: IntArray) -> FloatArray:
-        """User tower output for known users (table rows), one batched pass."""
+        """User tower output for known users (table rows) on their stored inputs.
+
+        Computed once per user (one batched pass for the rows not seen before) and kept:
+        see :mod:`serving.user_vectors`.
+        """
+        return self._stored_vectors.get(rows)
+
+    def _tower_rows(self, rows: IntArray) -> FloatArray:
         bundle = self.bundle
         embeddings: FloatArray = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows)
         return embeddings
@@ -248,25 +257,31 @@ class TwoTowerEngine:
         return [r for r in results if r is not None]
 
     def _embed(self, plans: Sequence[_Plan]) -> tuple[FloatArray, IntArray]:
-        """(user embeddings, history windows) for personalised plans, one tower pass."""
+        """(user embeddings, history windows) for personalised plans.
+
+        Plans on stored inputs read their user's stored vector; the others (recent items,
+        request attributes) go through the user tower together, in one pass.
+        """
         bundle = self.bundle
         rows = np.array([0 if p.row is None else p.row for p in plans], dtype=np.int64)
         windows = last_items(bundle.sequences, rows, bundle.spec.history_length)
         custom = [j for j, p in enumerate(plans) if p.features is not None or p.history is not None]
         if not custom:
-            plain: FloatArray = embed_users(
-                bundle.model, bundle.user_features, bundle.sequences, rows, history=windows
-            )
-            return plain, windows
-        features = gather(bundle.user_features, rows)
-        for j in custom:
+            return self.embed_rows(rows), windows
+        is_custom = np.zeros(len(plans), dtype=bool)
+        is_custom[custom] = True
+        embeddings = np.empty((len(plans), bundle.spec.output_dim), dtype=np.float32)
+        embeddings[~is_custom] = self.embed_rows(rows[~is_custom])
+        features = gather(bundle.user_features, rows[custom])
+        for position, j in enumerate(custom):
             plan = plans[j]
             if plan.features is not None:
                 for name, values in plan.features.items():
-                    features[name][j] = values[0]
+                    features[name][position] = values[0]
             if plan.history is not None:
                 windows[j] = plan.history
-        return embed_user_inputs(bundle.model, features, windows), windows
+        embeddings[custom] = embed_user_inputs(bundle.model, features, windows[custom])
+        return embeddings, windows
 
     def _personalised(self, rows: IntArray, scores: FloatArray, window: IntArray) -> Recommendation:
         history = np.unique(window[window != PAD_INDEX]) - FIRST_TOKEN_INDEX
