@@ -48,6 +48,8 @@ from serving.user_vectors import StoredUserVectors
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+_NO_ROWS: IntArray = np.zeros(0, dtype=np.int64)
+_NO_SCORES: FloatArray = np.zeros(0, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -243,14 +245,19 @@ class TwoTowerEngine:
             groups: dict[object, list[int]] = defaultdict(list)
             for position, i in enumerate(model):
                 groups[plans[i].query.filters].append(position)
+            ranked: list[tuple[IntArray, FloatArray]] = [(_NO_ROWS, _NO_SCORES)] * len(model)
             for members in groups.values():
-                ranked = self.retriever.top_k(
+                found = self.retriever.top_k(
                     embeddings[members],
                     [plans[model[m]].wanted for m in members],
                     plans[model[members[0]]].allowed,
                 )
-                for m, (rows, scores) in zip(members, ranked, strict=True):
-                    results[model[m]] = self._personalised(rows, scores, windows[m])
+                for m, pair in zip(members, found, strict=True):
+                    ranked[m] = pair
+            histories = np.where(windows >= FIRST_TOKEN_INDEX, windows - FIRST_TOKEN_INDEX, -1)
+            because = explain(self.item_vectors, [rows for rows, _ in ranked], histories)
+            for m, i in enumerate(model):
+                results[i] = self._personalised(*ranked[m], because[m])
         for i, plan in enumerate(plans):
             if results[i] is None:
                 results[i] = self._fallback(plan)
@@ -283,9 +290,7 @@ class TwoTowerEngine:
         embeddings[custom] = embed_user_inputs(bundle.model, features, windows[custom])
         return embeddings, windows
 
-    def _personalised(self, rows: IntArray, scores: FloatArray, window: IntArray) -> Recommendation:
-        history = np.unique(window[window != PAD_INDEX]) - FIRST_TOKEN_INDEX
-        because = explain(self.item_vectors, rows, history)
+    def _personalised(self, rows: IntArray, scores: FloatArray, because: IntArray) -> Recommendation:
         ids = self._item_ids
         # tolist() first: plain Python ints/floats index and box far faster than NumPy scalars.
         items = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -9,15 +11,26 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
-def explain(vectors: FloatArray, recommended: IntArray, history: IntArray) -> IntArray:
-    """For each recommended item row, the ``history`` row with the highest cosine similarity.
+def explain(vectors: FloatArray, recommended: Sequence[IntArray], histories: IntArray) -> list[IntArray]:
+    """For each query i and each of its ``recommended[i]`` item rows, the row of
+    ``histories[i]`` with the highest cosine similarity (the earliest position on ties).
 
-    ``vectors`` (n_items, d) unit item vectors; ``recommended`` and ``history`` are item
-    rows. Returns -1 for every item when ``history`` is empty. Cost: one (k, d) x (d, h)
-    product, h <= history length + recent items.
+    ``vectors`` (n_items, d) unit item vectors; ``histories`` (B, L) item rows, -1 where a
+    window has no item. A query without history items gets -1 for every item. Cost: one
+    batched (k, d) x (d, L) product for the whole batch, so the number of NumPy calls does
+    not grow with the batch.
     """
-    if len(history) == 0 or len(recommended) == 0:
-        return np.full(len(recommended), -1, dtype=np.int64)
-    similarity = vectors[recommended] @ vectors[history].T
-    best: IntArray = history[np.argmax(similarity, axis=1)].astype(np.int64)
-    return best
+    if len(recommended) != len(histories):
+        raise ValueError(f"{len(recommended)} recommendation lists for {len(histories)} histories")
+    width = max((len(rows) for rows in recommended), default=0)
+    if width == 0 or histories.shape[1] == 0:
+        return [np.full(len(rows), -1, dtype=np.int64) for rows in recommended]
+    padded = np.zeros((len(recommended), width), dtype=np.int64)
+    for i, rows in enumerate(recommended):
+        padded[i, : len(rows)] = rows
+    present = histories >= 0
+    similarity = np.matmul(vectors[padded], vectors[np.where(present, histories, 0)].transpose(0, 2, 1))
+    similarity[np.broadcast_to(~present[:, None, :], similarity.shape)] = -np.inf
+    best = np.take_along_axis(histories, similarity.argmax(axis=2), axis=1)
+    best[~present.any(axis=1)] = -1
+    return [best[i, : len(rows)] for i, rows in enumerate(recommended)]
