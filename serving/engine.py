@@ -199,6 +199,10 @@ class TwoTowerEngine:
     def _plan(self, query: RecommendQuery) -> _Plan:
         """Validate ``query`` and decide the tower inputs; raises InvalidArgumentError."""
         _check_k(query.k)
+        if query.plain:  # the common request: stored inputs, only the user's own items excluded
+            row = self.user_row(query.user_id)
+            seen = _NO_ROWS if row is None else self.bundle.sequences.row(row) - FIRST_TOKEN_INDEX
+            return _Plan(query, row, None, None, None, Wanted(query.k, seen))
         allowed = self.filters.allowed(query.filters)
         self.categories.validate(query.diversity)
         row = self.user_row(query.user_id)

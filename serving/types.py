@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -76,6 +76,17 @@ class RecommendQuery:
     filters: tuple[ItemFilter, ...] = ()
     diversity: Diversity = NO_DIVERSITY
 
+    @property
+    def plain(self) -> bool:
+        """Whether only ``user_id`` and ``k`` are set (every option at its default)."""
+        return not (
+            self.recent_item_ids
+            or self.user_attributes
+            or self.exclude_item_ids
+            or self.filters
+            or self.diversity != NO_DIVERSITY
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SimilarItemsQuery:
@@ -87,8 +98,10 @@ class SimilarItemsQuery:
     exclude_item_ids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredItem:
+class ScoredItem(NamedTuple):
+    """One recommended item. A named tuple, not a dataclass: a Recommend answer makes k of
+    them on the serving path, and a tuple is built in half the time of a frozen dataclass."""
+
     item_id: str
     score: float
     explanation_item_id: str = ""

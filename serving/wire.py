@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving.errors import InvalidArgumentError
 from serving.types import (
+    NO_DIVERSITY,
     Diversity,
     FallbackReason,
     ItemFilter,
@@ -60,19 +61,38 @@ def to_filters(filters: Iterable[pb2.ItemFilter]) -> tuple[ItemFilter, ...]:
 
 
 def to_query(request: pb2.RecommendRequest, prefix: str = "") -> RecommendQuery:
-    """A validated :class:`RecommendQuery`; field names in errors start with ``prefix``."""
+    """A validated :class:`RecommendQuery`; field names in errors start with ``prefix``.
+
+    A request that sets no option keeps the query's shared defaults: every Recommend call
+    runs this on the event loop, and most set only ``user_id`` and ``k``.
+    """
+    user_id = validate_user_id(request.user_id, f"{prefix}user_id")
+    k = validate_k(request.k, f"{prefix}k")
+    has_diversity = request.HasField("diversity")
+    if not (
+        has_diversity
+        or request.recent_item_ids
+        or request.user_attributes
+        or request.exclude_item_ids
+        or request.filters
+    ):
+        return RecommendQuery(user_id, k)
     return RecommendQuery(
-        user_id=validate_user_id(request.user_id, f"{prefix}user_id"),
-        k=validate_k(request.k, f"{prefix}k"),
+        user_id=user_id,
+        k=k,
         recent_item_ids=tuple(request.recent_item_ids),
         user_attributes=dict(request.user_attributes),
         exclude_item_ids=tuple(request.exclude_item_ids),
         filters=to_filters(request.filters),
-        diversity=Diversity(
-            mmr_lambda=request.diversity.mmr_lambda,
-            max_per_category=request.diversity.max_per_category,
-            category_attribute=request.diversity.category_attribute,
-        ),
+        diversity=to_diversity(request.diversity) if has_diversity else NO_DIVERSITY,
+    )
+
+
+def to_diversity(diversity: pb2.Diversity) -> Diversity:
+    return Diversity(
+        mmr_lambda=diversity.mmr_lambda,
+        max_per_category=diversity.max_per_category,
+        category_attribute=diversity.category_attribute,
     )
 
 
@@ -108,10 +128,14 @@ def to_response(recommendation: Recommendation, variant: str = "") -> pb2.Recomm
     ``variant``: the experiment variant that answered (empty: no experiment).
     """
     reason = recommendation.fallback_reason
-    return pb2.RecommendResponse(
-        items=to_items(recommendation.items),
+    response = pb2.RecommendResponse(
         model_version=recommendation.model_version,
-        fallback=recommendation.fallback,
+        fallback=reason is not None,
         fallback_reason=pb2.FALLBACK_REASON_UNSPECIFIED if reason is None else _FALLBACK_REASONS[reason],
         variant=variant,
     )
+    # Built in place: items passed to the constructor would be built, then copied in.
+    add = response.items.add
+    for item in recommendation.items:
+        add(item_id=item.item_id, score=item.score, explanation_item_id=item.explanation_item_id)
+    return response
