@@ -21,7 +21,7 @@ from serving.audience import (
     SeedScoring,
     SimilarUsersQuery,
 )
-from serving.batcher import DeadlineExpired, MicroBatcher
+from serving.batcher import MicroBatcher
 from serving.errors import FeatureUnavailableError, InvalidArgumentError
 from serving.service import EngineHolder
 
@@ -83,8 +83,4 @@ class AudiencesServicer(pb2_grpc.AudiencesServicer):
             audience = engine.similar_users(to_similar_users_query(request))
             return to_similar_users_response(audience)
 
-        try:
-            return await self._batcher.run(answer, context.time_remaining())
-        except DeadlineExpired as exc:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-            raise  # unreachable: abort always raises
+        return await self._batcher.run(answer, context.time_remaining())

@@ -28,8 +28,8 @@ Batching (:meth:`MicroBatcher.recommend`)
 Deadlines
     A request whose deadline passed before its batch is dispatched is answered with
     :class:`DeadlineExpired` and does no work; a caller whose deadline passes while it
-    waits gets :class:`DeadlineExpired` (its result, if computed, is dropped). The
-    servicer turns it into ``DEADLINE_EXCEEDED``.
+    waits gets :class:`DeadlineExpired` (its result, if computed, is dropped), which the
+    interceptor maps to ``DEADLINE_EXCEEDED``.
 
 Requests queued behind a hot swap may name different engines; a batch is split by
 engine, so no answer mixes two models.
@@ -46,7 +46,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from serving.errors import InvalidArgumentError, OverloadedError
+from serving.errors import DeadlineExpired, InvalidArgumentError, OverloadedError
 from serving.metrics import ServingMetrics
 from serving.types import Recommendation, RecommenderEngine, RecommendQuery
 
@@ -54,10 +54,6 @@ _T = TypeVar("_T")
 logger = logging.getLogger("serving")
 
 _POSITION = re.compile(r"requests\[(\d+)\]\.(.+)", re.DOTALL)
-
-
-class DeadlineExpired(Exception):  # noqa: N818  (a condition of the call, not a domain error)
-    """The caller's deadline passed before its answer was ready (-> ``DEADLINE_EXCEEDED``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,5 +49,13 @@ class NotConfiguredError(FeatureUnavailableError):
     """
 
 
+class DeadlineExpired(RecsysError):  # noqa: N818  (a condition of the call, not a failure)
+    """The caller's deadline passed before its answer was ready (-> ``DEADLINE_EXCEEDED``).
+
+    Raised by :class:`~serving.batcher.MicroBatcher` for a call whose deadline passed
+    before its work started (no work is done) or while it waited (its answer is dropped).
+    """
+
+
 class BundleError(RecsysError):
     """A model bundle is missing, corrupt, or incompatible. The message says which file and why."""

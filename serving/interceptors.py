@@ -47,6 +47,7 @@ from typing import Any
 import grpc
 
 from serving.errors import (
+    DeadlineExpired,
     FeatureUnavailableError,
     InvalidArgumentError,
     NotFoundError,
@@ -81,6 +82,7 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (FeatureUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -136,8 +136,15 @@ class Retriever:
             scores[owners, np.concatenate([w.exclude for w in wanted])] = -np.inf
         fetch = min(limit, max(candidate_count(w.k, w.diversity) for w in wanted))
         best = top_positions(scores, fetch)
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        # Ineligible rows score -inf, so they sort last: a query whose k-th best is finite has
+        # its k items in the first k columns (the common case, answered without per-query work).
+        filled = np.isfinite(best_scores)
         out: list[Ranked] = []
         for i, want in enumerate(wanted):
+            if not want.diversity.active and want.k <= fetch and filled[i, want.k - 1]:
+                out.append((best[i, : want.k], best_scores[i, : want.k]))
+                continue
             row = scores[i]
 
             def wider(n: int, row: FloatArray = row) -> Ranked:

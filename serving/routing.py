@@ -129,6 +129,8 @@ class Router:
         # Keyed weakly by holder: a holder dropped by an experiments reload takes its view along.
         self._views: weakref.WeakKeyDictionary[EngineHolder, PopularityView] = weakref.WeakKeyDictionary()
         self._views_lock = threading.Lock()
+        # The route of requests without experiment, kept while the default engine stays the same.
+        self._default_route: Route | None = None
 
     @property
     def table(self) -> RoutingTable:
@@ -149,6 +151,12 @@ class Router:
         variant or a forced variant without experiment; :class:`NotReadyError` when the
         engine is not loaded yet.
         """
+        if not (experiment or force_variant):  # most requests: the default model, no experiment
+            engine = self.default.get()
+            route = self._default_route
+            if route is None or route.engine is not engine:
+                route = self._default_route = Route(engine)
+            return route
         return self._route(self._table, {}, user_id, experiment, force_variant, prefix)
 
     def routes(self, requests: Sequence[tuple[str, str, str]]) -> list[Route]:

@@ -2,9 +2,9 @@
 
 Request validation and proto mapping live in :mod:`serving.wire`.
 
-The servicer never decides status codes for domain errors: it raises them and
-:mod:`serving.interceptors` maps them. The only code set here is ``DEADLINE_EXCEEDED``
-(which is about the call, not the domain).
+The servicer never decides status codes: it raises domain errors (including the
+batcher's :class:`~serving.errors.DeadlineExpired`) and :mod:`serving.interceptors`
+maps them.
 
 Every engine call goes through the server's :class:`~serving.batcher.MicroBatcher`:
 ``Recommend`` is micro-batched with concurrent calls; ``BatchRecommend``,
@@ -18,7 +18,7 @@ validates and maps its (up to 1000) messages on the executor.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.batcher import BatchOptions, DeadlineExpired, MicroBatcher
+from serving.batcher import BatchOptions, MicroBatcher
 from serving.errors import NotReadyError
 from serving.metrics import ServingMetrics
 from serving.routing import Route, Router, recommend_routed
@@ -95,8 +95,8 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         query = to_query(request)
         # One read of the routing table and of the variant's engine for the whole call.
         route = self._router.route(query.user_id, request.experiment, request.force_variant)
-        recommendation = await self._within_deadline(
-            context, self._batcher.recommend(route.engine, route.query(query), context.time_remaining())
+        recommendation = await self._batcher.recommend(
+            route.engine, route.query(query), context.time_remaining()
         )
         self._count((recommendation,), (route,))
         return to_response(recommendation, route.variant)
@@ -117,16 +117,14 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
                 responses=[to_response(r, rt.variant) for r, rt in zip(recommendations, routes, strict=True)]
             )
 
-        return await self._within_deadline(context, self._batcher.run(answer, context.time_remaining()))
+        return await self._batcher.run(answer, context.time_remaining())
 
     async def SimilarItems(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb2.SimilarItemsResponse:
         query = to_similar_query(request)
         engine = self._router.default.get()
-        items = await self._within_deadline(
-            context, self._batcher.run(lambda: engine.similar_items(query), context.time_remaining())
-        )
+        items = await self._batcher.run(lambda: engine.similar_items(query), context.time_remaining())
         # The engine that answered names the version (a hot swap must not mislabel it).
         return pb2.SimilarItemsResponse(items=to_items(items), model_version=engine.model_version)
 
@@ -135,9 +133,7 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
     ) -> pb2.UserEmbedding:
         user_id = validate_user_id(request.user_id)
         engine = self._router.default.get()
-        vector = await self._within_deadline(
-            context, self._batcher.run(lambda: engine.user_embedding(user_id), context.time_remaining())
-        )
+        vector = await self._batcher.run(lambda: engine.user_embedding(user_id), context.time_remaining())
         return pb2.UserEmbedding(
             user_id=user_id,
             values=np.asarray(vector, dtype=np.float32).ravel().tolist(),
@@ -155,16 +151,3 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
                 self._metrics.fallbacks.labels(recommendation.fallback_reason.value).inc()
             if route.variant:
                 self._metrics.variant_answers.labels(route.experiment, route.variant).inc()
-
-    @staticmethod
-    async def _within_deadline(context: grpc.aio.ServicerContext, work: Awaitable[_T]) -> _T:
-        """``await work``; :class:`DeadlineExpired` aborts the call with ``DEADLINE_EXCEEDED``.
-
-        The batcher starts no work for a call whose deadline has already passed, and drops
-        the answer of one whose deadline passes while it waits.
-        """
-        try:
-            return await work
-        except DeadlineExpired as exc:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-            raise  # unreachable: abort always raises

@@ -32,8 +32,8 @@ from serving import healthcheck
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.background import BackgroundServer
-from serving.batcher import BatchOptions, DeadlineExpired, MicroBatcher, answer_queries
-from serving.errors import InvalidArgumentError, OverloadedError
+from serving.batcher import BatchOptions, MicroBatcher, answer_queries
+from serving.errors import DeadlineExpired, InvalidArgumentError, OverloadedError
 from serving.interceptors import REQUEST_ID_KEY
 from serving.server import ServerOptions, ServerStartupError
 from serving.types import FallbackReason, Recommendation, RecommendQuery, ScoredItem, SimilarItemsQuery

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from serving._proto.recsys.v1 import profiles_pb2 as pb2
 from serving._proto.recsys.v1 import profiles_pb2_grpc as pb2_grpc
-from serving.batcher import DeadlineExpired, MicroBatcher
+from serving.batcher import MicroBatcher
 from serving.errors import FeatureUnavailableError
 from serving.profiles.store import ProfileStore
 from serving.profiles.wire import to_profile
@@ -94,8 +94,4 @@ class MemberProfilesServicer(pb2_grpc.MemberProfilesServicer):
             embedding = engine.user_embedding(user_id) if include_embedding else None
             return to_profile(user_id, record, engine.model_version, embedding)
 
-        try:
-            return await self._batcher.run(answer, context.time_remaining())
-        except DeadlineExpired as exc:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-            raise  # unreachable: abort always raises
+        return await self._batcher.run(answer, context.time_remaining())
