@@ -31,6 +31,11 @@ status is verified separately: every body is first sent through a real gRPC clie
 ``/metrics``) is read before and after each run: the table shows the share of calls that
 ended ``OK``.
 
+The real server is started once the echo server is up; its start-up time (process
+start to health ``SERVING``: the bundle loaded and verified) and its memory (RSS and the
+kernel's peak, ``VmHWM``, as ``/usr/bin/time -v`` reports it; children included with
+``--workers``) at ``SERVING`` and after the runs are printed under the table.
+
 Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``). Prints a table; ``--json``
 also writes the figures to a file.
 """
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -55,7 +61,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -87,6 +93,24 @@ class RunResult:
     # Server-side status codes of the method's calls during the run (None: not measured);
     # calls still in flight when h2load stops end CANCELLED.
     grpc_codes: dict[str, int] | None
+
+
+@dataclass(frozen=True)
+class Startup:
+    """The real server's start-up and memory (the process and its ``--workers`` children)."""
+
+    seconds_to_serving: float  # process start to health SERVING (bundle loaded and verified)
+    rss_at_serving_mib: float
+    peak_rss_at_serving_mib: float  # VmHWM: the kernel's high-water mark, as /usr/bin/time -v
+    rss_after_runs_mib: float = math.nan
+    peak_rss_after_runs_mib: float = math.nan
+
+    def describe(self) -> str:
+        return (
+            f"server start-up to SERVING {self.seconds_to_serving:.2f} s; RSS at SERVING "
+            f"{self.rss_at_serving_mib:,.0f} MiB (peak {self.peak_rss_at_serving_mib:,.0f}), after the "
+            f"runs {self.rss_after_runs_mib:,.0f} MiB (peak {self.peak_rss_after_runs_mib:,.0f})"
+        )
 
 
 # --------------------------------------------------------------------- servers
@@ -133,8 +157,23 @@ class Process:
 
     def __enter__(self) -> Process:
         with self.log.open("ab") as out:
+            self.started = time.monotonic()
             self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def memory_mib(self) -> tuple[float, float]:
+        """(resident, peak resident) MiB of the process and its children (``--workers``),
+        from psutil: RSS now and the kernel's high-water mark (``VmHWM``, what
+        ``/usr/bin/time -v`` reports as maximum resident set size)."""
+        import psutil  # a dev dependency, like h2load a benchmark-only tool
+
+        assert self._proc is not None
+        root = psutil.Process(self._proc.pid)
+        rss = peak = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            rss += process.memory_info().rss
+            peak += _peak_rss_bytes(process.pid)
+        return rss / 2**20, peak / 2**20
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -149,6 +188,17 @@ class Process:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+
+def _peak_rss_bytes(pid: int) -> float:
+    """``VmHWM`` of ``pid`` in bytes (0 where /proc does not have it)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _wait_until(ready: Callable[[], bool], proc: Process, what: str) -> None:
@@ -496,13 +546,15 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         echo_argv = [sys.executable, "-m", "serving.bench_load", "--echo-server", str(echo_port)]
         log = workdir / "server.log"
         try:
-            with (
-                Process(echo_argv, workdir / "echo.log") as echo,
-                Process(_server_argv(args, port, metrics_port), log) as server,
-            ):
-                address = f"{HOST}:{port}"
+            with contextlib.ExitStack() as stack:
+                echo = stack.enter_context(Process(echo_argv, workdir / "echo.log"))
                 _wait_until(lambda: _echo_answers(f"{HOST}:{echo_port}"), echo, "echo server")
+                # Started once the echo server is up, so that its start-up runs alone.
+                server = stack.enter_context(Process(_server_argv(args, port, metrics_port), log))
+                address = f"{HOST}:{port}"
+                # Start-up: process start to health SERVING (the bundle loaded and verified).
                 _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
+                startup = Startup(time.monotonic() - server.started, *server.memory_mib())
                 verify_bodies(address, closed_bodies + open_bodies, args.k)
                 for round_ in range(1, args.rounds + 1):
                     suffix = f" #{round_}" if args.rounds > 1 else ""
@@ -541,6 +593,8 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         args.seed,
                     )
                 )
+                rss, peak = server.memory_mib()
+                startup = replace(startup, rss_after_runs_mib=rss, peak_rss_after_runs_mib=peak)
         except Exception:
             sys.stderr.write(log.read_text() if log.exists() else "")
             raise
@@ -553,11 +607,13 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         f"before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}"
     )
     print(format_table(results, ratio, header))
+    print(startup.describe())
     if args.json is not None:
         payload = {
             "results": [asdict(r) for r in results],
             "ratios": ratios,
             "ratio": ratio,
+            "startup": asdict(startup),
             "header": header,
         }
         args.json.write_text(json.dumps(payload, indent=2))
