@@ -26,7 +26,7 @@ import polars as pl
 from serving.audience import Audience, SimilarUsersQuery, UserAudiences, stored_mean
 from serving.bundle import Bundle, load_bundle
 from serving.cold_start import RequestAttributes
-from serving.diversity import Categories, capped
+from serving.diversity import Categories, candidate_count, capped, rerank
 from serving.embedding import embed_user_inputs, embed_users
 from serving.errors import InvalidArgumentError, NotFoundError
 from serving.explain import explain
@@ -38,6 +38,7 @@ from serving.inputs import gather
 from serving.pseudonym import Pseudonymiser, user_id_mapper
 from serving.retrieval import Retriever, Wanted
 from serving.types import (
+    Diversity,
     FallbackReason,
     Recommendation,
     RecommendQuery,
@@ -306,21 +307,49 @@ class TwoTowerEngine:
     def _fallback(
         self, plan: _Plan, reason: FallbackReason | None = FallbackReason.UNKNOWN_USER
     ) -> Recommendation:
-        """Most popular eligible items (filters, exclusions and category cap applied)."""
+        """Most popular eligible items: filters, exclusions, MMR and the category cap applied."""
         k, exclude, cap = plan.wanted.k, plan.wanted.exclude, plan.wanted.categories
+        diversity = plan.query.diversity
         order = self._popular_rows
         if plan.allowed is None and cap is None:
-            order = order[: k + len(exclude)]  # enough: at most len(exclude) of them drop out
+            # Enough: at most len(exclude) of them drop out.
+            order = order[: candidate_count(k, diversity) + len(exclude)]
         if plan.allowed is not None:
             order = order[plan.allowed.mask[order]]
         if len(exclude):
             order = order[~self.retriever.excluded(order, exclude)]
-        if cap is not None:
-            order = order[capped(cap[order], plan.query.diversity.max_per_category)]
-        order = order[:k]
+        if 0.0 < diversity.mmr_lambda < 1.0:
+            order = self._popular_mmr(order, k, diversity, cap)
+        else:
+            if cap is not None:
+                order = order[capped(cap[order], diversity.max_per_category)]
+            order = order[:k]
         ids, scores = self._item_ids, self._popular_scores[order].tolist()
         items = [ScoredItem(ids[r], s) for r, s in zip(order.tolist(), scores, strict=True)]
         return Recommendation(items, self.model_version, reason)
+
+    def _popular_mmr(
+        self, eligible: IntArray, k: int, diversity: Diversity, cap: IntArray | None
+    ) -> IntArray:
+        """MMR (and the cap) over the most popular of ``eligible`` (rows, most popular first).
+
+        Relevance is the popularity share divided by the top candidate's, so that it lies in
+        [0, 1] like the cosine similarities it is traded against (raw shares are ~1e-3 and
+        MMR would then rank by dissimilarity alone). Candidates double while the cap leaves
+        fewer than k, as in :mod:`serving.retrieval`.
+        """
+        fetch = candidate_count(k, diversity)
+        while True:
+            candidates = eligible[:fetch]
+            shares = self._popular_scores[candidates]
+            top = float(shares.max(initial=0.0))
+            relevance = (shares / top if top > 0 else np.zeros(len(candidates))).astype(np.float32)
+            categories = None if cap is None else cap[candidates]
+            picked = rerank(relevance, self.item_vectors[candidates], k, diversity, categories)
+            if len(picked) >= k or fetch >= len(eligible):
+                chosen: IntArray = candidates[picked]
+                return chosen
+            fetch *= 2
 
     # ------------------------------------------------------- batch (campaign) lists
     def top_k_rows(self, rows: IntArray, k: int) -> tuple[IntArray, FloatArray]:

@@ -20,7 +20,7 @@ Every variant has a ``model`` reference (:mod:`serving.model_ref`; a relative bu
 path is relative to the experiments file's folder), a ``share`` in percent and serving
 options: ``strategy`` (``model``: the two-tower model answers; ``popularity``: the
 bundle's most popular items for every user, seen, recent and excluded items still
-left out and filters still applied) and ``diversity`` (``mmr_lambda``,
+left out, filters, MMR and the category cap still applied) and ``diversity`` (``mmr_lambda``,
 ``max_per_category``, ``category_attribute``, as in ``recsys.v1.Diversity``), used when
 a request asks for no diversity itself. Shares must add up to exactly 100; a variant
 with share 0 gets no traffic but can be forced (``force_variant``) for QA.

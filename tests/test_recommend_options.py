@@ -345,6 +345,33 @@ def test_mmr_lowers_mean_pairwise_similarity(
     assert np.mean(diverse_means) < np.mean(plain_means) - 0.01
 
 
+def test_mmr_reranks_the_popularity_fallback(
+    client: RecommenderClient, engine: TwoTowerEngine, catalogue: Catalogue
+) -> None:
+    vectors = engine.item_vectors
+    rows = {item: i for i, item in enumerate(engine.bundle.item_ids.to_list())}
+
+    def mean_similarity(items: list[str]) -> float:
+        picked = vectors[[rows[i] for i in items]]
+        return float((picked @ picked.T)[np.triu_indices(len(items), 1)].mean())
+
+    plain = client.recommend(GHOST, 10)
+    same = client.recommend(GHOST, 10, diversity=pb2.Diversity(mmr_lambda=1.0))
+    diverse = client.recommend(GHOST, 10, diversity=pb2.Diversity(mmr_lambda=0.2))
+    assert diverse.fallback
+    assert diverse.fallback_reason == pb2.FALLBACK_REASON_UNKNOWN_USER
+    assert _ids(same) == _ids(plain)
+    assert len(diverse.items) == 10
+    assert len(set(_ids(diverse))) == 10
+    assert _ids(diverse) != _ids(plain)
+    assert _ids(diverse)[0] == _ids(plain)[0]  # the most popular item is picked first
+    assert mean_similarity(_ids(diverse)) < mean_similarity(_ids(plain))
+    # With the category cap as well: both apply, still k items.
+    capped = _ids(client.recommend(GHOST, 10, diversity=pb2.Diversity(mmr_lambda=0.2, max_per_category=1)))
+    assert len(capped) == 10
+    assert len({catalogue.category[i] for i in capped}) == 10
+
+
 def test_explanations_are_history_items(
     client: RecommenderClient, engine: TwoTowerEngine, users: list[str], seen: dict[str, set[str]]
 ) -> None:
