@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,16 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_checksums(path: Path, manifest: dict[str, Any]) -> None:
-    for name, expected in manifest["files"].items():
+def verify_checksums(path: Path, manifest: dict[str, Any], names: Collection[str] | None = None) -> None:
+    """Check the SHA-256 of every file the manifest lists, or of ``names`` among them only
+    (a reader of one file need not hash the index and weights). Raises :class:`BundleError`."""
+    files: dict[str, str] = manifest["files"]
+    for name in names or ():
+        if name not in files:
+            raise BundleError(f"{Path(path) / MANIFEST}: lists no checksum for {name}")
+    for name, expected in files.items():
+        if names is not None and name not in names:
+            continue
         file = Path(path) / name
         if not file.is_file():
             raise BundleError(f"{file}: missing")

@@ -217,6 +217,23 @@ def test_profile_cli_prints_json(
     assert "no member profiles" in capsys.readouterr().err
 
 
+def test_profile_cli_hashes_only_the_profiles_file(
+    trained: TrainedBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained.bundle, bundle)
+    user = _busiest_user(trained)
+    # A damaged index is not read by `recsys profile`, so it is not hashed either (the server refuses it).
+    with (bundle / "index.faiss").open("ab") as index:
+        index.write(b"x")
+    assert main(["profile", "--bundle", str(bundle), "--user", user]) == 0
+    capsys.readouterr()
+    with (bundle / "profiles.parquet").open("ab") as profiles:
+        profiles.write(b"x")
+    assert main(["profile", "--bundle", str(bundle), "--user", user]) == 2
+    assert "profiles.parquet: checksum mismatch" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def report(trained: TrainedBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "segments.html"
