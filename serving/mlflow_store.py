@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -73,9 +74,14 @@ def redact(uri: str) -> str:
     return uri
 
 
+_NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
 def metric_key(key: str) -> str:
-    """The MLflow name of a metric: letters, digits, ``_ - . space /``; ``@`` is not allowed."""
-    return key.replace("@", "_at_")
+    """The MLflow name of a metric. MLflow allows letters, digits and ``_ - . space /``:
+    ``@`` becomes ``_at_`` (``ndcg@10`` -> ``ndcg_at_10``), any other character ``_``
+    (variant names of an A/B report, for example)."""
+    return _NOT_IN_METRIC_NAMES.sub("_", key.replace("@", "_at_"))
 
 
 def _client(tracking_uri: str) -> Any:

@@ -25,7 +25,7 @@ from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.background import BackgroundServer
 from serving.bundle import read_manifest
 from serving.live_models import LiveModelOptions
-from serving.mlflow_store import ModelRegistry, RegistryError
+from serving.mlflow_store import ModelRegistry, RegistryError, metric_key
 from serving.server import ServerOptions
 from training.cli import main as recsys
 from training.promotion import NothingToRollBackError, PromotionRefusedError, promote, rollback
@@ -357,3 +357,10 @@ share = 50
         assert (swap.outcome, swap.new_version) == ("swapped", store.v2)
         assert (version("fixed"), version("latest")) == (fixed, store.model_versions[store.v2])
         assert server.manage(server.models.check_aliases) == []  # nothing moved since
+
+
+def test_metric_keys_are_names_mlflow_accepts() -> None:
+    assert metric_key("ndcg@10") == "ndcg_at_10"
+    assert metric_key("index_calibration.recall") == "index_calibration.recall"
+    # A/B variant names are free text: whatever MLflow refuses becomes "_".
+    assert metric_key("treat:new (v2)!.ctr") == "treat_new _v2__.ctr"

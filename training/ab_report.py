@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -269,14 +268,12 @@ def _p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
-_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
 def report_metrics(report: AbReport) -> dict[str, float]:
-    """Flat MLflow metrics: ``<variant>.<metric>`` and ``<variant>_vs_<control>.<test>``."""
+    """Flat MLflow metrics: ``<variant>.<metric>`` and ``<variant>_vs_<control>.<test>`` (names
+    MLflow does not allow are mended where metrics are logged, ``mlflow_store.metric_key``)."""
     out: dict[str, float] = {}
     for v in report.variants:
-        key = _METRIC_NAME.sub("_", v.variant)
+        key = v.variant
         out |= {
             f"{key}.users": v.users,
             f"{key}.impressions": v.impressions,
@@ -292,7 +289,7 @@ def report_metrics(report: AbReport) -> dict[str, float]:
             f"{key}.revenue_per_user_ci_high": v.revenue_per_user_ci.high,
         }
     for c in report.comparisons:
-        key = _METRIC_NAME.sub("_", f"{c.variant}_vs_{c.control}")
+        key = f"{c.variant}_vs_{c.control}"
         out |= {
             f"{key}.ctr_difference": c.ctr.difference,
             f"{key}.ctr_z": c.ctr.statistic,
