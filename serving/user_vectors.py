@@ -25,7 +25,7 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 DEFAULT_CAPACITY = 200_000
-"""Users kept at most (64-dim vectors: ~50 MiB with the dictionary's overhead)."""
+"""Users kept at most (64-dim vectors: ~86 MiB, measured 43 MiB per 100,000 users)."""
 
 
 class StoredUserVectors:
