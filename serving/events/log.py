@@ -205,9 +205,13 @@ class EventLog:
         This is the one place where events enter the log: a transformation of what is
         stored (e.g. pseudonymising ``user_id``) belongs here.
         """
+        # The request holds copies of the caller's messages: ids are replaced there, in place.
+        request = events_pb2.LogEventsRequest(events=events)
         if self._pseudonymiser is not None:
-            events = _with_user_ids(events, self._pseudonymiser)
-        payload = events_pb2.LogEventsRequest(events=events).SerializeToString()
+            pseudonymise = self._pseudonymiser
+            for event in request.events:
+                event.user_id = pseudonymise(event.user_id)
+        payload = request.SerializeToString()
         batch = _Batch(payload)
         with self._cond:
             if self._closing:
@@ -359,17 +363,6 @@ class EventLog:
                 target.set_result(None)
 
         source.add_done_callback(done)
-
-
-def _with_user_ids(events: Sequence[events_pb2.Event], pseudonymise: Pseudonymiser) -> list[events_pb2.Event]:
-    """Copies of ``events`` with pseudonymous user ids (the caller's messages are not changed)."""
-    out = []
-    for event in events:
-        copy = events_pb2.Event()
-        copy.CopyFrom(event)
-        copy.user_id = pseudonymise(event.user_id)
-        out.append(copy)
-    return out
 
 
 @contextlib.contextmanager
