@@ -304,3 +304,23 @@ def test_find_similar_users_without_user_index_is_failed_precondition(
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no user index" in (info.value.details() or "")
+
+
+def test_lift_seed_pools_and_share_ranking() -> None:
+    from training.lookalike_lift import _FAN_MIN_RATINGS, _by_genre_share, _genre_shares, _seed_pool
+
+    n = _FAN_MIN_RATINGS
+    rows = (
+        [("fan", True)] * n  # share 1.0
+        + [("half", True)] * n
+        + [("half", False)] * n  # share 0.5
+        + [("few", True)]  # share 1.0 but fewer than _FAN_MIN_RATINGS ratings
+        + [("none", False)] * n  # share 0
+        + [("stranger", True)] * n  # not known to the model
+    )
+    train_g = pl.DataFrame({"user_id": [u for u, _ in rows], "in_genre": [g for _, g in rows]})
+    shares = _genre_shares(train_g)
+    known = {"fan", "half", "few", "none"}
+    assert _seed_pool(shares, "raters", known) == ["fan", "few", "half"]
+    assert _seed_pool(shares, "fans", known) == ["fan"]  # top quarter of the active users' shares
+    assert _by_genre_share(shares, known) == ["fan", "few", "half", "none"]

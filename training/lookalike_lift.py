@@ -115,29 +115,28 @@ def _rates(users: list[str], test: pl.DataFrame) -> GroupRates:
     )
 
 
-def _by_genre_share(train_g: pl.DataFrame, known: set[str]) -> list[str]:
+def _genre_shares(train_g: pl.DataFrame) -> pl.DataFrame:
+    """Per user: ``share`` of training ratings in the genre and their number ``n``."""
+    return (
+        train_g.with_columns(pl.col("in_genre").fill_null(False))
+        .group_by("user_id")
+        .agg(pl.col("in_genre").mean().alias("share"), pl.len().alias("n"))
+    )
+
+
+def _by_genre_share(shares: pl.DataFrame, known: set[str]) -> list[str]:
     """Known users by their training share of the genre, highest first (ties: more ratings)."""
-    shares = (
-        train_g.with_columns(pl.col("in_genre").fill_null(False))
-        .group_by("user_id")
-        .agg(pl.col("in_genre").mean().alias("share"), pl.len().alias("n"))
-        .sort(["share", "n", "user_id"], descending=[True, True, False])
-    )
-    return [u for u in shares.get_column("user_id").to_list() if u in known]
+    ranked = shares.sort(["share", "n", "user_id"], descending=[True, True, False])
+    return [u for u in ranked.get_column("user_id").to_list() if u in known]
 
 
-def _seed_pool(train_g: pl.DataFrame, pool: str, known: set[str]) -> list[str]:
-    """Users eligible as seeds for one genre (``train_g``: training part with ``in_genre``)."""
+def _seed_pool(shares: pl.DataFrame, pool: str, known: set[str]) -> list[str]:
+    """Users eligible as seeds for one genre (``shares``: :func:`_genre_shares`)."""
     if pool == "raters":
-        return sorted(set(train_g.filter(pl.col("in_genre")).get_column("user_id").to_list()) & known)
-    shares = (
-        train_g.with_columns(pl.col("in_genre").fill_null(False))
-        .group_by("user_id")
-        .agg(pl.col("in_genre").mean().alias("share"), pl.len().alias("n"))
-        .filter(pl.col("n") >= _FAN_MIN_RATINGS)
-    )
-    cut = shares.get_column("share").quantile(0.75)
-    fans = shares.filter(pl.col("share") >= cut).get_column("user_id").to_list()
+        return sorted(set(shares.filter(pl.col("share") > 0).get_column("user_id").to_list()) & known)
+    active = shares.filter(pl.col("n") >= _FAN_MIN_RATINGS)
+    cut = active.get_column("share").quantile(0.75)
+    fans = active.filter(pl.col("share") >= cut).get_column("user_id").to_list()
     return sorted(set(fans) & known)
 
 
@@ -171,12 +170,13 @@ def measure(
         test_g = test_part.join(in_genre, on="item_id", how="left").with_columns(
             pl.col("in_genre").fill_null(False)
         )
-        fans = _seed_pool(train_g, seed_pool, known)
+        shares = _genre_shares(train_g)
+        fans = _seed_pool(shares, seed_pool, known)
         rng = np.random.default_rng(rng_seed)
         random_rates: list[GroupRates] = []
         lookalike_rates: dict[str, list[GroupRates]] = {s.value: [] for s in SeedScoring}
         lookalike_rates[RULE] = []
-        by_share = _by_genre_share(train_g, known)
+        by_share = _by_genre_share(shares, known)
         for _ in range(repeats):
             chosen = [fans[i] for i in rng.choice(len(fans), size=min(seeds, len(fans)), replace=False)]
             others = sorted(known - set(chosen))
