@@ -15,7 +15,7 @@ once at load (n_items x dim float32) for diversity and explanations.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +121,10 @@ class TwoTowerEngine:
         mapper = self.bundle_user_id
         return mapper.series(user_ids) if isinstance(mapper, Pseudonymiser) else user_ids
 
-    def item_rows(self, item_ids: Iterable[str]) -> IntArray:
+    def item_rows(self, item_ids: Collection[str]) -> IntArray:
         """Index rows of the known ids, in order; unknown ids are skipped."""
+        if not item_ids:  # most requests name none
+            return _NO_ROWS
         index_of = self.bundle.item_encoder.ids.index_of
         indices = [i for i in map(index_of, item_ids) if i is not None]
         return np.asarray(indices, dtype=np.int64) - FIRST_TOKEN_INDEX
@@ -200,10 +202,6 @@ class TwoTowerEngine:
     def _plan(self, query: RecommendQuery) -> _Plan:
         """Validate ``query`` and decide the tower inputs; raises InvalidArgumentError."""
         _check_k(query.k)
-        if query.plain:  # the common request: stored inputs, only the user's own items excluded
-            row = self.user_row(query.user_id)
-            seen = _NO_ROWS if row is None else self.bundle.sequences.row(row) - FIRST_TOKEN_INDEX
-            return _Plan(query, row, None, None, None, Wanted(query.k, seen))
         allowed = self.filters.allowed(query.filters)
         self.categories.validate(query.diversity)
         row = self.user_row(query.user_id)
@@ -212,9 +210,7 @@ class TwoTowerEngine:
         excluded = [recent, self.item_rows(query.exclude_item_ids)]
         if row is not None:
             excluded.append(self.bundle.sequences.row(row) - FIRST_TOKEN_INDEX)
-        wanted = Wanted(
-            query.k, np.concatenate(excluded), query.diversity, self.categories.codes(query.diversity)
-        )
+        wanted = Wanted(query.k, _joined(excluded), query.diversity, self.categories.codes(query.diversity))
         return _Plan(query, row, features, history, allowed, wanted)
 
     def _request_inputs(
@@ -376,6 +372,14 @@ class TwoTowerEngine:
         """The fallback: most popular items (index rows) and their interaction shares."""
         rows = self._popular_rows[:k]
         return rows, self._popular_scores[rows].astype(np.float32)
+
+
+def _joined(parts: list[IntArray]) -> IntArray:
+    """``np.concatenate(parts)``, without a copy when at most one part has rows."""
+    filled = [part for part in parts if len(part)]
+    if len(filled) > 1:
+        return np.concatenate(filled)
+    return filled[0] if filled else _NO_ROWS
 
 
 def _check_k(k: int) -> None:

@@ -76,17 +76,6 @@ class RecommendQuery:
     filters: tuple[ItemFilter, ...] = ()
     diversity: Diversity = NO_DIVERSITY
 
-    @property
-    def plain(self) -> bool:
-        """Whether only ``user_id`` and ``k`` are set (every option at its default)."""
-        return not (
-            self.recent_item_ids
-            or self.user_attributes
-            or self.exclude_item_ids
-            or self.filters
-            or self.diversity != NO_DIVERSITY
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class SimilarItemsQuery:
