@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -33,8 +32,6 @@ from serving.metrics import ServingMetrics
 from serving.routing import Route, Router, recommend_routed
 from serving.types import Recommendation, RecommenderEngine
 from serving.wire import to_items, to_queries, to_query, to_response, to_similar_query, validate_user_id
-
-_T = TypeVar("_T")
 
 
 class EngineHolder:
