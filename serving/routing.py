@@ -151,12 +151,6 @@ class Router:
         variant or a forced variant without experiment; :class:`NotReadyError` when the
         engine is not loaded yet.
         """
-        if not (experiment or force_variant):  # most requests: the default model, no experiment
-            engine = self.default.get()
-            route = self._default_route
-            if route is None or route.engine is not engine:
-                route = self._default_route = Route(engine)
-            return route
         return self._route(self._table, {}, user_id, experiment, force_variant, prefix)
 
     def routes(self, requests: Sequence[tuple[str, str, str]]) -> list[Route]:
@@ -182,7 +176,7 @@ class Router:
         if not experiment:
             if force_variant:
                 raise InvalidArgumentError(f"{prefix}force_variant", "needs an experiment")
-            return Route(_read(self.default, engines))
+            return self._default_route_of(_read(self.default, engines))
         found = table.experiments.experiments.get(experiment)
         if found is None:
             known = ", ".join(sorted(table.experiments.experiments)) or "none configured"
@@ -207,6 +201,14 @@ class Router:
         if variant.options.strategy == "popularity":
             engine = self.popularity_view(holder, engine)
         return Route(engine, experiment, variant.name, variant.options.diversity)
+
+    def _default_route_of(self, engine: RecommenderEngine) -> Route:
+        """The route of requests without experiment: one object per default engine, not one
+        per request (most requests name no experiment)."""
+        route = self._default_route
+        if route is None or route.engine is not engine:
+            route = self._default_route = Route(engine)
+        return route
 
     def popularity_view(self, holder: EngineHolder, engine: RecommenderEngine) -> PopularityView:
         """The one :class:`PopularityView` of ``holder``'s current ``engine`` (made on first use)."""
