@@ -26,7 +26,7 @@ import polars as pl
 from serving.audience import Audience, SimilarUsersQuery, UserAudiences, stored_mean
 from serving.bundle import Bundle, load_bundle
 from serving.cold_start import RequestAttributes
-from serving.diversity import Categories, candidate_count, capped, rerank
+from serving.diversity import Categories, candidate_count, capped
 from serving.embedding import embed_user_inputs, embed_users
 from serving.errors import InvalidArgumentError, NotFoundError
 from serving.explain import explain
@@ -327,25 +327,24 @@ class TwoTowerEngine:
     def _popular_mmr(
         self, eligible: IntArray, k: int, diversity: Diversity, cap: IntArray | None
     ) -> IntArray:
-        """MMR (and the cap) over the most popular of ``eligible`` (rows, most popular first).
+        """MMR (and the cap) over the most popular of ``eligible`` (rows, most popular first),
+        through the retriever's pick, which widens the candidates as for model answers.
 
-        Relevance is the popularity share divided by the top candidate's, so that it lies in
-        [0, 1] like the cosine similarities it is traded against (raw shares are ~1e-3 and
-        MMR would then rank by dissimilarity alone). Candidates double while the cap leaves
-        fewer than k, as in :mod:`serving.retrieval`.
+        Relevance is the popularity share divided by the most popular eligible item's, so that
+        it lies in [0, 1] like the cosine similarities it is traded against (raw shares are
+        ~1e-3 and MMR would then rank by dissimilarity alone).
         """
+        top = float(self._popular_scores[eligible[0]]) if len(eligible) else 0.0
+
+        def candidates(n: int) -> tuple[IntArray, FloatArray]:
+            rows = eligible[:n]
+            shares = self._popular_scores[rows]
+            return rows, (shares / top if top > 0 else np.zeros(len(rows))).astype(np.float32)
+
         fetch = candidate_count(k, diversity)
-        while True:
-            candidates = eligible[:fetch]
-            shares = self._popular_scores[candidates]
-            top = float(shares.max(initial=0.0))
-            relevance = (shares / top if top > 0 else np.zeros(len(candidates))).astype(np.float32)
-            categories = None if cap is None else cap[candidates]
-            picked = rerank(relevance, self.item_vectors[candidates], k, diversity, categories)
-            if len(picked) >= k or fetch >= len(eligible):
-                chosen: IntArray = candidates[picked]
-                return chosen
-            fetch *= 2
+        want = Wanted(k, _NO_ROWS, diversity, cap)
+        rows, _ = self.retriever.pick(want, candidates(fetch), fetch, len(eligible), candidates)
+        return rows
 
     # ------------------------------------------------------- batch (campaign) lists
     def top_k_rows(self, rows: IntArray, k: int) -> tuple[IntArray, FloatArray]:

@@ -114,7 +114,7 @@ class Retriever:
                 more_scores, more_found = self.search(queries[i : i + 1], n, allowed)
                 return more_found[0], more_scores[0]
 
-            out.append(self._widened(want, (found[i], scores[i]), fetch, limit, wider))
+            out.append(self.pick(want, (found[i], scores[i]), fetch, limit, wider))
         return out
 
     def _top_k_matrix(
@@ -151,14 +151,15 @@ class Retriever:
                 return _eligible(top_positions(row[None, :], n)[0], row)
 
             unexcluded = replace(want, exclude=_NO_ROWS)  # already -inf in the matrix
-            out.append(self._widened(unexcluded, _eligible(best[i], row), fetch, limit, wider))
+            out.append(self.pick(unexcluded, _eligible(best[i], row), fetch, limit, wider))
         return out
 
-    def _widened(
+    def pick(
         self, want: Wanted, first: Ranked, fetch: int, limit: int, candidates: Callable[[int], Ranked]
     ) -> Ranked:
-        """``want``'s pick from ``first`` (``fetch`` candidates); while exclusions or a category
-        cap leave fewer than k, again from ``candidates(n)`` with n doubled up to ``limit``."""
+        """``want``'s pick from ``first`` (``fetch`` candidates, best first, scores as the
+        relevance diversity trades against similarity); while exclusions or a category cap
+        leave fewer than k, again from ``candidates(n)`` with n doubled up to ``limit``."""
         ranked = self._pick(want, *first)
         while len(ranked[0]) < want.k and fetch < limit:
             fetch = min(limit, 2 * fetch)
