@@ -31,7 +31,14 @@ from serving.errors import NotReadyError
 from serving.metrics import ServingMetrics
 from serving.routing import Route, Router, recommend_routed
 from serving.types import Recommendation, RecommenderEngine
-from serving.wire import to_items, to_queries, to_query, to_response, to_similar_query, validate_user_id
+from serving.wire import (
+    to_queries,
+    to_query,
+    to_response,
+    to_similar_query,
+    to_similar_response,
+    validate_user_id,
+)
 
 
 class EngineHolder:
@@ -123,7 +130,7 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         engine = self._router.default.get()
         items = await self._batcher.run(lambda: engine.similar_items(query), context.time_remaining())
         # The engine that answered names the version (a hot swap must not mislabel it).
-        return pb2.SimilarItemsResponse(items=to_items(items), model_version=engine.model_version)
+        return to_similar_response(items, engine.model_version)
 
     async def GetUserEmbedding(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.GetUserEmbeddingRequest, context: grpc.aio.ServicerContext

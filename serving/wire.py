@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving.errors import InvalidArgumentError
 from serving.types import (
@@ -115,11 +117,18 @@ def to_similar_query(request: pb2.SimilarItemsRequest) -> SimilarItemsQuery:
     )
 
 
-def to_items(items: list[ScoredItem]) -> list[pb2.ScoredItem]:
-    return [
-        pb2.ScoredItem(item_id=item.item_id, score=item.score, explanation_item_id=item.explanation_item_id)
-        for item in items
-    ]
+def _add_items(target: RepeatedCompositeFieldContainer[pb2.ScoredItem], items: list[ScoredItem]) -> None:
+    """Append ``items`` to a repeated ``ScoredItem`` field, built in place (items passed to a
+    message constructor would be built, then copied in)."""
+    add = target.add
+    for item in items:
+        add(item_id=item.item_id, score=item.score, explanation_item_id=item.explanation_item_id)
+
+
+def to_similar_response(items: list[ScoredItem], model_version: str) -> pb2.SimilarItemsResponse:
+    response = pb2.SimilarItemsResponse(model_version=model_version)
+    _add_items(response.items, items)
+    return response
 
 
 def to_response(recommendation: Recommendation, variant: str = "") -> pb2.RecommendResponse:
@@ -134,8 +143,5 @@ def to_response(recommendation: Recommendation, variant: str = "") -> pb2.Recomm
         fallback_reason=pb2.FALLBACK_REASON_UNSPECIFIED if reason is None else _FALLBACK_REASONS[reason],
         variant=variant,
     )
-    # Built in place: items passed to the constructor would be built, then copied in.
-    add = response.items.add
-    for item in recommendation.items:
-        add(item_id=item.item_id, score=item.score, explanation_item_id=item.explanation_item_id)
+    _add_items(response.items, recommendation.items)
     return response
