@@ -264,12 +264,10 @@ def verify_checksums(path: Path, manifest: dict[str, Any], names: Collection[str
     """Check the SHA-256 of every file the manifest lists, or of ``names`` among them only
     (a reader of one file need not hash the index and weights). Raises :class:`BundleError`."""
     files: dict[str, str] = manifest["files"]
-    for name in names or ():
-        if name not in files:
+    for name in files if names is None else names:
+        expected = files.get(name)
+        if expected is None:
             raise BundleError(f"{Path(path) / MANIFEST}: lists no checksum for {name}")
-    for name, expected in files.items():
-        if names is not None and name not in names:
-            continue
         file = Path(path) / name
         if not file.is_file():
             raise BundleError(f"{file}: missing")
