@@ -24,7 +24,7 @@ USER recsys
 WORKDIR /home/recsys
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-m", "serving.healthcheck", "--address", "127.0.0.1:50051"]
+    CMD ["python", "-m", "serving.api.healthcheck", "--address", "127.0.0.1:50051"]
 ENTRYPOINT ["python", "-m", "serving"]
 CMD ["--bundle", "/models/bundle", "--host", "0.0.0.0", "--port", "50051"]
 

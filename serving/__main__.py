@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
+from serving.api.server import ServerStartupError
 from serving.cli import add_serve_arguments, serve_command
 from serving.errors import BundleError
-from serving.server import ServerStartupError
 
 
 def main(argv: list[str] | None = None) -> int:

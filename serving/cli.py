@@ -14,9 +14,9 @@ import os
 import time
 from pathlib import Path
 
-from serving.live_models import EngineSource, LiveModelOptions, load_bundle_engine
-from serving.server import ServerOptions, run_server
-from serving.workers import run_workers
+from serving.api.server import ServerOptions, run_server
+from serving.api.workers import run_workers
+from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--experiments",
         type=Path,
-        help="A/B experiments file (TOML; see serving/experiments.py), reloaded when it changes",
+        help="A/B experiments file (TOML; see serving/lifecycle/experiments.py), reloaded when it changes",
     )
     parser.add_argument(
         "--model-poll-s",
@@ -170,7 +170,7 @@ def engine_source(args: argparse.Namespace) -> EngineSource:
 def serve_command(args: argparse.Namespace) -> None:
     """Serve ``args.bundle`` until SIGTERM/SIGINT (``--workers N``: N processes).
 
-    Raises :class:`ValueError` for bad options, :class:`~serving.server.ServerStartupError`
+    Raises :class:`ValueError` for bad options, :class:`~serving.api.server.ServerStartupError`
     when the server cannot start, and :class:`SystemExit` (non-zero) when a worker of
     ``--workers N`` dies while serving.
     """
@@ -217,8 +217,8 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recommend_command(args: argparse.Namespace) -> None:
-    from serving.batch import read_user_ids, recommend_batch
-    from serving.engine import TwoTowerEngine
+    from serving.recommend.batch import read_user_ids, recommend_batch
+    from serving.recommend.engine import TwoTowerEngine
     from serving.storage import atomic_write_table
 
     started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Every error the service can raise on purpose is a subclass of :class:`RecsysError`.
 The gRPC layer maps them to status codes in exactly one place
-(:mod:`serving.interceptors`); nothing else decides status codes.
+(:mod:`serving.api.interceptors`); nothing else decides status codes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class NotConfiguredError(FeatureUnavailableError):
 class DeadlineExpired(RecsysError):  # noqa: N818  (a condition of the call, not a failure)
     """The caller's deadline passed before its answer was ready (-> ``DEADLINE_EXCEEDED``).
 
-    Raised by :class:`~serving.batcher.MicroBatcher` for a call whose deadline passed
+    Raised by :class:`~serving.api.batcher.MicroBatcher` for a call whose deadline passed
     before its work started (no work is done) or while it waited (its answer is dropped).
     """
 

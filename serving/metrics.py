@@ -6,7 +6,7 @@ in one process, as in tests, never collide):
 * ``recsys_rpc_duration_seconds{method, code}``: histogram of every unary call, observed by
   the interceptor (``code`` is the gRPC status name, ``OK`` included);
 * ``recsys_batch_size``: histogram of Recommend requests answered by one engine call (one
-  user-tower pass), observed by :mod:`serving.batcher`;
+  user-tower pass), observed by :mod:`serving.api.batcher`;
 * ``recsys_batch_queue_wait_seconds``: how long the oldest request of a batch waited;
 * ``recsys_fallback_total{reason}``: answers given by the popularity fallback;
 * ``recsys_rejected_total``: calls refused by admission control (``RESOURCE_EXHAUSTED``);

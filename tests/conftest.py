@@ -15,7 +15,7 @@ import grpc
 import polars as pl
 import pytest
 
-from serving.engine import TwoTowerEngine
+from serving.recommend.engine import TwoTowerEngine
 from training.config import Config, load_config
 from training.data.synth import SynthConfig, SynthSummary, synthesize
 
@@ -116,8 +116,8 @@ def engine(trained: TrainedBundle) -> TwoTowerEngine:
 def served_channel(trained: TrainedBundle) -> Iterator[grpc.Channel]:
     """A channel to a real server on a free loopback port, serving the shared bundle with default
     options (every service registered). Read-only: tests must not change the server's state."""
-    from serving.background import BackgroundServer
-    from serving.server import ServerOptions
+    from serving.api.background import BackgroundServer
+    from serving.api.server import ServerOptions
 
     options = ServerOptions(host="127.0.0.1", port=0, grace_seconds=0.5, max_workers=2)
     with (

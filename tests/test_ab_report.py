@@ -17,14 +17,14 @@ from serving._proto.recsys.v1 import events_pb2
 from serving.events.log import EventLog
 from serving.events.reader import read_events
 from serving.events.schema import EVENT_SCHEMA
-from training.ab_report import build_report, format_table, run_ab_report
-from training.ab_stats import (
+from training.config import load_config
+from training.reports.ab_report import build_report, format_table, run_ab_report
+from training.reports.ab_stats import (
     bootstrap_difference_test,
     bootstrap_mean_interval,
     two_proportion_z_test,
     wilson_interval,
 )
-from training.config import load_config
 
 # --- statistics --------------------------------------------------------------------------------
 

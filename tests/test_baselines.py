@@ -9,8 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from training import baselines
-from training.baselines import (
+from training.config import DataConfig
+from training.data.synth import SynthSummary
+from training.evaluation import baselines, split
+from training.evaluation.baselines import (
     EASE,
     IALS,
     Popularity,
@@ -18,10 +20,7 @@ from training.baselines import (
     interaction_matrix,
     make_baseline,
 )
-from training.config import DataConfig
-from training.data.synth import SynthSummary
-from training.evaluate import evaluate_scores, rank_test_users
-from training.evaluation import split
+from training.evaluation.evaluate import evaluate_scores, rank_test_users
 from training.features import Prepared, prepare
 
 

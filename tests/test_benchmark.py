@@ -9,10 +9,10 @@ import pytest
 from conftest import tiny_config
 from mlflow.tracking import MlflowClient
 
-from training.benchmark import MODELS, BenchmarkRow, format_table, run_benchmark
-from training.cli_benchmark import PROTOCOL_CHOICES, add_benchmark_parser
+from training.cli.benchmark import PROTOCOL_CHOICES, add_benchmark_parser
 from training.data.synth import SynthSummary
 from training.evaluation import PROTOCOLS
+from training.evaluation.benchmark import MODELS, BenchmarkRow, format_table, run_benchmark
 
 
 def test_run_benchmark_end_to_end(

@@ -1,4 +1,4 @@
-"""serving.bundle: what training writes is exactly what serving loads, and bad bundles are refused."""
+"""serving.bundle.format: what training writes is exactly what serving loads, and bad bundles are refused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from conftest import TrainedBundle, tiny_config
 
-from serving.bundle import (
+from serving.bundle.format import (
     INDEX,
     ITEMS,
     MANIFEST,
@@ -29,13 +29,13 @@ from serving.bundle import (
     sha256_file,
     write_bundle,
 )
-from serving.embedding import embed_items, embed_users
-from serving.engine import TwoTowerEngine
 from serving.errors import BundleError
+from serving.model.embedding import embed_items, embed_users
+from serving.recommend.engine import TwoTowerEngine
 from training.data.io import load_dataset
 from training.features import Prepared, prepare
+from training.fit.trainer import TrainResult, model_spec, train_model
 from training.pipeline import model_version_of
-from training.trainer import TrainResult, model_spec, train_model
 
 ALL_FILES = (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX, USER_INDEX, PROFILES)
 

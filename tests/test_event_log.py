@@ -23,15 +23,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
-from serving.background import BackgroundServer
+from serving.api.background import BackgroundServer
+from serving.api.events import EVENT_COLLECTOR_SERVICE
+from serving.api.server import ServerOptions
 from serving.events.compaction import compact_segment
 from serving.events.log import WAL_DIRNAME, EventLog, EventLogOptions, recover_orphans
 from serving.events.reader import event_files, read_events
-from serving.events.service import EVENT_COLLECTOR_SERVICE
 from serving.events.validation import MAX_EVENTS_PER_CALL, validate_events
 from serving.events.wal import MAGIC, SegmentWriter, frame, read_segment
-from serving.live_models import load_bundle_engine
-from serving.server import ServerOptions
+from serving.lifecycle.live_models import load_bundle_engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOW_MS = int(time.time() * 1000)

@@ -13,10 +13,10 @@ import pytest
 from conftest import tiny_config
 
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
-from serving.background import BackgroundServer
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions
 from serving.events.schema import EVENT_TYPE_BY_NAME
-from serving.live_models import load_bundle_engine
-from serving.server import ServerOptions
+from serving.lifecycle.live_models import load_bundle_engine
 from training.data.io import InputError, load_interactions
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,10 @@ import pytest
 from conftest import TrainedBundle
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
-from serving.background import BackgroundServer
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions
 from serving.client import RecommenderClient, recommend_request
-from serving.engine import TwoTowerEngine
-from serving.experiments import (
+from serving.lifecycle.experiments import (
     BUCKETS,
     ExperimentConfigError,
     Variant,
@@ -27,9 +27,9 @@ from serving.experiments import (
     load_experiments,
     parse_experiments,
 )
-from serving.live_models import LiveModelOptions
-from serving.server import ServerOptions
-from serving.types import Diversity
+from serving.lifecycle.live_models import LiveModelOptions
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import Diversity
 
 USERS_FOR_SHARES = 100_000
 
@@ -349,7 +349,7 @@ def test_start_fails_on_a_bad_experiments_file(trained: TrainedBundle, tmp_path:
 def test_experiments_command_checks_a_file_offline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.cli import main as recsys
+    from training.cli.main import main as recsys
 
     path = tmp_path / "experiments.toml"
     path.write_text(config_text("models:/recsys-two-tower@champion"), encoding="utf-8")
@@ -372,7 +372,7 @@ def test_experiments_command_checks_a_file_offline(
     ],
 )
 def test_model_references(text: str, expected: tuple[str, str | None, str | None]) -> None:
-    from serving.model_ref import parse_model_ref
+    from serving.lifecycle.model_ref import parse_model_ref
 
     ref = parse_model_ref(text)
     assert (ref.name, ref.version, ref.alias) == expected

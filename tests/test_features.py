@@ -1,4 +1,4 @@
-"""Feature encoding (serving.features), training.features.prepare and serving.history."""
+"""Feature encoding (serving.model.features), training.features.prepare and serving.model.history."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TrainedBundle
 
-from serving.features import (
+from serving.model.features import (
     FIRST_TOKEN_INDEX,
     ID_FEATURE,
     OOV_INDEX,
@@ -22,11 +22,11 @@ from serving.features import (
     FeatureSpec,
     Vocabulary,
 )
-from serving.features.privacy import personal_columns
-from serving.history import Sequences, append_recent, last_items, windows
+from serving.model.features.privacy import personal_columns
+from serving.model.history import Sequences, append_recent, last_items, windows
 from training.config import DataConfig
 from training.features import encoder_options, prepare
-from training.trainer import ExampleBatcher
+from training.fit.trainer import ExampleBatcher
 
 PERSONAL_NAMES = DataConfig().personal_columns
 OPTIONS = EncoderOptions(

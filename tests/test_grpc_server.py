@@ -26,10 +26,14 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from serving import healthcheck
 from serving._proto import regenerate
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+from serving.api import healthcheck
+from serving.api.interceptors import INTERNAL_MESSAGE, status_for
+from serving.api.recommender import RecommenderServicer
+from serving.api.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError, serve
+from serving.api.wire import MAX_BATCH, to_query
 from serving.errors import (
     DeadlineExpired,
     InvalidArgumentError,
@@ -38,11 +42,9 @@ from serving.errors import (
     OverloadedError,
     RecsysError,
 )
-from serving.interceptors import INTERNAL_MESSAGE, status_for
-from serving.routing import Router
-from serving.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError, serve
-from serving.service import EngineHolder, RecommenderServicer
-from serving.types import (
+from serving.lifecycle.engine_holder import EngineHolder
+from serving.lifecycle.routing import Router
+from serving.recommend.types import (
     Diversity,
     FallbackReason,
     ItemFilter,
@@ -52,7 +54,6 @@ from serving.types import (
     ScoredItem,
     SimilarItemsQuery,
 )
-from serving.wire import MAX_BATCH, to_query
 
 MODEL_VERSION = "test-model-7"
 SECRET = "postgres://admin:hunter2@db.internal/recsys"  # must never reach a client
@@ -118,7 +119,7 @@ class FakeEngine:
 
 
 class ServerThread:
-    """Runs :func:`serving.server.serve` on its own loop in a daemon thread."""
+    """Runs :func:`serving.api.server.serve` on its own loop in a daemon thread."""
 
     def __init__(
         self, load_engine: Callable[[], RecommenderEngine], options: ServerOptions | None = None
@@ -309,15 +310,15 @@ def test_healthcheck_fails_for_unreachable_server() -> None:
 
 
 def test_healthcheck_module_as_docker_runs_it(server: ServerThread) -> None:
-    probe = [sys.executable, "-m", "serving.healthcheck", "--address", server.address, "--timeout", "2"]
+    probe = [sys.executable, "-m", "serving.api.healthcheck", "--address", server.address, "--timeout", "2"]
     assert subprocess.run(probe, cwd=REPO_ROOT, check=False, timeout=20).returncode == 0
 
 
 # run_server in a child process: the real entry point, with real process signals.
 _CHILD_SCRIPT = """
 import sys
-from serving.server import ServerOptions, run_server
-from serving.types import Recommendation
+from serving.api.server import ServerOptions, run_server
+from serving.recommend.types import Recommendation
 
 class Engine:
     model_version = "child-1"

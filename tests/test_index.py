@@ -1,4 +1,4 @@
-"""serving.index / serving.index_calibration: automatic choice, calibration, manifest, serving.
+"""serving.bundle.index / serving.bundle.index_calibration: automatic choice, calibration, manifest, serving.
 
 The approximate indexes are exercised on a few thousand vectors: large enough that
 approximate search really differs from exact search at small settings, small enough
@@ -19,12 +19,9 @@ import numpy as np
 import pytest
 from conftest import TrainedBundle
 
-from serving.bench_catalogue import build_synthetic_bundle, clustered_vectors
-from serving.bundle import INDEX, MANIFEST, load_bundle, sha256_file
-from serving.embedding import embed_users
-from serving.engine import TwoTowerEngine
-from serving.errors import BundleError
-from serving.index import (
+from benchmarks.catalogue import build_synthetic_bundle, clustered_vectors
+from serving.bundle.format import INDEX, MANIFEST, load_bundle, sha256_file
+from serving.bundle.index import (
     EXACT,
     EXACT_INNER_PRODUCT,
     HNSW_FLAT_INNER_PRODUCT,
@@ -40,7 +37,7 @@ from serving.index import (
     search_subset,
     write_index,
 )
-from serving.index_calibration import (
+from serving.bundle.index_calibration import (
     BuiltIndex,
     CalibrationPoint,
     build_calibrated_index,
@@ -48,8 +45,11 @@ from serving.index_calibration import (
     exact_neighbours,
     recall_at_k,
 )
-from serving.index_options import IndexOptions
-from serving.types import ItemFilter, RecommendQuery, SimilarItemsQuery
+from serving.bundle.index_options import IndexOptions
+from serving.errors import BundleError
+from serving.model.embedding import embed_users
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import ItemFilter, RecommendQuery, SimilarItemsQuery
 from training.config import ConfigError, load_config
 from training.pipeline import INDEX_CALIBRATION_ARTIFACT, build_item_index, log_index_calibration
 from training.tracking import RunInfo
@@ -65,7 +65,7 @@ def _unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def _selector(mask: np.ndarray) -> tuple[faiss.SearchParameters, faiss.IDSelector, np.ndarray]:
-    """A plain SearchParameters with a bitmap selector, exactly as serving.filters builds it."""
+    """A plain SearchParameters with a bitmap selector, exactly as serving.recommend.filters builds it."""
     bitmap = np.packbits(mask, bitorder="little")
     selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
     params = faiss.SearchParameters()

@@ -16,15 +16,15 @@ from mlflow.tracking import MlflowClient
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.background import BackgroundServer
-from serving.batch import read_user_ids, recommend_batch
-from serving.bundle import MANIFEST
+from serving.api.background import BackgroundServer
+from serving.api.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError
+from serving.bundle.format import MANIFEST
 from serving.client import RecommenderClient
-from serving.engine import TwoTowerEngine
 from serving.errors import InvalidArgumentError
-from serving.server import RECOMMENDER_SERVICE, ServerOptions, ServerStartupError
-from serving.types import RecommendQuery
-from training.cli import main
+from serving.recommend.batch import read_user_ids, recommend_batch
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import RecommendQuery
+from training.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -15,22 +15,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving._proto.recsys.v1 import audiences_pb2 as pb2
 from serving._proto.recsys.v1 import audiences_pb2_grpc as pb2_grpc
-from serving.audience import (
+from serving.api.background import BackgroundServer
+from serving.api.server import AUDIENCES_SERVICE, ServerOptions
+from serving.audiences.search import (
     MAX_SIZE,
     SeedScoring,
     SimilarUsersQuery,
     UserAudiences,
     build_user_index,
 )
-from serving.background import BackgroundServer
-from serving.bundle import MANIFEST, USER_INDEX, load_bundle
-from serving.engine import TwoTowerEngine
+from serving.bundle.format import MANIFEST, USER_INDEX, load_bundle
+from serving.bundle.index import IVF_FLAT_INNER_PRODUCT
+from serving.bundle.index_options import IndexOptions
 from serving.errors import FeatureUnavailableError, InvalidArgumentError
-from serving.index import IVF_FLAT_INNER_PRODUCT
-from serving.index_options import IndexOptions
-from serving.server import AUDIENCES_SERVICE, ServerOptions
-from serving.types import RecommendQuery
-from training.cli import main
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import RecommendQuery
+from training.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -307,7 +307,7 @@ def test_find_similar_users_without_user_index_is_failed_precondition(
 
 
 def test_lift_seed_pools_and_share_ranking() -> None:
-    from training.lookalike_lift import _FAN_MIN_RATINGS, _by_genre_share, _genre_shares, _seed_pool
+    from benchmarks.lookalike_lift import _FAN_MIN_RATINGS, _by_genre_share, _genre_shares, _seed_pool
 
     n = _FAN_MIN_RATINGS
     rows = (

@@ -1,4 +1,4 @@
-"""serving.model (towers, spec), training.loss and training.trainer on tiny real data."""
+"""serving.model.towers (towers, spec), training.fit.losses and training.fit.trainer on tiny real data."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from serving.model import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec, masked_mean
+from serving.model.towers import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec, masked_mean
 from training.data.synth import SynthSummary
 from training.features import Prepared, prepare
-from training.loss import full_softmax_loss, in_batch_softmax_loss, sampled_softmax_loss
-from training.trainer import measure_throughput, resolve_device, train_model
+from training.fit.losses import full_softmax_loss, in_batch_softmax_loss, sampled_softmax_loss
+from training.fit.trainer import measure_throughput, resolve_device, train_model
 
 SPEC = TwoTowerSpec(
     user=TowerSpec(

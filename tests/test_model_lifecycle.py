@@ -22,12 +22,12 @@ from conftest import TrainedBundle, tiny_config
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.background import BackgroundServer
-from serving.bundle import read_manifest
-from serving.live_models import LiveModelOptions
-from serving.mlflow_store import ModelRegistry, RegistryError, metric_key
-from serving.server import ServerOptions
-from training.cli import main as recsys
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions
+from serving.bundle.format import read_manifest
+from serving.lifecycle.live_models import LiveModelOptions
+from serving.lifecycle.mlflow_store import ModelRegistry, RegistryError, metric_key
+from training.cli.main import main as recsys
 from training.promotion import NothingToRollBackError, PromotionRefusedError, promote, rollback
 
 pytestmark = pytest.mark.slow
@@ -294,9 +294,9 @@ def test_serving_runs_without_mlflow_and_says_so_for_registry_references(trained
     script = f"""
 import sys
 sys.modules["mlflow"] = None  # as in the serving image: not installed
-from serving.live_models import ModelLoader
-from serving.model_ref import parse_model_ref
-from serving.mlflow_store import RegistryError
+from serving.lifecycle.live_models import ModelLoader
+from serving.lifecycle.model_ref import parse_model_ref
+from serving.lifecycle.mlflow_store import RegistryError
 engine = ModelLoader().load(parse_model_ref({str(trained.bundle)!r}))
 print("bundle", engine.model_version)
 try:

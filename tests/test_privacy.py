@@ -26,17 +26,17 @@ from mlflow.tracking import MlflowClient
 from serving._proto.recsys.v1 import events_pb2
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.audience import SimilarUsersQuery
-from serving.background import BackgroundServer
-from serving.batch import recommend_batch
-from serving.bundle import MANIFEST, load_bundle
-from serving.engine import TwoTowerEngine
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions, ServerStartupError
+from serving.audiences.search import SimilarUsersQuery
+from serving.bundle.format import MANIFEST, load_bundle
 from serving.events.log import EventLog, EventLogOptions, opened_event_log
 from serving.events.reader import read_events
 from serving.pseudonym import SCHEME, Pseudonymiser, PseudonymKeyError, is_pseudonym
-from serving.server import ServerOptions, ServerStartupError
-from serving.types import RecommendQuery
-from training.cli import main
+from serving.recommend.batch import recommend_batch
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import RecommendQuery
+from training.cli.main import main
 from training.data.synth import SynthSummary
 from training.pipeline import train
 

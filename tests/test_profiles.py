@@ -12,8 +12,8 @@ from serving.profiles.churn import ChurnModel
 from serving.profiles.options import ProfileOptions
 from serving.profiles.rfm import SEGMENTS, quantile_score, segment
 from serving.profiles.segments import cluster, cosine_distances, describe, normalised, silhouette
-from training.churn import auc, fit_logistic, train_churn
 from training.config import ConfigError, load_config
+from training.profiles.churn import auc, fit_logistic, train_churn
 
 CLOCK = 1_700_000_000  # the latest timestamp of the hand-made data
 

@@ -19,15 +19,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving._proto.recsys.v1 import profiles_pb2 as pb2
 from serving._proto.recsys.v1 import profiles_pb2_grpc as pb2_grpc
-from serving.background import BackgroundServer
-from serving.bundle import MANIFEST, PROFILES, load_bundle
-from serving.engine import TwoTowerEngine
+from serving.api.background import BackgroundServer
+from serving.api.profiles import ProfileStores
+from serving.api.server import PROFILES_SERVICE, ServerOptions
+from serving.bundle.format import MANIFEST, PROFILES, load_bundle
 from serving.errors import FeatureUnavailableError
-from serving.profiles.service import ProfileStores
-from serving.server import PROFILES_SERVICE, ServerOptions
-from serving.types import RecommendQuery
-from training import report_check
-from training.cli import main
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import RecommendQuery
+from training.cli.main import main
+from training.reports import report_check
 
 pytestmark = pytest.mark.slow
 

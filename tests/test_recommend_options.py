@@ -16,11 +16,11 @@ import pytest
 from conftest import TrainedBundle
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
-from serving.background import BackgroundServer
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions
 from serving.client import RecommenderClient, recommend_request
-from serving.cold_start import RequestAttributes
-from serving.engine import TwoTowerEngine
-from serving.server import ServerOptions
+from serving.recommend.cold_start import RequestAttributes
+from serving.recommend.engine import TwoTowerEngine
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from serving.filters import ItemFilters
-from serving.index import build_index, item_vectors
-from serving.retrieval import Retriever, Wanted
-from serving.types import ItemFilter
+from serving.bundle.index import build_index, item_vectors
+from serving.recommend.filters import ItemFilters
+from serving.recommend.retrieval import Retriever, Wanted
+from serving.recommend.types import ItemFilter
 
 
 def _brute_force(query: np.ndarray, vectors: np.ndarray, eligible: np.ndarray, k: int) -> np.ndarray:

@@ -28,16 +28,22 @@ import numpy.typing as npt
 import psutil
 import pytest
 
-from serving import healthcheck
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
-from serving.background import BackgroundServer
-from serving.batcher import BatchOptions, MicroBatcher, answer_queries
+from serving.api import healthcheck
+from serving.api.background import BackgroundServer
+from serving.api.batcher import BatchOptions, MicroBatcher, answer_queries
+from serving.api.interceptors import REQUEST_ID_KEY
+from serving.api.server import ServerOptions, ServerStartupError
+from serving.api.workers import run_workers
 from serving.errors import DeadlineExpired, InvalidArgumentError, OverloadedError
-from serving.interceptors import REQUEST_ID_KEY
-from serving.server import ServerOptions, ServerStartupError
-from serving.types import FallbackReason, Recommendation, RecommendQuery, ScoredItem, SimilarItemsQuery
-from serving.workers import run_workers
+from serving.recommend.types import (
+    FallbackReason,
+    Recommendation,
+    RecommendQuery,
+    ScoredItem,
+    SimilarItemsQuery,
+)
 
 MODEL_VERSION = "runtime-test-3"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -458,7 +464,7 @@ def test_workers_refuse_a_busy_port_and_port_zero() -> None:
 
 
 def test_bench_load_framing_and_percentiles(tmp_path: Path) -> None:
-    from serving.bench_load import _latencies, _percentile, frame, write_bodies
+    from benchmarks.load import _latencies, _percentile, frame, write_bodies
 
     (body,) = write_bodies(["u7"], 5, tmp_path)
     raw = body.read_bytes()

@@ -8,11 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from serving._proto.recsys.v1 import events_pb2
-from serving._proto.recsys.v1 import recommender_pb2 as pb2
-from serving.events.reader import read_events
-from training.ab_report import build_report
-from training.simulate_ab import (
+from benchmarks.simulate_ab import (
     CONTROL,
     EXPERIMENT,
     TREATMENT,
@@ -25,6 +21,10 @@ from training.simulate_ab import (
     time_split,
     write_experiments_file,
 )
+from serving._proto.recsys.v1 import events_pb2
+from serving._proto.recsys.v1 import recommender_pb2 as pb2
+from serving.events.reader import read_events
+from training.reports.ab_report import build_report
 
 
 def _heldout(user: str, count: int) -> pl.DataFrame:

@@ -9,12 +9,12 @@ import pytest
 from conftest import tiny_config
 from mlflow.tracking import MlflowClient
 
-from training.cli import build_parser
+from training.cli.main import build_parser
 from training.config import ConfigError, load_config
 from training.data.io import load_dataset
 from training.data.synth import SynthSummary
 from training.evaluation import split
-from training.tune import Dimension, tune, validation_split
+from training.fit.tune import Dimension, tune, validation_split
 
 
 def test_validation_split_never_contains_test_interactions(synth_data: SynthSummary) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.embedding import embed_users
-from serving.engine import TwoTowerEngine
-from serving.types import RecommendQuery
-from serving.user_vectors import StoredUserVectors
+from serving.bundle.user_vectors import StoredUserVectors
+from serving.model.embedding import embed_users
+from serving.recommend.engine import TwoTowerEngine
+from serving.recommend.types import RecommendQuery
 
 DIM = 3
 

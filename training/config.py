@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from serving.index_options import IndexOptions
+from serving.bundle.index_options import IndexOptions
 from serving.profiles.options import ProfileOptions
 
 IndexConfig = IndexOptions
 """The ``[index]`` section (index type, calibration target and ladders). Declared in
-:mod:`serving.index_options`, because the serving-side index builder uses the same
+:mod:`serving.bundle.index_options`, because the serving-side index builder uses the same
 defaults and ``serving`` never imports ``training``; validated by :func:`validate`."""
 
 ProfilesConfig = ProfileOptions

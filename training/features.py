@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from serving.features import FIRST_TOKEN_INDEX, EncodedFeatures, EncoderOptions, EntityEncoder
-from serving.history import Sequences
+from serving.model.features import FIRST_TOKEN_INDEX, EncodedFeatures, EncoderOptions, EntityEncoder
+from serving.model.history import Sequences
 from training.config import DataConfig
 
 

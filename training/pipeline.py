@@ -9,7 +9,7 @@
 4. Build the item index the ``[index]`` section asks for, calibrated on user
    embeddings (recall@k against exact search for each search setting; the cheapest
    setting reaching the target is chosen), and log the curve and the choice.
-5. Member profiles (``profiles.enabled``; :mod:`training.profiles`): behaviour, RFM,
+5. Member profiles (``profiles.enabled``; :mod:`training.profiles.build`): behaviour, RFM,
    lifecycle, embedding segments and churn risk, stored in the bundle.
 6. Write the bundle (atomic), log it to MLflow and register a model version.
 """
@@ -30,20 +30,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from serving.audience import build_user_index
-from serving.bundle import BundleContents, write_bundle
-from serving.embedding import embed_items, embed_users
-from serving.index import EXACT_INNER_PRODUCT
-from serving.index_calibration import BuiltIndex, build_calibrated_index, resolve_type
+from serving.audiences.search import build_user_index
+from serving.bundle.format import BundleContents, write_bundle
+from serving.bundle.index import EXACT_INNER_PRODUCT
+from serving.bundle.index_calibration import BuiltIndex, build_calibrated_index, resolve_type
+from serving.model.embedding import embed_items, embed_users
 from training.config import Config, IndexConfig
 from training.data.io import Dataset, load_dataset
-from training.evaluate import evaluate
+from training.data.pseudonymise import pseudonymise_dataset
 from training.evaluation import split_for
+from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
-from training.profiles import profiles_for_bundle
-from training.pseudonymise import pseudonymise_dataset
+from training.fit.trainer import TrainResult, model_spec, train_model
+from training.profiles.build import profiles_for_bundle
 from training.tracking import Tracker, flatten, start_run
-from training.trainer import TrainResult, model_spec, train_model
 
 log = logging.getLogger(__name__)
 BUNDLE_ARTIFACT = "bundle"
@@ -206,7 +206,7 @@ def train(
         version = model_version_of(state)
         item_embeddings = embed_items(model, final_data.item_features)
         # Every user's embedding, computed once: calibration queries for the item index, the
-        # lookalike index (serving.audience) and the profiles' embedding segments.
+        # lookalike index (serving.audiences.search) and the profiles' embedding segments.
         user_rows = np.arange(final_data.sequences.rows, dtype=np.int64)
         user_embeddings = embed_users(model, final_data.user_features, final_data.sequences, user_rows)
         built_index = build_item_index(item_embeddings, user_embeddings, config.index)

@@ -5,12 +5,12 @@ version's offline metric (logged by ``recsys train`` with its run: ``ndcg@10`` b
 default) is at least the current holder's, measured under the same evaluation protocol
 and cut-off. Otherwise it refuses with both values, unless forced. Servers serving
 ``models:/NAME@ALIAS`` pick the move up on their next poll and hot-swap
-(:mod:`serving.live_models`).
+(:mod:`serving.lifecycle.live_models`).
 
 Every promotion pushes the alias's previous holder onto the alias history (a JSON
-registered-model tag, :data:`serving.mlflow_store.ALIAS_HISTORY_TAG`); :func:`rollback`
+registered-model tag, :data:`serving.lifecycle.mlflow_store.ALIAS_HISTORY_TAG`); :func:`rollback`
 pops it and moves the alias back. The registry itself is reached only through
-:class:`serving.mlflow_store.ModelRegistry` (the one MLflow module).
+:class:`serving.lifecycle.mlflow_store.ModelRegistry` (the one MLflow module).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from serving.errors import RecsysError
-from serving.mlflow_store import ModelRegistry, VersionEvaluation
+from serving.lifecycle.mlflow_store import ModelRegistry, VersionEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def promote(
 
     ``metric``: the gate metric (default ``ndcg@K``, K = the candidate's ``eval.k``).
     ``force``: promote even when the gate refuses (the refusal is logged). Raises
-    :class:`PromotionRefusedError`, or :class:`~serving.mlflow_store.RegistryError` for an
+    :class:`PromotionRefusedError`, or :class:`~serving.lifecycle.mlflow_store.RegistryError` for an
     unknown model or version.
     """
     candidate = registry.evaluation(name, version)

@@ -1,6 +1,6 @@
-"""Experiment tracking for training jobs, on top of :mod:`serving.mlflow_store`.
+"""Experiment tracking for training jobs, on top of :mod:`serving.lifecycle.mlflow_store`.
 
-:mod:`serving.mlflow_store` is the one module that talks to MLflow (serving needs the
+:mod:`serving.lifecycle.mlflow_store` is the one module that talks to MLflow (serving needs the
 registry too, and ``serving`` never imports ``training``); this module keeps the
 training-side API: :func:`start_run` from the typed :class:`TrackingConfig`, the
 :class:`Tracker` protocol, :class:`NullTracker` when tracking is off, :func:`flatten`.
@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving import mlflow_store
-from serving.mlflow_store import PARENT_RUN_TAG, MlflowTracker, RunInfo, default_store_dir
+from serving.lifecycle import mlflow_store
+from serving.lifecycle.mlflow_store import PARENT_RUN_TAG, MlflowTracker, RunInfo, default_store_dir
 from training.config import TrackingConfig
 
 __all__ = [

@@ -12,5 +12,7 @@ Layout of an event-log directory ``DIR``::
 * :mod:`serving.events.log` is :class:`~serving.events.log.EventLog`, the one writer
   (group commit, rotation, crash recovery);
 * :mod:`serving.events.reader` reads the complete Parquet files;
-* :mod:`serving.events.service` is the gRPC servicer.
+* :mod:`serving.api.events` is the gRPC servicer.
 """
+
+__all__ = ["compaction", "log", "reader", "schema", "validation", "wal"]

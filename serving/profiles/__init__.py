@@ -4,3 +4,16 @@ Built at training time from the same inputs as the model (Polars lazy queries in
 :mod:`~serving.profiles.build`), stored in the bundle (``profiles.parquet`` and the
 manifest's ``profiles`` section), served by ``recsys.v1.MemberProfiles``.
 """
+
+__all__ = [
+    "behaviour",
+    "build",
+    "churn",
+    "lifecycle",
+    "lookup",
+    "options",
+    "rfm",
+    "segments",
+    "store",
+    "wire",
+]

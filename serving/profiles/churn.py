@@ -1,6 +1,6 @@
 """Churn risk: the profile features the model reads, and scoring with stored coefficients.
 
-The model is a logistic regression fitted at training time (``training.churn``) and
+The model is a logistic regression fitted at training time (``training.profiles.churn``) and
 stored in the bundle manifest as data (feature names, standardisation means and scales,
 coefficients, intercept), so scoring needs only NumPy: ``p = sigmoid(b + w . (x - mean) /
 scale)``. Features come from the profile columns, so the same code scores a profile

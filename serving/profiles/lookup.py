@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from serving.bundle import read_manifest, verify_checksums
+from serving.bundle.format import read_manifest, verify_checksums
 from serving.profiles.store import PROFILES_FILE, ProfileStore
 from serving.profiles.wire import to_profile
 from serving.pseudonym import user_id_mapper

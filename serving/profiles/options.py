@@ -1,6 +1,6 @@
 """How member profiles are built (the ``[profiles]`` config section).
 
-Declared on the serving side (like :mod:`serving.index_options`) because the profile
+Declared on the serving side (like :mod:`serving.bundle.index_options`) because the profile
 builders in :mod:`serving.profiles` read the same defaults and ``serving`` never imports
 ``training``; ``training.config`` uses this class as its ``[profiles]`` section. Kept
 free of heavy imports.

@@ -1,7 +1,7 @@
 """The member profiles of one bundle, loaded for look-ups.
 
 ``profiles.parquet`` is checksummed with the rest of the bundle (``manifest.files``), so
-:func:`serving.bundle.load_bundle` has already verified it; :meth:`ProfileStore.open`
+:func:`serving.bundle.format.load_bundle` has already verified it; :meth:`ProfileStore.open`
 reads it. A bundle written without profiles (older ones, or ``profiles.enabled =
 false``) raises :class:`~serving.errors.FeatureUnavailableError` (``FAILED_PRECONDITION``).
 """

@@ -3,3 +3,5 @@
 The canonical directory holds ``interactions.parquet`` (user_id, item_id, timestamp, event_type,
 value), ``users.parquet`` (user_id + attributes) and ``items.parquet`` (item_id + attributes).
 """
+
+__all__ = ["event_log", "io", "movielens", "pseudonymise", "synth"]

@@ -1,0 +1,528 @@
+"""The models a server answers with, kept current while it serves.
+
+What to serve (:data:`EngineSource`) is either a plain ``load_engine()`` callable (one
+fixed engine, as before) or :class:`LiveModelOptions`: a default model reference (a
+bundle directory, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``) plus an optional
+experiments file (:mod:`serving.lifecycle.experiments`). :class:`LiveModels` then
+
+* loads the default model and every model the experiments name before the server
+  reports ``SERVING`` (a bad experiments file or an unknown model fails the start);
+* **watches aliases**: every ``poll_seconds`` it asks the registry where each
+  ``models:/NAME@ALIAS`` in use points; when the alias moved, the new version is
+  downloaded into the bundle cache, verified (checksums, weights, index:
+  :func:`serving.bundle.format.load_bundle`) and warmed up with a query, all off the event
+  loop, and only then swapped in (:meth:`~serving.lifecycle.engine_holder.EngineHolder.swap`): calls
+  already running finish on the old engine, new calls get the new one, none fails. A
+  version that fails any step is refused (logged, ``recsys_model_swaps_total
+  {outcome="refused"}``) and the old model keeps serving; it is not retried until the
+  alias moves again;
+* **reloads the experiments file** every ``experiments_poll_seconds`` (and on SIGHUP)
+  when its content changed: the new file is parsed, the models it adds are loaded, each
+  variant's options are checked against its engine, and only then is the new routing
+  table installed (:meth:`serving.lifecycle.routing.Router.install`). A bad file (syntax, shares,
+  unknown keys, a model that does not load) is logged and refused; the running
+  configuration stays.
+
+Model management runs on its own single thread ("recsys-models"), not on the engine
+executor: a download or a bundle load that takes seconds must not take an engine thread
+from requests, and one thread serialises swaps and reloads (no two ever race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from serving.errors import BundleError, InvalidArgumentError, RecsysError
+from serving.lifecycle.bundle_cache import BundleCache
+from serving.lifecycle.engine_holder import EngineHolder
+from serving.lifecycle.experiments import (
+    ExperimentConfigError,
+    ExperimentSet,
+    experiments_digest,
+    load_experiments,
+    parse_experiments,
+)
+from serving.lifecycle.mlflow_store import ModelRegistry, default_store_dir, resolve_tracking_uri
+from serving.lifecycle.model_ref import ModelRef, parse_model_ref
+from serving.lifecycle.routing import PopularitySource, Router, RoutingTable
+from serving.metrics import ServingMetrics
+from serving.recommend.types import Diversity, RecommenderEngine, RecommendQuery
+
+logger = logging.getLogger("serving")
+
+_SWAP_HISTORY = 1000  # hot-swap attempts kept in LiveModels.swaps
+
+WARM_UP_USER = "__recsys_warm_up__"
+
+
+@dataclass(frozen=True)
+class LiveModelOptions:
+    """What ``recsys serve`` serves beyond one fixed engine. Picklable (``--workers N``).
+
+    ``model``: the default model reference (requests without an experiment).
+    ``experiments``: the experiments file (None: no experiments). ``cache_dir``: where
+    registered bundles are cached (None: ``mlflow/bundles-cache``). ``tracking_uri``:
+    the MLflow registry (empty: ``$MLFLOW_TRACKING_URI``, else the embedded store).
+    """
+
+    model: str
+    experiments: Path | None = None
+    poll_seconds: float = 15.0
+    experiments_poll_seconds: float = 2.0
+    cache_dir: Path | None = None
+    tracking_uri: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            parse_model_ref(self.model)
+        except ValueError as exc:
+            raise ValueError(f"model: {exc}") from exc
+        for name in ("poll_seconds", "experiments_poll_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+EngineSource = Callable[[], RecommenderEngine] | LiveModelOptions
+"""What a server serves: a fixed engine's loader, or live models (see the module docstring)."""
+
+
+def warm_up(engine: RecommenderEngine) -> None:
+    """Answer one query with ``engine`` (a known user when it has a bundle), so the first
+    request after a swap does not pay for lazy initialisation, and a broken model fails
+    here rather than in a request."""
+    from serving.recommend.engine import TwoTowerEngine
+
+    users = [WARM_UP_USER]
+    if isinstance(engine, TwoTowerEngine) and engine.bundle.users.height:
+        users.append(str(engine.bundle.users.get_column("user_id")[0]))
+    engine.recommend_many([RecommendQuery(user, 10) for user in users])
+
+
+def load_bundle_engine(path: Path) -> RecommenderEngine:
+    """A :class:`~serving.recommend.engine.TwoTowerEngine` on the verified bundle at ``path`` (picklable
+    as ``functools.partial(load_bundle_engine, path)`` for ``--workers``).
+
+    Raises :class:`~serving.errors.BundleError` for a missing or bad bundle.
+    """
+    from serving.recommend.engine import TwoTowerEngine
+
+    return TwoTowerEngine.load(path)
+
+
+class ModelLoader:
+    """Loads engines for model references (blocking; call it off the event loop).
+
+    Bundle directories load directly; ``models:/`` references resolve through the MLflow
+    registry (:class:`serving.lifecycle.mlflow_store.ModelRegistry`, created on first use, so
+    serving needs MLflow only when it serves a registered model) and load from the
+    :class:`~serving.lifecycle.bundle_cache.BundleCache`. Every loaded engine is warmed up.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str = "",
+        cache_dir: Path | None = None,
+        *,
+        load_engine: Callable[[Path], RecommenderEngine] = load_bundle_engine,
+    ) -> None:
+        self._tracking_uri = tracking_uri
+        self._cache_dir = cache_dir
+        self._load_engine = load_engine
+        self._registry: ModelRegistry | None = None
+        self._cache: BundleCache | None = None
+        self._lock = threading.Lock()
+
+    def _store(self) -> tuple[ModelRegistry, BundleCache]:
+        with self._lock:
+            if self._registry is None or self._cache is None:
+                uri, _ = resolve_tracking_uri(self._tracking_uri)
+                self._registry = ModelRegistry(uri)
+                root = (
+                    self._cache_dir if self._cache_dir is not None else default_store_dir() / "bundles-cache"
+                )
+                self._cache = BundleCache(root, uri)
+            return self._registry, self._cache
+
+    def version(self, ref: ModelRef) -> str:
+        """The registered version ``ref`` means now ("" for a bundle directory).
+
+        Raises :class:`~serving.lifecycle.mlflow_store.RegistryError` for an unknown model, version
+        or alias, or when MLflow is not installed.
+        """
+        if ref.name is None:
+            return ""
+        registry, _ = self._store()
+        if ref.alias is not None:
+            return registry.version_of_alias(ref.name, ref.alias)
+        assert ref.version is not None
+        registry.check_version(ref.name, ref.version)
+        return ref.version
+
+    def load(self, ref: ModelRef, version: str = "") -> RecommenderEngine:
+        """Load, verify and warm up the engine of ``ref`` (``version``: of a registered
+        model, default: the one it means now). Raises :class:`BundleError` for a bad
+        bundle, :class:`~serving.lifecycle.mlflow_store.RegistryError` for a registry problem."""
+        if ref.path is not None:
+            engine = self._load_engine(ref.path)
+        else:
+            assert ref.name is not None
+            name = ref.name
+            version = version or self.version(ref)
+            registry, cache = self._store()
+
+            def fetch() -> Path:
+                return cache.fetch(
+                    name, version, lambda folder: registry.download_bundle(name, version, folder)
+                )
+
+            try:
+                engine = self._load_engine(fetch())
+            except BundleError as exc:
+                # A cached copy damaged after it was verified (disk, a person): fetch it once more.
+                logger.warning(
+                    "cached models:/%s/%s failed verification (%s); downloading again", name, version, exc
+                )
+                cache.evict(name, version)
+                engine = self._load_engine(fetch())
+        try:
+            warm_up(engine)
+        except Exception as exc:  # a bundle that loads but cannot answer is a bad bundle
+            raise BundleError(f"{ref.text}: the warm-up query failed: {exc}") from exc
+        return engine
+
+
+@dataclass(frozen=True)
+class SwapRecord:
+    """One hot-swap attempt: ``outcome`` is ``swapped``, ``refused`` (a bad bundle: not retried) or
+    ``failed`` (registry or download trouble: retried at the next poll); ``seconds`` from the
+    moment the move was noticed to the swap (download, verification, warm-up)."""
+
+    ref: str
+    old_version: str
+    new_version: str
+    outcome: str
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class _Versions:
+    """Registered version loaded per model reference, and the last one refused."""
+
+    loaded: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class LiveModels:
+    """The engines of one server (see the module docstring).
+
+    ``holder`` is the server's default holder (``router.default``). With a plain
+    callable as ``source`` nothing is watched: the callable's engine serves until the
+    end. ``loader`` (default: from the options) loads model references.
+    """
+
+    def __init__(
+        self,
+        source: EngineSource,
+        holder: EngineHolder,
+        metrics: ServingMetrics | None = None,
+        *,
+        loader: ModelLoader | None = None,
+    ) -> None:
+        self.router = Router(holder)
+        self._metrics = metrics
+        self.options = source if isinstance(source, LiveModelOptions) else None
+        self._fixed = None if isinstance(source, LiveModelOptions) else source
+        self._default_ref = parse_model_ref(self.options.model) if self.options is not None else None
+        self._loader = loader if loader is not None else self._default_loader()
+        self._versions = _Versions()
+        self._refused_digest = ""
+        self._missing_logged = False
+        self.swaps: deque[SwapRecord] = deque(maxlen=_SWAP_HISTORY)
+        """The latest hot-swap attempts, oldest first (figures, tests); bounded, because a
+        download that keeps failing adds one at every poll for as long as the server runs."""
+        self.last_reload_error = ""
+        """Why the last experiments file was refused ("" when the last reload applied)."""
+        self.management = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-models")
+        """The one thread that loads models, swaps them and reloads experiments."""
+        self._wake_reload: asyncio.Event | None = None
+
+    def _default_loader(self) -> ModelLoader:
+        options = self.options
+        if options is None:
+            return ModelLoader()
+        return ModelLoader(options.tracking_uri, options.cache_dir)
+
+    # ------------------------------------------------------------- start-up
+    def load_initial(self) -> RecommenderEngine:
+        """Load the default model and the experiments' models (blocking, off the loop).
+
+        Returns the default engine; the caller installs it in the default holder. The
+        experiments' routing table is installed here. Raises
+        :class:`~serving.errors.RecsysError` subclasses (a bad bundle, registry or
+        experiments file) or what a plain ``load_engine`` raises.
+        """
+        if self._fixed is not None:
+            return self._fixed()
+        assert self.options is not None
+        assert self._default_ref is not None
+        ref = self._default_ref
+        version = self._loader.version(ref)
+        engine = self._loader.load(ref, version)
+        self._versions.loaded[ref.text] = version
+        if self.options.experiments is not None:
+            experiments = load_experiments(self.options.experiments)
+            table, versions = self._prepare(experiments, {ref.text: engine})
+            self._versions.loaded.update(versions)
+            self.router.install(table)
+            logger.info("experiments from %s: %s", experiments.source, _describe(experiments))
+        return engine
+
+    # ---------------------------------------------------------- experiments
+    def _prepare(
+        self, experiments: ExperimentSet, loaded: Mapping[str, RecommenderEngine]
+    ) -> tuple[RoutingTable, dict[str, str]]:
+        """A routing table for ``experiments``: holders of the models already served are
+        reused, the others loaded; every variant is checked against its engine.
+
+        ``loaded``: engines of references not (yet) in a holder. Returns the table and the
+        registered versions of the newly loaded references. Raises
+        :class:`ExperimentConfigError` naming the file, experiment, variant and problem.
+        """
+        current = dict(self.router.table.holders)
+        holders: dict[str, EngineHolder] = {}
+        versions: dict[str, str] = {}
+        if self._default_ref is not None:
+            holders[self._default_ref.text] = self.router.default
+        for experiment in experiments.experiments.values():
+            for variant in experiment.variants:
+                where = f"{experiments.source}: experiment {experiment.name!r}, variant {variant.name!r}"
+                holder = holders.get(variant.model) or current.get(variant.model)
+                engine = loaded.get(variant.model)
+                if engine is None:
+                    if holder is not None:
+                        engine = holder.get()
+                    else:
+                        engine, versions[variant.model] = self._load_for(variant.model, where)
+                holders[variant.model] = holder if holder is not None else EngineHolder(engine)
+                _check_variant(engine, variant.options.strategy, variant.options.diversity, where)
+        return RoutingTable(experiments, MappingProxyType(holders)), versions
+
+    def _load_for(self, text: str, where: str) -> tuple[RecommenderEngine, str]:
+        try:
+            ref = parse_model_ref(text)
+            version = self._loader.version(ref)
+            return self._loader.load(ref, version), version
+        except (RecsysError, OSError, ValueError) as exc:
+            raise ExperimentConfigError(f"{where}: model {text}: {exc}") from exc
+
+    def reload_experiments(self) -> bool:
+        """Re-read the experiments file; install it when its content changed and it is valid.
+
+        Blocking (runs on the management thread). Returns True when a new configuration
+        was installed. A bad file is logged and refused; the running configuration stays.
+        """
+        path = self.options.experiments if self.options is not None else None
+        if path is None:
+            return False
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            if not self._missing_logged:
+                logger.warning(
+                    "experiments file %s unreadable (%s); the running configuration stays", path, exc
+                )
+                self._missing_logged = True
+            return False
+        self._missing_logged = False
+        digest = experiments_digest(data)
+        if digest in (self.router.table.experiments.digest, self._refused_digest):
+            return False
+        try:
+            experiments = parse_experiments(data, path)
+            table, versions = self._prepare(experiments, {})
+        except ExperimentConfigError as exc:
+            self._refused_digest = digest
+            self.last_reload_error = str(exc)
+            logger.error("experiments reload refused, the running configuration stays: %s", exc)
+            self._count("reloads", "refused")
+            return False
+        self._refused_digest = ""
+        self.last_reload_error = ""
+        in_use = set(table.holders)
+        self._versions.loaded = {r: v for r, v in self._versions.loaded.items() if r in in_use}
+        self._versions.loaded.update(versions)
+        self.router.install(table)
+        _release_frozen_heap()
+        logger.info("experiments reloaded from %s: %s", path, _describe(experiments))
+        self._count("reloads", "applied")
+        return True
+
+    # -------------------------------------------------------------- aliases
+    def watched(self) -> dict[str, EngineHolder]:
+        """Holders of the ``models:/NAME@ALIAS`` references in use, by reference."""
+        holders = dict(self.router.table.holders)
+        if self._default_ref is not None:
+            holders[self._default_ref.text] = self.router.default
+        return {text: h for text, h in holders.items() if parse_model_ref(text).watched}
+
+    def check_aliases(self) -> list[SwapRecord]:
+        """Swap in the new version of every watched alias that moved (blocking).
+
+        Returns the swap attempts made (swapped or refused).
+        """
+        attempts = []
+        for text, holder in self.watched().items():
+            ref = parse_model_ref(text)
+            try:
+                version = self._loader.version(ref)
+            except Exception as exc:  # the registry is down: keep serving what we have
+                logger.warning("cannot resolve %s (%s); keeping version %s", text, exc, self._loaded(text))
+                continue
+            if version in (self._versions.loaded.get(text), self._versions.refused.get(text)):
+                continue
+            attempts.append(self._swap(ref, holder, version))
+        return attempts
+
+    def _loaded(self, text: str) -> str:
+        return self._versions.loaded.get(text, "?")
+
+    def _swap(self, ref: ModelRef, holder: EngineHolder, version: str) -> SwapRecord:
+        old = self._loaded(ref.text)
+        started = time.perf_counter()
+        logger.info("%s moved from version %s to %s; loading it", ref.text, old, version)
+        try:
+            engine = self._loader.load(ref, version)
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            if isinstance(exc, BundleError):
+                # The bundle itself is bad (checksums, schema, dimensions): never try it again.
+                self._versions.refused[ref.text] = version
+                outcome = "refused"
+            else:
+                # A registry or download failure may pass: the next poll tries again.
+                outcome = "failed"
+            logger.error(
+                "%s version %s of %s (%s); version %s keeps serving", outcome, version, ref.text, exc, old
+            )
+            self._count("swaps", outcome)
+            record = SwapRecord(ref.text, old, version, outcome, seconds, str(exc))
+        else:
+            holder.swap(engine)
+            _release_frozen_heap()
+            seconds = time.perf_counter() - started
+            self._versions.loaded[ref.text] = version
+            self._versions.refused.pop(ref.text, None)
+            if holder is self.router.default and self._metrics is not None:
+                self._metrics.set_model_version(engine.model_version)
+            logger.info(
+                "%s: swapped version %s -> %s (model %s) in %.2f s",
+                ref.text,
+                old,
+                version,
+                engine.model_version,
+                seconds,
+            )
+            self._count("swaps", "swapped")
+            record = SwapRecord(ref.text, old, version, "swapped", seconds)
+        self.swaps.append(record)
+        return record
+
+    def _count(self, what: Literal["swaps", "reloads"], outcome: str) -> None:
+        if self._metrics is not None:
+            counter = self._metrics.model_swaps if what == "swaps" else self._metrics.experiments_reloads
+            counter.labels(outcome).inc()
+
+    # ---------------------------------------------------------- background
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Watch aliases and the experiments file until cancelled (no-op for a fixed engine).
+
+        ``handle_signals``: SIGHUP reloads the experiments file at once (main thread only).
+        """
+        options = self.options
+        if options is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake_reload = asyncio.Event()
+        hup = False
+        if (
+            handle_signals
+            and options.experiments is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, self._wake_reload.set)
+                hup = True
+        jobs = [self._every(options.poll_seconds, self.check_aliases, None)]
+        if options.experiments is not None:
+            jobs.append(
+                self._every(options.experiments_poll_seconds, self.reload_experiments, self._wake_reload)
+            )
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    async def _every(self, seconds: float, work: Callable[[], object], wake: asyncio.Event | None) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if wake is None:
+                await asyncio.sleep(seconds)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), seconds)
+                wake.clear()
+            try:
+                await loop.run_in_executor(self.management, work)
+            except Exception:
+                logger.exception("model management task failed; retrying in %.1f s", seconds)
+
+    def close(self) -> None:
+        """Stop the management thread (a download in progress finishes in the background)."""
+        self.management.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_variant(engine: RecommenderEngine, strategy: str, diversity: Diversity, where: str) -> None:
+    """Raise :class:`ExperimentConfigError` when ``engine`` cannot serve the variant's options."""
+    if strategy == "popularity" and not isinstance(engine, PopularitySource):
+        raise ExperimentConfigError(f"{where}: strategy: this model has no popularity strategy")
+    if diversity.active:
+        try:
+            engine.recommend(RecommendQuery(WARM_UP_USER, 1, diversity=diversity))
+        except InvalidArgumentError as exc:  # e.g. a category attribute the bundle lacks
+            raise ExperimentConfigError(f"{where}: {exc}") from exc
+
+
+def _describe(experiments: ExperimentSet) -> str:
+    if not experiments.experiments:
+        return "none"
+    return "; ".join(
+        f"{e.name} (" + ", ".join(f"{v.name} {v.share_percent:g}%" for v in e.variants) + ")"
+        for e in experiments.experiments.values()
+    )
+
+
+def _release_frozen_heap() -> None:
+    """Let the garbage collector free models that were frozen at start-up.
+
+    The server moves everything alive once the first model is loaded into the permanent
+    generation (``gc.freeze``), which the collector never scans. A model swapped out later may
+    sit in reference cycles, so it is freed only by a collection that can see it: unfreeze.
+    Full collections then scan the whole heap again (the price of a swap, paid until restart).
+    """
+    if gc.get_freeze_count():
+        gc.unfreeze()

@@ -1,0 +1,77 @@
+"""Batched tower passes over encoded tables (used by training, evaluation, bundles, serving)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from serving.model.features import EncodedFeatures
+from serving.model.history import Sequences, last_items
+from serving.model.inputs import gather, to_inputs
+from serving.model.towers import TwoTowerModel
+
+FloatArray = npt.NDArray[np.float32]
+_BATCH = 4096
+
+
+def _device(model: TwoTowerModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def embed_items(model: TwoTowerModel, features: EncodedFeatures, batch_size: int = _BATCH) -> FloatArray:
+    """Item tower output for every row of ``features``: (n_items, output_dim) float32."""
+    n = len(features["id"])
+    device = _device(model)
+    out = np.empty((n, model.spec.output_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            rows = np.arange(start, min(start + batch_size, n), dtype=np.int64)
+            out[rows] = model.item_embedding(to_inputs(gather(features, rows), device)).float().cpu().numpy()
+    return out
+
+
+def embed_users(
+    model: TwoTowerModel,
+    features: EncodedFeatures,
+    sequences: Sequences,
+    rows: npt.NDArray[np.int64],
+    history: npt.NDArray[np.int64] | None = None,
+    batch_size: int = _BATCH,
+) -> FloatArray:
+    """User tower output for table ``rows``; history = each user's last items unless given."""
+    device = _device(model)
+    length = model.spec.history_length
+    out = np.empty((len(rows), model.spec.output_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            windows = (
+                history[start : start + batch_size]
+                if history is not None
+                else last_items(sequences, chunk, length)
+            )
+            inputs = to_inputs(gather(features, chunk), device, history=windows)
+            out[start : start + len(chunk)] = model.user_embedding(inputs).float().cpu().numpy()
+    return out
+
+
+def embed_user_inputs(
+    model: TwoTowerModel,
+    features: EncodedFeatures,
+    history: npt.NDArray[np.int64],
+    batch_size: int = _BATCH,
+) -> FloatArray:
+    """User tower output for already gathered rows: ``features`` (B rows) and ``history`` (B, L).
+
+    The serving path for request-time inputs (recent items appended, attributes given).
+    """
+    device = _device(model)
+    n = len(history)
+    out = np.empty((n, model.spec.output_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            chunk = np.arange(start, min(start + batch_size, n), dtype=np.int64)
+            inputs = to_inputs(gather(features, chunk), device, history=history[chunk])
+            out[chunk] = model.user_embedding(inputs).float().cpu().numpy()
+    return out
