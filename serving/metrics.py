@@ -18,7 +18,10 @@ in one process, as in tests, never collide):
 * ``recsys_model_swaps_total{outcome}``: hot swaps of a watched ``models:/NAME@ALIAS``
   (``swapped`` or ``refused``: the new bundle failed to download, verify or warm up);
 * ``recsys_experiments_reloads_total{outcome}``: experiments file reloads (``applied`` /
-  ``refused``).
+  ``refused``);
+* ``recsys_registry_up``: 1 when the last alias poll reached the model registry, 0 when it
+  did not (the replica serves on with what it has); ``recsys_registry_last_success_timestamp_seconds``
+  and ``recsys_registry_poll_failures_total`` (:mod:`serving.lifecycle.registry_health`).
 
 Several worker processes (``recsys serve --workers N``) use prometheus-client's
 *multiprocess mode*: the supervising parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
@@ -155,6 +158,23 @@ class ServingMetrics:
             "recsys_experiments_reloads",
             "Reloads of the experiments file, by outcome (applied, refused).",
             ["outcome"],
+            registry=reg,
+        )
+        self.registry_up = Gauge(
+            "recsys_registry_up",
+            "1 when the last poll of a watched models:/NAME@ALIAS reached the registry, 0 when not.",
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self.registry_last_success = Gauge(
+            "recsys_registry_last_success_timestamp_seconds",
+            "Unix time of the last alias poll that reached the model registry.",
+            registry=reg,
+            multiprocess_mode="livemin",
+        )
+        self.registry_poll_failures = Counter(
+            "recsys_registry_poll_failures",
+            "Alias polls that could not reach the model registry (the served model stays).",
             registry=reg,
         )
         self._model_version: str | None = None

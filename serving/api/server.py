@@ -71,6 +71,7 @@ from serving.errors import RecsysError
 from serving.events.log import EventLog, EventLogOptions
 from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.live_models import EngineSource, LiveModels
+from serving.lifecycle.registry_health import REGISTRY_HEALTH_SERVICE
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
 from serving.pseudonym import Pseudonymiser, PseudonymKeyError
 from serving.recommend.types import RecommenderEngine
@@ -397,7 +398,19 @@ async def serve(
         if ready is not None:
             ready.set()
         # Alias watching and experiments reloads (no-op for a fixed engine).
-        watching = asyncio.create_task(models.run(handle_signals=handle_signals))
+        on_registry = None
+        if models.watched():
+            # The start-up load just resolved every alias: the registry was reachable.
+            await health_servicer.set(REGISTRY_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+            async def on_registry(reachable: bool) -> None:
+                # Only this entry changes: the replica keeps answering with the model it has.
+                status = health_pb2.HealthCheckResponse
+                await health_servicer.set(
+                    REGISTRY_HEALTH_SERVICE, status.SERVING if reachable else status.NOT_SERVING
+                )
+
+        watching = asyncio.create_task(models.run(handle_signals=handle_signals, on_registry=on_registry))
         await stop.wait()
         logger.info("stop requested; draining for up to %.1f s", options.grace_seconds)
     finally:

@@ -22,6 +22,11 @@ experiments file (:mod:`serving.lifecycle.experiments`). :class:`LiveModels` the
   table installed (:meth:`serving.lifecycle.routing.Router.install`). A bad file (syntax, shares,
   unknown keys, a model that does not load) is logged and refused; the running
   configuration stays.
+* **reports the registry connection**: a poll that cannot reach the registry (down, network,
+  a failed download) leaves the served model as it is and is recorded in
+  :class:`~serving.lifecycle.registry_health.RegistryHealth` (health entry
+  ``recsys.registry``, ``recsys_registry_up``); the next poll that reaches it again catches
+  up with wherever the alias points by then.
 
 Model management runs on its own single thread ("recsys-models"), not on the engine
 executor: a download or a bundle load that takes seconds must not take an engine thread
@@ -38,7 +43,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +60,14 @@ from serving.lifecycle.experiments import (
     load_experiments,
     parse_experiments,
 )
-from serving.lifecycle.mlflow_store import ModelRegistry, default_store_dir, resolve_tracking_uri
+from serving.lifecycle.mlflow_store import (
+    ModelRegistry,
+    bound_http_retries,
+    default_store_dir,
+    resolve_tracking_uri,
+)
 from serving.lifecycle.model_ref import ModelRef, parse_model_ref
+from serving.lifecycle.registry_health import RegistryHealth
 from serving.lifecycle.routing import PopularitySource, Router, RoutingTable
 from serving.metrics import ServingMetrics
 from serving.recommend.types import Diversity, RecommenderEngine, RecommendQuery
@@ -149,6 +160,10 @@ class ModelLoader:
         with self._lock:
             if self._registry is None or self._cache is None:
                 uri, _ = resolve_tracking_uri(self._tracking_uri)
+                # A poll must come back while the registry is down (the default HTTP retries
+                # would hold the management thread for minutes): a few quick retries, then
+                # the next poll tries again.
+                bound_http_retries()
                 self._registry = ModelRegistry(uri)
                 root = (
                     self._cache_dir if self._cache_dir is not None else default_store_dir() / "bundles-cache"
@@ -256,6 +271,8 @@ class LiveModels:
         download that keeps failing adds one at every poll for as long as the server runs."""
         self.last_reload_error = ""
         """Why the last experiments file was refused ("" when the last reload applied)."""
+        self.registry_health = RegistryHealth(metrics)
+        """Whether the last alias poll reached the registry (health entry, metrics)."""
         self.management = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-models")
         """The one thread that loads models, swaps them and reloads experiments."""
         self._wake_reload: asyncio.Event | None = None
@@ -382,19 +399,32 @@ class LiveModels:
     def check_aliases(self) -> list[SwapRecord]:
         """Swap in the new version of every watched alias that moved (blocking).
 
-        Returns the swap attempts made (swapped or refused).
+        Returns the swap attempts made (swapped, refused or failed). A reference that cannot
+        be resolved keeps its engine; the poll is then recorded as failed in
+        :attr:`registry_health` (as is a failed download), else as a success.
         """
         attempts = []
-        for text, holder in self.watched().items():
+        watched = self.watched()
+        trouble = ""
+        for text, holder in watched.items():
             ref = parse_model_ref(text)
             try:
                 version = self._loader.version(ref)
             except Exception as exc:  # the registry is down: keep serving what we have
                 logger.warning("cannot resolve %s (%s); keeping version %s", text, exc, self._loaded(text))
+                trouble = trouble or f"{text}: {exc}"
                 continue
             if version in (self._versions.loaded.get(text), self._versions.refused.get(text)):
                 continue
-            attempts.append(self._swap(ref, holder, version))
+            record = self._swap(ref, holder, version)
+            if record.outcome == "failed":
+                trouble = trouble or f"{text} version {version}: {record.error}"
+            attempts.append(record)
+        if watched:
+            if trouble:
+                self.registry_health.failed(trouble)
+            else:
+                self.registry_health.succeeded()
         return attempts
 
     def _loaded(self, text: str) -> str:
@@ -447,10 +477,17 @@ class LiveModels:
             counter.labels(outcome).inc()
 
     # ---------------------------------------------------------- background
-    async def run(self, *, handle_signals: bool = False) -> None:
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        on_registry: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
         """Watch aliases and the experiments file until cancelled (no-op for a fixed engine).
 
         ``handle_signals``: SIGHUP reloads the experiments file at once (main thread only).
+        ``on_registry(reachable)`` is awaited on the event loop after an alias poll whose
+        registry reachability differs from the previous poll's (first poll included).
         """
         options = self.options
         if options is None:
@@ -466,7 +503,15 @@ class LiveModels:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, self._wake_reload.set)
                 hup = True
-        jobs = [self._every(options.poll_seconds, self.check_aliases, None)]
+        reported: list[bool | None] = [None]
+
+        async def report_registry() -> None:
+            reachable = self.registry_health.state.reachable
+            if on_registry is not None and reachable is not None and reachable != reported[0]:
+                reported[0] = reachable
+                await on_registry(reachable)
+
+        jobs = [self._every(options.poll_seconds, self.check_aliases, None, report_registry)]
         if options.experiments is not None:
             jobs.append(
                 self._every(options.experiments_poll_seconds, self.reload_experiments, self._wake_reload)
@@ -477,7 +522,13 @@ class LiveModels:
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
 
-    async def _every(self, seconds: float, work: Callable[[], object], wake: asyncio.Event | None) -> None:
+    async def _every(
+        self,
+        seconds: float,
+        work: Callable[[], object],
+        wake: asyncio.Event | None,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if wake is None:
@@ -490,6 +541,8 @@ class LiveModels:
                 await loop.run_in_executor(self.management, work)
             except Exception:
                 logger.exception("model management task failed; retrying in %.1f s", seconds)
+            if after is not None:
+                await after()
 
     def close(self) -> None:
         """Stop the management thread (a download in progress finishes in the background)."""

@@ -66,6 +66,27 @@ def resolve_tracking_uri(explicit: str = "") -> tuple[str, str | None]:
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
 
 
+HTTP_RETRY_DEFAULTS: Mapping[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # MLflow parses it as an integer
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+"""Serving's bounds on MLflow's HTTP client (MLflow's own defaults: 7 retries with backoff
+factor 2 and a 120 s timeout, minutes per call while a tracking server is down)."""
+
+
+def bound_http_retries() -> None:
+    """Make MLflow's HTTP calls to a tracking server give up within seconds (serving polls).
+
+    MLflow reads these settings from the environment at each request; values already set
+    (by an operator) are kept. With these a call to a stopped server fails after a few
+    seconds (connection refused, two retries), and a poll then simply tries again later.
+    """
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def redact(uri: str) -> str:
     """Hide credentials in a tracking URI before logging it."""
     if "@" in uri and "://" in uri:
