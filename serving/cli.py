@@ -110,6 +110,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
     parser.add_argument(
+        "--health-port",
+        type=int,
+        default=0,
+        help="also serve the health service alone, plaintext, on this port (for probes that cannot "
+        "do TLS, e.g. Kubernetes' grpc probe; default 0: off)",
+    )
+    parser.add_argument(
         "--events-dir",
         type=Path,
         help="feedback event log directory for LogEvents (write-ahead log + date-partitioned Parquet); "
@@ -180,6 +187,7 @@ def serve_command(args: argparse.Namespace) -> None:
         max_workers=args.threads,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         grace_seconds=args.grace,
+        health_port=args.health_port,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         batch_concurrency=args.batch_concurrency,

@@ -263,3 +263,27 @@ def test_a_killed_replica_costs_no_call_with_a_retry_policy(trained: TrainedBund
     assert not replicas[0].alive()
     assert figures.failed == 0, figures.failures
     assert figures.calls_after_kill >= 50  # the surviving replica kept answering
+
+
+def test_the_health_port_answers_health_only_in_plaintext(trained: TrainedBundle) -> None:
+    """What deploy/kubernetes/ probes: ``--health-port`` reports the server's health (the same
+    servicer) and serves nothing else."""
+    import grpc
+
+    from benchmarks.registry_stack import free_port
+    from serving._proto.recsys.v1 import recommender_pb2 as pb2
+    from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
+    from serving.api import healthcheck
+    from serving.api.background import BackgroundServer
+    from serving.api.server import ServerOptions
+    from serving.recommend.engine import TwoTowerEngine
+
+    port = free_port()
+    options = ServerOptions(host="127.0.0.1", port=0, health_port=port, max_workers=1, grace_seconds=0.5)
+    with BackgroundServer(options, lambda: TwoTowerEngine.load(trained.bundle), start_timeout=30):
+        assert healthcheck.check(f"127.0.0.1:{port}") == (True, "SERVING")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Recommend(pb2.RecommendRequest(user_id="u1", k=3), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED

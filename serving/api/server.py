@@ -121,6 +121,9 @@ class ServerOptions:
     max_pending: int = 512
     # Port of the Prometheus /metrics endpoint on ``host``; 0 = no endpoint.
     metrics_port: int = 0
+    # Non-zero: a second, plaintext port on ``host`` serving only the health service, for
+    # probes that cannot speak TLS (Kubernetes' native grpc probe; deploy/kubernetes/).
+    health_port: int = 0
     # Log every call's access line at INFO (default: only calls that did not end OK).
     access_log: bool = False
     # Share the port with other processes (SO_REUSEPORT): only for --workers N.
@@ -152,6 +155,8 @@ class ServerOptions:
             raise ValueError(f"grace_seconds: must be >= 0, got {self.grace_seconds}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port: must be in 0..65535, got {self.metrics_port}")
+        if not 0 <= self.health_port <= 65535:
+            raise ValueError(f"health_port: must be in 0..65535, got {self.health_port}")
         _ = self.batch_options  # validates the batching options
         _ = self.event_log_options
 
@@ -218,6 +223,30 @@ def _freeze_heap() -> None:
     """Collect garbage once, then exempt every surviving object from future collections."""
     gc.collect()
     gc.freeze()
+
+
+async def _start_health_port(
+    options: ServerOptions, servicer: health.aio.HealthServicer
+) -> grpc.aio.Server | None:
+    """The plaintext health-only port (``options.health_port``), started; None when off.
+
+    It shares the main server's health servicer, so it reports exactly what the main port
+    does (``NOT_SERVING`` while loading and draining) and carries nothing else: no data, no
+    credentials. Raises :class:`ServerStartupError` when the port cannot be bound.
+    """
+    if not options.health_port:
+        return None
+    probe = grpc.aio.server(maximum_concurrent_rpcs=16)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, probe)
+    try:
+        probe.add_insecure_port(f"{options.host}:{options.health_port}")
+    except RuntimeError as exc:
+        raise ServerStartupError(
+            f"cannot bind the health port {options.host}:{options.health_port}: {exc}"
+        ) from exc
+    await probe.start()
+    logger.info("health-only port %s:%d (plaintext)", options.host, options.health_port)
+    return probe
 
 
 async def _set_health(
@@ -371,6 +400,7 @@ async def serve(
     started = False
     metrics_server: MetricsServer | None = None
     watching: asyncio.Task[None] | None = None
+    health_only: grpc.aio.Server | None = None
     try:
         port = _bind(server, options)
         if options.metrics_port:
@@ -378,6 +408,7 @@ async def serve(
             logger.info("metrics on http://%s:%d/metrics", options.host, metrics_server.port)
         await server.start()
         started = True
+        health_only = await _start_health_port(options, health_servicer)
         logger.info(
             "gRPC server listening on %s:%d (not serving until the model is loaded)", options.host, port
         )
@@ -426,6 +457,8 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         if started:
             await server.stop(options.grace_seconds)
+        if health_only is not None:
+            await health_only.stop(0)
         # Off the loop: waits for engine calls that outlived their deadline to return.
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         if metrics_server is not None:
