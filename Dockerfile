@@ -17,8 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 # CPU-only torch from PyTorch's CPU index: the default index resolves CUDA wheels (several GB).
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY --from=build /wheels /wheels
-# Base dependencies only: no MLflow, no tqdm, no dev tools.
-RUN pip install /wheels/*.whl && rm -rf /wheels
+# Base dependencies plus the `registry` extra (the MLflow client only, for models:/NAME@ALIAS
+# from a shared tracking server): no MLflow server, no training stack, no dev tools.
+RUN pip install "$(ls /wheels/*.whl)[registry]" && rm -rf /wheels
 RUN useradd --system --create-home --uid 10001 recsys
 USER recsys
 WORKDIR /home/recsys
