@@ -17,6 +17,8 @@ from pathlib import Path
 from serving.api.server import ServerOptions, run_server
 from serving.api.workers import run_workers
 from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
+from serving.security.access import AccessOptions
+from serving.security.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,63 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="store pseudonymous user ids in the event log, HMAC-keyed by $VAR (the bundle's "
         "privacy.key_env, e.g. RECSYS_ID_KEY); default: ids as sent",
     )
+    add_security_arguments(parser)
+
+
+def add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS, tokens, exposure and input-size flags of ``recsys serve`` (README "Running securely")."""
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="TLS certificate chain (PEM) of the server"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="private key (PEM) of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: refuse clients without a certificate signed by this CA (PEM)",
+    )
+    group.add_argument(
+        "--auth-tokens",
+        type=Path,
+        metavar="FILE",
+        help="callers, token hashes, scopes and rates (TOML); calls need 'authorization: Bearer TOKEN'",
+    )
+    group.add_argument(
+        "--security-poll-s",
+        type=float,
+        default=2.0,
+        help="seconds between checks of the tokens and TLS files for changes (default 2; SIGHUP: at once)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without TLS and tokens (only behind something that secures "
+        "the network, e.g. a service mesh terminating mTLS)",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="interface of the --metrics-port endpoint (default 127.0.0.1: not exposed)",
+    )
+    group.add_argument(
+        "--max-receive-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest request message accepted, in bytes (default 4 MiB; larger: RESOURCE_EXHAUSTED)",
+    )
+
+
+def access_options(args: argparse.Namespace) -> AccessOptions:
+    """The :class:`AccessOptions` of the security flags; :class:`ValueError` for an incomplete set."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key: give both or neither")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise ValueError("--tls-client-ca: mutual TLS needs --tls-cert and --tls-key too")
+    tls = None if args.tls_cert is None else TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return AccessOptions(
+        tls=tls, auth_tokens=args.auth_tokens, insecure=args.insecure, poll_seconds=args.security_poll_s
+    )
 
 
 def configure_compute_threads(threads: int) -> None:
@@ -197,6 +256,9 @@ def serve_command(args: argparse.Namespace) -> None:
         events_dir=args.events_dir,
         events_compact_interval_s=args.events_compact_s,
         events_key_env=args.events_key_env,
+        access=access_options(args),
+        metrics_host=args.metrics_host,
+        max_receive_message_bytes=args.max_receive_bytes,
     )
     if args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")

@@ -57,5 +57,20 @@ class DeadlineExpired(RecsysError):  # noqa: N818  (a condition of the call, not
     """
 
 
+class UnauthenticatedError(RecsysError):
+    """The call carries no credential, or one the server does not know (-> ``UNAUTHENTICATED``).
+
+    The message never repeats the presented credential.
+    """
+
+
+class PermissionDeniedError(RecsysError):
+    """A known caller asked for a service outside its scopes (-> ``PERMISSION_DENIED``)."""
+
+
+class RateLimitedError(OverloadedError):
+    """A caller is over its own request rate (-> ``RESOURCE_EXHAUSTED``, like any overload)."""
+
+
 class BundleError(RecsysError):
     """A model bundle is missing, corrupt, or incompatible. The message says which file and why."""

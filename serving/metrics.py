@@ -29,8 +29,8 @@ workers start, each worker writes its values to memory-mapped files there, and t
 parent alone serves ``/metrics`` (:func:`multiprocess_registry`), summing histograms
 and counters over the workers. One scrape target per server, whatever ``N``.
 
-Labels never carry request data: method names, status codes, reasons and the model
-version only.
+Labels never carry request data or credentials: method names, status codes, reasons, caller
+names from the tokens file and the model version only.
 """
 
 from __future__ import annotations
@@ -175,6 +175,24 @@ class ServingMetrics:
         self.registry_poll_failures = Counter(
             "recsys_registry_poll_failures",
             "Alias polls that could not reach the model registry (the served model stays).",
+            registry=reg,
+        )
+        self.client_calls = Counter(
+            "recsys_client_calls",
+            "Calls per caller (name in the tokens file, '-' without tokens) and status code.",
+            ["client", "code"],
+            registry=reg,
+        )
+        self.auth_refused = Counter(
+            "recsys_auth_refused",
+            "Calls refused by authorisation, by reason (unauthenticated, permission_denied, rate_limited).",
+            ["reason"],
+            registry=reg,
+        )
+        self.security_reloads = Counter(
+            "recsys_security_reloads",
+            "Reloads of the tokens file (tokens) and TLS files (tls), by outcome (applied, refused).",
+            ["what", "outcome"],
             registry=reg,
         )
         self._model_version: str | None = None

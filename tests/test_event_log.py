@@ -239,7 +239,7 @@ def test_log_events_keeps_the_good_events_and_names_the_bad_ones(events_server: 
         with pytest.raises(grpc.RpcError) as info:
             events_pb2_grpc.EventCollectorStub(channel).LogEvents(too_many, timeout=10)
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert "events: at most 10000" in (info.value.details() or "")
+        assert f"events: at most {MAX_EVENTS_PER_CALL}" in (info.value.details() or "")
         health = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=EVENT_COLLECTOR_SERVICE), timeout=5
         )

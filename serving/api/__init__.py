@@ -2,7 +2,8 @@
 
 Owns the server's wiring and shutdown (:mod:`~serving.api.server`), one servicer per service
 (:mod:`~serving.api.recommender`, :mod:`~serving.api.audiences`, :mod:`~serving.api.profiles`,
-:mod:`~serving.api.events`), the request/response mapping (:mod:`~serving.api.wire`), the one place
+:mod:`~serving.api.events`), the request/response mapping (:mod:`~serving.api.wire`), input bounds
+and request parsing (:mod:`~serving.api.bounds`, :mod:`~serving.api.decode`), the one place
 domain errors become status codes (:mod:`~serving.api.interceptors`), micro-batching
 (:mod:`~serving.api.batcher`), worker processes and the container health probe.
 
@@ -14,6 +15,8 @@ __all__ = [
     "audiences",
     "background",
     "batcher",
+    "bounds",
+    "decode",
     "events",
     "healthcheck",
     "interceptors",

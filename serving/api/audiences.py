@@ -16,6 +16,7 @@ import grpc
 from serving._proto.recsys.v1 import audiences_pb2 as pb2
 from serving._proto.recsys.v1 import audiences_pb2_grpc as pb2_grpc
 from serving.api.batcher import MicroBatcher
+from serving.api.bounds import check_seeds
 from serving.audiences.search import (
     DEFAULT_SCORING,
     Audience,
@@ -73,6 +74,7 @@ class AudiencesServicer(pb2_grpc.AudiencesServicer):
     async def FindSimilarUsers(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.FindSimilarUsersRequest, context: grpc.aio.ServicerContext
     ) -> pb2.FindSimilarUsersResponse:
+        check_seeds(request)  # bounded before any work, and before admission
         engine = self._holder.get()
         if not isinstance(engine, AudienceEngine):
             raise FeatureUnavailableError("the loaded engine cannot build lookalike audiences")

@@ -11,9 +11,10 @@ import asyncio
 from typing import Any, Final
 
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
-from serving.errors import InvalidArgumentError, NotConfiguredError
+from serving.api.bounds import check_event_count
+from serving.errors import NotConfiguredError
 from serving.events.log import EventLog
-from serving.events.validation import MAX_EVENTS_PER_CALL, validate_events
+from serving.events.validation import validate_events
 
 _VALIDATE_INLINE_MAX: Final = 64
 EVENT_COLLECTOR_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventCollector"].full_name
@@ -28,13 +29,10 @@ class EventCollectorServicer(events_pb2_grpc.EventCollectorServicer):
     async def LogEvents(  # noqa: N802 - gRPC method name
         self, request: events_pb2.LogEventsRequest, context: Any
     ) -> events_pb2.LogEventsResponse:
+        check_event_count(request.events)  # bounds first, whatever the server's configuration
         if self._event_log is None:
             raise NotConfiguredError("no event log on this server: start it with --events-dir DIR")
-        if len(request.events) > MAX_EVENTS_PER_CALL:
-            raise InvalidArgumentError(
-                "events", f"at most {MAX_EVENTS_PER_CALL} per call, got {len(request.events)}"
-            )
-        # Large batches are validated off the event loop (10,000 events take tens of ms);
+        # Large batches are validated off the event loop (1,000 events take a few ms);
         # file I/O never happens here: append waits on the log's writer thread.
         if len(request.events) > _VALIDATE_INLINE_MAX:
             accepted, rejections = await asyncio.to_thread(validate_events, request.events)

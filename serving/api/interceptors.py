@@ -10,14 +10,24 @@ per-call concerns: request ids, the access log and the latency metrics.
 * :class:`~serving.errors.NotReadyError`        -> ``UNAVAILABLE``
 * :class:`~serving.errors.FeatureUnavailableError` -> ``FAILED_PRECONDITION``
   (and its sub-class :class:`~serving.errors.NotConfiguredError`: no event log)
+* :class:`~serving.errors.UnauthenticatedError` -> ``UNAUTHENTICATED``,
+  :class:`~serving.errors.PermissionDeniedError` -> ``PERMISSION_DENIED`` and
+  :class:`~serving.errors.RateLimitedError` (an overload) -> ``RESOURCE_EXHAUSTED``: raised by
+  the denial handlers of :class:`~serving.security.auth.AuthInterceptor`, which runs inside this one
 * any other exception -> ``INTERNAL`` with a generic message; the traceback goes to the
   ``serving`` logger only, never to the caller.
 
 Aborts the handler issued itself (``context.abort``), cancellations, and failures of
 calls that already ended (deadline passed mid-handler) pass through unchanged.
-Streaming handlers and synchronous handlers are returned untouched (the aio server runs
-synchronous handlers on its own thread pool, where awaiting ``context.abort`` is not
-possible); every servicer in this service is ``async``.
+Synchronous handlers are returned untouched (the aio server runs them on its own thread
+pool, where awaiting ``context.abort`` is not possible); every servicer in this service is
+``async``. Streaming handlers written as async generators (server reflection) get the same
+mapping and access line; other streaming handlers (health watching) are left alone.
+
+Unary requests reach the handler already parsed, but parsed here
+(:func:`serving.api.decode.parse_request`) rather than by gRPC: gRPC answers undecodable bytes
+with ``INTERNAL``, while they are the caller's fault -> ``INVALID_ARGUMENT`` naming the field
+that holds invalid UTF-8 (or saying the bytes are not a message of the method's type).
 
 Each wrapped call
 
@@ -26,9 +36,11 @@ Each wrapped call
   digits, unique per process and across processes); it is echoed in the trailing
   metadata (``x-request-id``) whatever the status;
 * logs one access line on ``serving.access``: method, status code, duration in
-  milliseconds and the request id. Request and response payloads are never logged: they
-  hold user ids and histories, which are personal data;
-* is observed in ``recsys_rpc_duration_seconds{method, code}`` when metrics are given.
+  milliseconds, the request id and the caller's name from the tokens file
+  (``client=-`` without tokens). Request and response payloads and credentials are never
+  logged: payloads hold user ids and histories, which are personal data;
+* is observed in ``recsys_rpc_duration_seconds{method, code}`` and
+  ``recsys_client_calls_total{client, code}`` when metrics are given.
 
 Calls refused by gRPC itself (``maximum_concurrent_rpcs``) never reach the interceptor.
 """
@@ -41,11 +53,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
+from serving.api.decode import parse_request
 from serving.errors import (
     DeadlineExpired,
     FeatureUnavailableError,
@@ -53,8 +66,11 @@ from serving.errors import (
     NotFoundError,
     NotReadyError,
     OverloadedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
 )
 from serving.metrics import ServingMetrics
+from serving.security.auth import CALLER
 
 logger = logging.getLogger("serving")
 access_logger = logging.getLogger("serving.access")
@@ -83,9 +99,13 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (FeatureUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -129,6 +149,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # call, but the registered object is the same each time, so wrap it once.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._observers: dict[tuple[str, grpc.StatusCode], Callable[[float], None]] = {}
+        self._client_counters: dict[tuple[str, grpc.StatusCode], Callable[[], None]] = {}
 
     async def intercept_service(
         self,
@@ -140,22 +161,44 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        if (
-            handler is None
-            or handler.request_streaming
-            or handler.response_streaming
-            or not inspect.iscoroutinefunction(handler.unary_unary)
-        ):
+        wrapped = self._wrap_handler(method, handler)
+        if wrapped is None:
             return handler
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+    def _wrap_handler(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
+        """The wrapped handler, or None when this kind of handler is left alone."""
+        if handler is None:
+            return None
+        if not handler.request_streaming and not handler.response_streaming:
+            if not inspect.iscoroutinefunction(handler.unary_unary):
+                return None
+            # Bytes in, parsed by the wrapper: see the module docstring.
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, handler.unary_unary, handler.request_deserializer),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.request_streaming and handler.response_streaming:
+            if not inspect.isasyncgenfunction(handler.stream_stream):
+                return None
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.response_streaming and inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return None
+
+    def _wrap(self, method: str, behavior: UnaryBehavior, deserialize: Deserializer | None) -> UnaryBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             request_id = request_id_of(context.invocation_metadata())
@@ -163,6 +206,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code: grpc.StatusCode | None = None
             try:
+                if deserialize is not None:
+                    request = parse_request(deserialize, request)
                 response = await behavior(request, context)
                 # A handler may set a code without raising; None means OK.
                 code = context.code() or grpc.StatusCode.OK
@@ -189,23 +234,56 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapped
 
+    def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            request_id = request_id_of(context.invocation_metadata())
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            code: grpc.StatusCode | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                code = context.code() or grpc.StatusCode.OK
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                if context.done():
+                    code = context.code() or grpc.StatusCode.CANCELLED
+                    raise
+                code, message = status_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
+                await context.abort(code, message)
+            finally:
+                self._record(method, code or grpc.StatusCode.CANCELLED, started, request_id)
+
+        return wrapped
+
     def _record(self, method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:
         elapsed = time.perf_counter() - started
+        client = CALLER.get()
         if self._metrics is not None:
             observe = self._observers.get((method, code))
             if observe is None:
                 observe = self._metrics.rpc_duration.labels(method, code.name).observe
                 self._observers[(method, code)] = observe
             observe(elapsed)
+            count = self._client_counters.get((client, code))
+            if count is None:
+                count = self._metrics.client_calls.labels(client, code.name).inc
+                self._client_counters[(client, code)] = count
+            count()
         level = self._access_log_level
         if code is not grpc.StatusCode.OK:
             level = max(level, logging.INFO)
         if access_logger.isEnabledFor(level):
             access_logger.log(
                 level,
-                "rpc method=%s code=%s duration_ms=%.1f request_id=%s",
+                "rpc method=%s code=%s duration_ms=%.1f request_id=%s client=%s",
                 method,
                 code.name,
                 elapsed * 1000.0,
                 request_id,
+                client,
             )

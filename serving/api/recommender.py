@@ -26,6 +26,7 @@ import numpy as np
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api.batcher import BatchOptions, MicroBatcher
+from serving.api.bounds import check_batch_size
 from serving.api.wire import (
     to_queries,
     to_query,
@@ -78,6 +79,7 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         self, request: pb2.BatchRecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb2.BatchRecommendResponse:
         router = self._router
+        check_batch_size(request.requests)  # before admission: no work for an oversized batch
 
         def answer() -> pb2.BatchRecommendResponse:
             queries = to_queries(request)

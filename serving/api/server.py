@@ -2,8 +2,11 @@
 
 Lifecycle of :func:`serve`:
 
-1. Build a ``grpc.aio`` server with :class:`~serving.api.interceptors.ErrorMappingInterceptor`
-   (status codes, request ids, access log, latency metrics), message-size limits and
+1. Load the TLS and tokens files (:mod:`serving.security.access`; a bad file fails the start,
+   naming it). Build a ``grpc.aio`` server with
+   :class:`~serving.api.interceptors.ErrorMappingInterceptor` (status codes, request ids, access
+   log, latency metrics) around :class:`~serving.security.auth.AuthInterceptor` (tokens, scopes,
+   per-client rates; with ``--auth-tokens``), message-size limits and
    ``maximum_concurrent_rpcs`` (a hard cap on all calls, health checks included; beyond
    it gRPC answers ``RESOURCE_EXHAUSTED`` itself), the Recommender servicer behind a
    :class:`~serving.api.batcher.MicroBatcher` (micro-batching and admission control of engine
@@ -11,8 +14,9 @@ Lifecycle of :func:`serve`:
    checking and server reflection. With ``events_dir`` the feedback event log is opened
    (recovering what a killed process left in its WAL) for ``EventCollector.LogEvents``;
    it is closed, every event compacted into Parquet, after the graceful shutdown.
-2. Bind ``host:port`` (port 0 picks a free port, reported through ``on_bound``), start the
-   ``/metrics`` endpoint when ``metrics_port`` is set, and start. Health reports
+2. Bind ``host:port`` (TLS or mutual TLS when configured; port 0 picks a free port, reported
+   through ``on_bound``), start the ``/metrics`` endpoint on ``metrics_host`` (loopback by
+   default) when ``metrics_port`` is set, and start. Health reports
    ``NOT_SERVING`` for ``""`` and ``recsys.v1.Recommender`` from the first moment, so
    orchestrators can probe while the model loads.
 3. Load the models on the engine executor (:meth:`~serving.lifecycle.live_models.LiveModels.load_initial`:
@@ -22,7 +26,8 @@ Lifecycle of :func:`serve`:
    so that full collections scan only what requests allocate (with a loaded model a full
    collection otherwise stalls every call for ~50-150 ms), install the engine, report its
    version (``recsys_model_info``), flip health to ``SERVING``, set ``ready`` and start
-   watching aliases and the experiments file (hot swaps and reloads). On failure log it
+   watching aliases, the experiments file and the tokens / TLS files (hot swaps and
+   reloads; SIGHUP reloads the files at once). On failure log it
    and raise :class:`ServerStartupError`: a process that cannot answer must not look alive.
 4. Wait for ``stop`` (or SIGTERM/SIGINT), then shut down gracefully: health goes
    ``NOT_SERVING`` (load balancers drain), ``server.stop(grace)`` lets in-flight calls finish
@@ -44,7 +49,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,7 @@ from serving.lifecycle.registry_health import REGISTRY_HEALTH_SERVICE
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
 from serving.pseudonym import Pseudonymiser, PseudonymKeyError
 from serving.recommend.types import RecommenderEngine
+from serving.security.access import AccessConfigError, AccessOptions, ServerAccess
 
 logger = logging.getLogger("serving")
 
@@ -136,6 +142,11 @@ class ServerOptions:
     # Non-empty: the event log stores pseudonymous user ids, HMAC-keyed by this environment
     # variable (use the bundle's privacy.key_env; serving.pseudonym).
     events_key_env: str = ""
+    # TLS, mutual TLS, bearer tokens (serving.security.access). Listening beyond loopback without
+    # TLS and tokens is refused unless access.insecure.
+    access: AccessOptions = field(default_factory=AccessOptions)
+    # Interface of the /metrics endpoint: loopback unless told otherwise (it is not protected).
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -159,6 +170,7 @@ class ServerOptions:
             raise ValueError(f"health_port: must be in 0..65535, got {self.health_port}")
         _ = self.batch_options  # validates the batching options
         _ = self.event_log_options
+        self.access.check_exposure(self.host)
 
     @property
     def batch_options(self) -> BatchOptions:
@@ -183,10 +195,14 @@ class ServerOptions:
         return f"{host}:{self.port}"
 
 
-def _build_server(options: ServerOptions, metrics: ServingMetrics) -> grpc.aio.Server:
+def _build_server(options: ServerOptions, metrics: ServingMetrics, access: ServerAccess) -> grpc.aio.Server:
     access_log_level = logging.INFO if options.access_log else logging.DEBUG
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(access_log_level=access_log_level, metrics=metrics)],
+        # The error mapping is outermost: it maps the auth interceptor's refusals too.
+        interceptors=[
+            ErrorMappingInterceptor(access_log_level=access_log_level, metrics=metrics),
+            *access.interceptors,
+        ],
         options=[
             ("grpc.max_receive_message_length", options.max_receive_message_bytes),
             ("grpc.max_send_message_length", options.max_send_message_bytes),
@@ -199,10 +215,10 @@ def _build_server(options: ServerOptions, metrics: ServingMetrics) -> grpc.aio.S
     )
 
 
-def _bind(server: grpc.aio.Server, options: ServerOptions) -> int:
-    """Bind the insecure port; returns the port actually bound."""
+def _bind(server: grpc.aio.Server, options: ServerOptions, access: ServerAccess) -> int:
+    """Bind the port (TLS when configured); returns the port actually bound."""
     try:
-        port: int = server.add_insecure_port(options.address)
+        port: int = access.add_port(server, options.address)
     except RuntimeError as exc:  # grpc raises a bare RuntimeError ("Failed to bind to address ...")
         raise ServerStartupError(f"cannot bind gRPC server to {options.address}: {exc}") from exc
     if port == 0:  # older grpc versions report failure this way instead of raising
@@ -212,10 +228,10 @@ def _bind(server: grpc.aio.Server, options: ServerOptions) -> int:
 
 def _start_metrics(options: ServerOptions, metrics: ServingMetrics) -> MetricsServer:
     try:
-        return start_metrics_server(options.host, options.metrics_port, metrics.registry)
+        return start_metrics_server(options.metrics_host, options.metrics_port, metrics.registry)
     except OSError as exc:
         raise ServerStartupError(
-            f"cannot bind the metrics endpoint to {options.host}:{options.metrics_port}: {exc}"
+            f"cannot bind the metrics endpoint to {options.metrics_host}:{options.metrics_port}: {exc}"
         ) from exc
 
 
@@ -254,6 +270,27 @@ async def _set_health(
 ) -> None:
     for service in HEALTH_SERVICES:
         await servicer.set(service, status)
+
+
+def _install_reload_signal(loop: asyncio.AbstractEventLoop, access: ServerAccess, models: LiveModels) -> bool:
+    """SIGHUP: re-read the tokens and TLS files and the experiments file at once.
+
+    One handler for all of them (asyncio keeps one handler per signal), so the models are
+    told not to install their own. Returns whether it was installed (main thread only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def reload() -> None:
+        access.reloader.wake()
+        # Same as the experiments file's own poll: on the model-management thread.
+        loop.run_in_executor(models.management, models.reload_experiments)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _install_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[signal.Signals]:
@@ -358,7 +395,11 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    server = _build_server(options, metrics)
+    try:
+        access = ServerAccess.start(options.access, metrics)
+    except AccessConfigError as exc:
+        raise ServerStartupError(str(exc)) from None
+    server = _build_server(options, metrics, access)
     batcher = MicroBatcher(executor, options.batch_options, metrics)
     models = LiveModels(load_engine, holder, metrics)
     if on_models is not None:
@@ -401,16 +442,21 @@ async def serve(
     metrics_server: MetricsServer | None = None
     watching: asyncio.Task[None] | None = None
     health_only: grpc.aio.Server | None = None
+    reloading: asyncio.Task[None] | None = None
+    hup = False
     try:
-        port = _bind(server, options)
+        port = _bind(server, options, access)
         if options.metrics_port:
             metrics_server = _start_metrics(options, metrics)
-            logger.info("metrics on http://%s:%d/metrics", options.host, metrics_server.port)
+            logger.info("metrics on http://%s:%d/metrics", options.metrics_host, metrics_server.port)
         await server.start()
         started = True
         health_only = await _start_health_port(options, health_servicer)
         logger.info(
-            "gRPC server listening on %s:%d (not serving until the model is loaded)", options.host, port
+            "gRPC server listening on %s:%d, %s (not serving until the model is loaded)",
+            options.host,
+            port,
+            access.describe(),
         )
         if on_bound is not None:
             on_bound(port)
@@ -441,14 +487,19 @@ async def serve(
                     REGISTRY_HEALTH_SERVICE, status.SERVING if reachable else status.NOT_SERVING
                 )
 
-        watching = asyncio.create_task(models.run(handle_signals=handle_signals, on_registry=on_registry))
+        watching = asyncio.create_task(models.run(handle_signals=False, on_registry=on_registry))
+        reloading = asyncio.create_task(access.reloader.run(options.access.poll_seconds))
+        hup = handle_signals and _install_reload_signal(loop, access, models)
         await stop.wait()
         logger.info("stop requested; draining for up to %.1f s", options.grace_seconds)
     finally:
-        if watching is not None:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        for task in (watching, reloading):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         models.close()
         for sig in signals:
             loop.remove_signal_handler(sig)

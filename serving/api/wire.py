@@ -1,5 +1,6 @@
 """Wire (``recsys.v1`` messages) <-> domain (:mod:`serving.recommend.types`) mapping, with the
-checks that need no model: non-empty ids, k in range, batch size.
+checks that need no model: the size bounds of :mod:`serving.api.bounds`, non-empty ids, k in
+range, batch size.
 
 Checks that need the bundle (attribute names, filter types) happen in the engine. Both
 raise :class:`~serving.errors.InvalidArgumentError` naming the field; status codes are
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
+from serving.api import bounds
 from serving.errors import InvalidArgumentError
 from serving.recommend.types import (
     NO_DIVERSITY,
@@ -27,7 +29,7 @@ from serving.recommend.types import (
 
 MIN_K = 1
 MAX_K = 1000
-MAX_BATCH = 1000
+MAX_BATCH = bounds.MAX_BATCH_REQUESTS
 
 _FALLBACK_REASONS: dict[FallbackReason, pb2.FallbackReason] = {
     FallbackReason.UNKNOWN_USER: pb2.FALLBACK_REASON_UNKNOWN_USER,
@@ -35,7 +37,9 @@ _FALLBACK_REASONS: dict[FallbackReason, pb2.FallbackReason] = {
 
 
 def validate_user_id(user_id: str, field: str = "user_id") -> str:
-    """``user_id`` unchanged; raises :class:`InvalidArgumentError` when it is empty."""
+    """``user_id`` unchanged; raises :class:`InvalidArgumentError` when it is empty or longer
+    than :data:`~serving.api.bounds.MAX_ID_BYTES`."""
+    bounds.check_string(user_id, field)
     if not user_id:
         raise InvalidArgumentError(field, "must not be empty")
     return user_id
@@ -68,6 +72,7 @@ def to_query(request: pb2.RecommendRequest, prefix: str = "") -> RecommendQuery:
     A request that sets no option keeps the query's shared defaults: every Recommend call
     runs this on the event loop, and most set only ``user_id`` and ``k``.
     """
+    bounds.check_recommend(request, prefix)
     user_id = validate_user_id(request.user_id, f"{prefix}user_id")
     k = validate_k(request.k, f"{prefix}k")
     has_diversity = request.HasField("diversity")
@@ -100,13 +105,12 @@ def to_diversity(diversity: pb2.Diversity) -> Diversity:
 
 def to_queries(request: pb2.BatchRecommendRequest) -> list[RecommendQuery]:
     """Validated queries in request order; at most :data:`MAX_BATCH`."""
-    n = len(request.requests)
-    if n > MAX_BATCH:
-        raise InvalidArgumentError("requests", f"at most {MAX_BATCH} requests per call, got {n}")
+    bounds.check_batch_size(request.requests)
     return [to_query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
 
 
 def to_similar_query(request: pb2.SimilarItemsRequest) -> SimilarItemsQuery:
+    bounds.check_similar_items(request)
     if not request.item_id:
         raise InvalidArgumentError("item_id", "must not be empty")
     return SimilarItemsQuery(

@@ -16,7 +16,8 @@ N cores. :func:`run_workers` is the supervising parent:
    forked threads) and waits until every one reports ``SERVING``. A worker that exits
    before that fails the start: the others are stopped and :class:`ServerStartupError`
    is raised (the command exits non-zero).
-4. SIGTERM/SIGINT are forwarded to every worker, which drains gracefully (see
+4. SIGHUP is forwarded to every worker at once (each re-reads its tokens, TLS and
+   experiments files). SIGTERM/SIGINT are forwarded to every worker, which drains gracefully (see
    :mod:`serving.api.server`); the parent waits ``grace_seconds`` + 10 s for them, then kills
    what is left. A worker that dies while serving makes the parent stop the others and
    return non-zero, so the orchestrator restarts the whole unit instead of it silently
@@ -108,16 +109,16 @@ def run_workers(
     stop = _StopRequest()
     group: list[_Worker] = []
     previous = {sig: signal.signal(sig, stop.record) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _forward_reload(group))
     try:
         if metrics_dir is not None:
             try:
                 metrics_server = start_metrics_server(
-                    options.host, options.metrics_port, multiprocess_registry(metrics_dir)
+                    options.metrics_host, options.metrics_port, multiprocess_registry(metrics_dir)
                 )
             except OSError as exc:
-                raise ServerStartupError(
-                    f"cannot bind the metrics endpoint to {options.host}:{options.metrics_port}: {exc}"
-                ) from exc
+                where = f"{options.metrics_host}:{options.metrics_port}"
+                raise ServerStartupError(f"cannot bind the metrics endpoint to {where}: {exc}") from exc
         worker_options = replace(options, reuse_port=True, metrics_port=0)
         context = multiprocessing.get_context("spawn")
         level = logging.getLogger().getEffectiveLevel()
@@ -174,6 +175,17 @@ def _send(process: BaseProcess, signum: int) -> None:
     if process.pid is not None and process.exitcode is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signum)
+
+
+def _forward_reload(group: list[_Worker]) -> Callable[[int, FrameType | None], None]:
+    """A SIGHUP handler sending the signal on to every live worker right away: unlike a stop,
+    a reload request reaps and waits for nothing, so there is no loop to hand it to."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for worker in list(group):
+            _send(worker.process, signum)
+
+    return forward
 
 
 class _StopRequest:

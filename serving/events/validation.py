@@ -16,7 +16,8 @@ from typing import Final
 from serving._proto.recsys.v1 import events_pb2
 from serving.events.schema import EVENT_TYPE_NAMES
 
-MAX_EVENTS_PER_CALL: Final = 10_000
+MAX_EVENTS_PER_CALL: Final = 1_000
+# In UTF-8 bytes, like every id of the API (serving.api.bounds.MAX_ID_BYTES).
 MAX_ID_LENGTH: Final = 256
 # 1990-01-01T00:00:00Z. Older timestamps are almost always unit mistakes (seconds sent as
 # milliseconds land in January 1970); 1990 still admits replays of historical data sets.
@@ -36,17 +37,22 @@ class Rejection:
     reason: str
 
 
+def _too_long(text: str) -> bool:
+    # A string of at most MAX_ID_LENGTH / 4 characters cannot exceed the bound: skip encoding it.
+    return len(text) > MAX_ID_LENGTH // 4 and len(text.encode("utf-8")) > MAX_ID_LENGTH
+
+
 def problem_of(event: events_pb2.Event, now_ms: int) -> tuple[str, str] | None:
     """``(field, reason)`` of the first problem of ``event``, or None when it is valid."""
     for name in ("user_id", "item_id"):
         text: str = getattr(event, name)
         if not text.strip():
             return name, "must not be empty"
-        if len(text) > MAX_ID_LENGTH:
-            return name, f"longer than {MAX_ID_LENGTH} characters"
+        if _too_long(text):
+            return name, f"longer than {MAX_ID_LENGTH} UTF-8 bytes"
     for name in ("experiment", "variant", "model_version", "request_id", "event_id"):
-        if len(getattr(event, name)) > MAX_ID_LENGTH:
-            return name, f"longer than {MAX_ID_LENGTH} characters"
+        if _too_long(getattr(event, name)):
+            return name, f"longer than {MAX_ID_LENGTH} UTF-8 bytes"
     if event.event_type not in EVENT_TYPE_NAMES:
         return "event_type", f"must be one of {_ALLOWED_TYPES} (got {event.event_type})"
     if event.timestamp_ms == 0:

@@ -106,9 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from serving.client import RecommenderClient
+    from serving.client import ClientTLS, RecommenderClient, token_from_env
 
-    with RecommenderClient(args.address, timeout=args.timeout) as client:
+    tls = None
+    if args.tls_ca is not None or args.tls_cert is not None:
+        tls = ClientTLS(
+            ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
+        )
+    token = token_from_env(args.token_env) if args.token_env else None
+    with RecommenderClient(args.address, timeout=args.timeout, tls=tls, token=token) as client:
         print(f"health: {client.health()}")
         response = client.recommend(
             args.user, args.k, experiment=args.experiment, force_variant=args.force_variant
@@ -205,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--experiment", default="", help="answer as this A/B experiment's variant for the user")
     p.add_argument("--force-variant", default="", help="with --experiment: force this variant (QA)")
+    p.add_argument("--tls-ca", type=Path, help="TLS: trust this CA certificate (PEM) for the server")
+    p.add_argument("--tls-cert", type=Path, help="mutual TLS: client certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="mutual TLS: client private key (PEM)")
+    p.add_argument("--tls-server-name", default="", help="TLS: name to check the server certificate for")
+    p.add_argument(
+        "--token-env",
+        default="",
+        metavar="VAR",
+        help="send the bearer token held in environment variable VAR (never pass a token as an argument)",
+    )
     p.set_defaults(func=cmd_query)
 
     p = commands.add_parser(

@@ -56,7 +56,7 @@ class AudiencesServicer:
         direction from the average member to the seeds (mean of the seeds' embeddings minus
         the mean of every user's), i.e. by what distinguishes the seeds from everybody.
         Other scorings: see SeedScoring. Unknown seed ids are counted
-        (unknown_seed_count) and ignored. No seed id, more than 100000 seed ids, no known
+        (unknown_seed_count) and ignored. No seed id, more than 1000 seed ids, no known
         seed, size outside 1..100000, or seeds x size above 10000000 with
         SEED_SCORING_NEAREST_SEED -> INVALID_ARGUMENT naming the field. A model
         bundle written without a user index -> FAILED_PRECONDITION.

@@ -51,7 +51,7 @@ class EventCollectorServicer:
         """Validates each event and appends the good ones to the event log. When the call returns OK
         every accepted event is durable (fsynced to the write-ahead log): it survives a crash or
         SIGTERM of the server. Malformed events are rejected one by one with a reason; the others
-        are kept. More than 10,000 events in one call -> INVALID_ARGUMENT (nothing kept). A server
+        are kept. More than 1,000 events in one call -> INVALID_ARGUMENT (nothing kept). A server
         started without an event log answers FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
