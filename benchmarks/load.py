@@ -36,6 +36,15 @@ start to health ``SERVING``: the bundle loaded and verified) and its memory (RSS
 kernel's peak, ``VmHWM``, as ``/usr/bin/time -v`` reports it; children included with
 ``--workers``) at ``SERVING`` and after the runs are printed under the table.
 
+With ``--secure`` a second real server runs beside the plaintext one, with TLS
+(``--tls-cert/--tls-key``: a throwaway CA and certificate made for the run) and bearer tokens
+(``--auth-tokens``: one client with a random token made for the run); h2load speaks TLS
+(``https://``, ALPN h2) and sends the token in the ``authorization`` header. Every round then
+runs echo, Recommend plaintext and Recommend TLS + token, and the table ends with the median
+TLS + token / plaintext throughput ratio: the cost of the transport encryption and the token
+check, measured in the same run. (h2load cannot present a client certificate, so mutual TLS
+is not measured; its extra cost is one signature per handshake, not per call.)
+
 Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``). Prints a table; ``--json``
 also writes the figures to a file.
 """
@@ -50,6 +59,7 @@ import math
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -69,6 +79,9 @@ import grpc
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api import healthcheck
+from serving.client import ClientTLS, open_channel
+from serving.security import selfsigned
+from serving.security.tokens import hash_token
 
 METHOD = "/recsys.v1.Recommender/Recommend"
 HOST = "127.0.0.1"
@@ -236,9 +249,62 @@ def write_bodies(users: Sequence[str], k: int, directory: Path) -> list[Path]:
     return paths
 
 
-def verify_bodies(address: str, bodies: Sequence[Path], k: int) -> None:
+@dataclass(frozen=True)
+class Security:
+    """The throwaway TLS files and token of a ``--secure`` run (h2load does not verify the
+    certificate; the Python checks do, against ``ca``)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    tokens_file: Path
+    token: str
+
+    @classmethod
+    def create(cls, directory: Path, scopes: Sequence[str] = ("recommender",)) -> Security:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = selfsigned.make_ca("recsys benchmark CA")
+        selfsigned.write_pair(
+            selfsigned.issue(ca, HOST, server=True, hosts=(HOST, "localhost")),
+            directory / "server.pem",
+            directory / "server.key",
+        )
+        (directory / "ca.pem").write_bytes(ca.cert_pem)
+        # A per-run token: it exists only for this benchmark's lifetime (h2load needs it as an
+        # argument, so it shows in `ps`; production tokens never go on a command line).
+        token = secrets.token_hex(32)
+        tokens_file = directory / "tokens.toml"
+        digest = hash_token(token)
+        granted = json.dumps(list(scopes))
+        tokens_file.write_text(
+            f'[[client]]\nname = "benchmark"\ntoken_sha256 = "{digest}"\nscopes = {granted}\n'
+        )
+        return cls(
+            directory / "ca.pem", directory / "server.pem", directory / "server.key", tokens_file, token
+        )
+
+    def server_args(self) -> list[str]:
+        return [
+            "--tls-cert",
+            str(self.cert),
+            "--tls-key",
+            str(self.key),
+            "--auth-tokens",
+            str(self.tokens_file),
+        ]
+
+    def h2load_headers(self) -> list[str]:
+        return ["-H", f"authorization: Bearer {self.token}"]
+
+    def client_tls(self) -> ClientTLS:
+        return ClientTLS(self.ca, server_name=HOST)
+
+
+def verify_bodies(address: str, bodies: Sequence[Path], k: int, security: Security | None = None) -> None:
     """Send every body through a real gRPC client; raise unless each answer is OK with k items."""
-    with grpc.insecure_channel(address) as channel:
+    tls = security.client_tls() if security is not None else None
+    token = security.token if security is not None else None
+    with open_channel(address, tls=tls, token=token) as channel:
         stub = pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
         for body in bodies:
             request = pb2.RecommendRequest.FromString(body.read_bytes()[5:])
@@ -365,12 +431,15 @@ def closed_loop(
     warmup: float,
     workdir: Path,
     metrics_port: int | None,
+    security: Security | None = None,
 ) -> RunResult:
-    """``len(bodies)`` h2load processes, one connection each, ``concurrency`` streams in all."""
+    """``len(bodies)`` h2load processes, one connection each, ``concurrency`` streams in all
+    (TLS and the token header with ``security``)."""
     streams = [
         concurrency // len(bodies) + (1 if i < concurrency % len(bodies) else 0) for i in range(len(bodies))
     ]
-    uri = f"http://{HOST}:{port}{METHOD}"
+    uri = f"{'https' if security else 'http'}://{HOST}:{port}{METHOD}"
+    headers = [*_H2_HEADERS, *(security.h2load_headers() if security else [])]
     logs = [workdir / f"{_slug(name)}-{i}.log" for i in range(len(bodies))]
     before = server_counts(metrics_port) if metrics_port else None
     start_us = (time.time() + warmup) * 1e6
@@ -378,7 +447,7 @@ def closed_loop(
         _h2load(
             [
                 *("h2load", "-c", "1", "-m", str(m), "-D", _ms(duration), "--warm-up-time", _ms(warmup)),
-                *_H2_HEADERS,
+                *headers,
                 *("-d", str(body), "--log-file", str(log), uri),
             ]
         )
@@ -401,13 +470,15 @@ def open_loop(
     metrics_port: int | None,
     seed: int,
     skip: float = 1.0,
+    security: Security | None = None,
 ) -> RunResult:
     """Poisson arrivals at ``rate``/s over ``len(bodies)`` h2load processes (timing scripts).
 
     The first ``skip`` seconds (connection set-up) are left out of the figures.
     """
     rng = random.Random(seed)
-    uri = f"http://{HOST}:{port}{METHOD}"
+    uri = f"{'https' if security else 'http'}://{HOST}:{port}{METHOD}"
+    headers = [*_H2_HEADERS, *(security.h2load_headers() if security else [])]
     per_process = rate / len(bodies)
     logs, scripts = [], []
     for i in range(len(bodies)):
@@ -425,7 +496,7 @@ def open_loop(
         _h2load(
             [
                 *("h2load", "-c", "1", "-m", "256", "--timing-script-file", str(script)),
-                *_H2_HEADERS,
+                *headers,
                 *("-d", str(body), "--log-file", str(log)),
             ]
         )
@@ -447,7 +518,9 @@ def _grpc_delta(before: dict[str, float] | None, metrics_port: int | None) -> di
 
 
 # ------------------------------------------------------------------------ main
-def format_table(results: Sequence[RunResult], ratio: float, header: str) -> str:
+def format_table(
+    results: Sequence[RunResult], ratio: float, header: str, secure_ratio: float | None = None
+) -> str:
     """The results as a plain-text table, with the Recommend/echo throughput ratio."""
     lines = [
         header,
@@ -467,6 +540,11 @@ def format_table(results: Sequence[RunResult], ratio: float, header: str) -> str
             f"{r.max_ms:>7.2f} {r.requests:>9d} {r.failed:>6d}  {ok}"
         )
     lines.append(f"Recommend / echo closed-loop throughput (median over rounds): {ratio:.3f}")
+    if secure_ratio is not None:
+        lines.append(
+            "Recommend TLS + token / plaintext closed-loop throughput (median over rounds): "
+            f"{secure_ratio:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -506,14 +584,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra flag for the real server, e.g. --server-arg=--workers=2 (repeatable)",
     )
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="also run a TLS + bearer-token server and measure it against plaintext in the same rounds",
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)  # internal: run the echo server
     return parser
 
 
-def _server_argv(args: argparse.Namespace, port: int, metrics_port: int) -> list[str]:
+def _server_argv(
+    args: argparse.Namespace, port: int, metrics_port: int, security: Security | None = None
+) -> list[str]:
     return [
         *(sys.executable, "-m", "serving", "--bundle", str(args.bundle), "--host", HOST),
         *("--port", str(port), "--metrics-port", str(metrics_port), *args.server_arg),
+        *(security.server_args() if security is not None else []),
     ]
 
 
@@ -535,6 +621,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
     open_users = rng.sample(users, min(args.open_loadgens, len(users)))
     results: list[RunResult] = []
     ratios: list[float] = []
+    secure_ratios: list[float] = []
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         workdir = Path(tmp)
@@ -556,6 +643,20 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                 _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
                 startup = Startup(time.monotonic() - server.started, *server.memory_mib())
                 verify_bodies(address, closed_bodies + open_bodies, args.k)
+                security: Security | None = None
+                secure_port = secure_metrics = 0
+                if args.secure:
+                    security = Security.create(workdir / "security")
+                    secure_port, secure_metrics = free_port(), free_port()
+                    secure_argv = _server_argv(args, secure_port, secure_metrics, security)
+                    secure = stack.enter_context(Process(secure_argv, workdir / "secure-server.log"))
+                    secure_address = f"{HOST}:{secure_port}"
+                    _wait_until(
+                        lambda: healthcheck.check(secure_address, timeout=1.0, tls=security.client_tls())[0],
+                        secure,
+                        "recsys TLS + token server",
+                    )
+                    verify_bodies(secure_address, closed_bodies + open_bodies, args.k, security)
                 for round_ in range(1, args.rounds + 1):
                     suffix = f" #{round_}" if args.rounds > 1 else ""
                     echo_result = closed_loop(
@@ -580,6 +681,20 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                     )
                     results += [echo_result, recommend]
                     ratios.append(recommend.rps / echo_result.rps if echo_result.rps > 0 else math.nan)
+                    if security is not None:
+                        protected = closed_loop(
+                            f"Recommend TLS+token (closed){suffix}",
+                            secure_port,
+                            closed_bodies,
+                            args.concurrency,
+                            args.duration,
+                            args.warmup,
+                            workdir,
+                            secure_metrics,
+                            security,
+                        )
+                        results.append(protected)
+                        secure_ratios.append(protected.rps / recommend.rps if recommend.rps > 0 else math.nan)
                 verify_bodies(address, closed_bodies, args.k)
                 results.append(
                     open_loop(
@@ -593,6 +708,20 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         args.seed,
                     )
                 )
+                if security is not None:
+                    results.append(
+                        open_loop(
+                            f"Recommend TLS+token (open {args.rate:g}/s)",
+                            secure_port,
+                            open_bodies,
+                            args.rate,
+                            args.open_duration,
+                            workdir,
+                            secure_metrics,
+                            args.seed,
+                            security=security,
+                        )
+                    )
                 rss, peak = server.memory_mib()
                 startup = replace(startup, rss_after_runs_mib=rss, peak_rss_after_runs_mib=peak)
         except Exception:
@@ -606,13 +735,16 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         f"{args.rounds} round(s); k={args.k}; server flags: {server_flags}; 1-min load average "
         f"before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}"
     )
-    print(format_table(results, ratio, header))
+    secure_ratio = statistics.median(secure_ratios) if secure_ratios else None
+    print(format_table(results, ratio, header, secure_ratio))
     print(startup.describe())
     if args.json is not None:
         payload = {
             "results": [asdict(r) for r in results],
             "ratios": ratios,
             "ratio": ratio,
+            "secure_ratios": secure_ratios,
+            "secure_ratio": secure_ratio,
             "startup": asdict(startup),
             "header": header,
         }

@@ -599,3 +599,15 @@ def _query_flags() -> set[str]:
     commands = next(a for a in parser._actions if a.dest == "command")
     query = commands.choices["query"]  # type: ignore[index]
     return {flag for action in query._actions for flag in action.option_strings}
+
+
+def test_made_up_methods_are_refused_without_a_token_and_unimplemented_with_one(
+    secured: Secured, pki: Pki, legit: grpc.Channel, trained: TrainedBundle
+) -> None:
+    with open_channel(secured.address, tls=pki.client_tls()) as channel:
+        for i in range(300):  # more names than the interceptors cache: none of them is kept
+            code, _ = _code(lambda i=i: channel.unary_unary(f"/recsys.v1.Nope/Made{i}")(b"", timeout=5))
+            assert code is grpc.StatusCode.UNAUTHENTICATED
+    code, _ = _code(lambda: legit.unary_unary("/recsys.v1.Recommender/Nope")(b"", timeout=5))
+    assert code is grpc.StatusCode.UNIMPLEMENTED
+    _assert_legit_answers(legit, _user(trained))

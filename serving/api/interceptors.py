@@ -103,6 +103,8 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
 
+_MAX_CACHED_METHODS = 256
+
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 Deserializer = Callable[[bytes], Any]
@@ -164,7 +166,10 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         wrapped = self._wrap_handler(method, handler)
         if wrapped is None:
             return handler
-        self._wrapped[method] = (handler, wrapped)
+        # Bounded: method names come from callers (a made-up one may reach here as the auth
+        # interceptor's shared denial handler), and the services have a few dozen real ones.
+        if len(self._wrapped) < _MAX_CACHED_METHODS or method in self._wrapped:
+            self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     def _wrap_handler(

@@ -142,13 +142,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc
         """A handler of ``handler``'s shape (unary-unary when the method is unknown) that
         raises the call's denial without reading the request. ``recsys.v1`` has no
         client-streaming methods; reflection is bidirectional, health watching server-streaming."""
+        if handler is None:
+            # An unknown method: one shared handler, so that made-up method names cannot grow
+            # the cache without bound.
+            return _UNKNOWN_METHOD_DENIAL
         denial = self._denials.get(method)
         if denial is not None:
             return denial
-        serializer = handler.response_serializer if handler is not None else None
-        if handler is not None and handler.request_streaming and handler.response_streaming:
+        serializer = handler.response_serializer
+        if handler.request_streaming and handler.response_streaming:
             denial = grpc.stream_stream_rpc_method_handler(_deny_stream, response_serializer=serializer)
-        elif handler is not None and handler.response_streaming:
+        elif handler.response_streaming:
             denial = grpc.unary_stream_rpc_method_handler(_deny_stream, response_serializer=serializer)
         else:
             denial = grpc.unary_unary_rpc_method_handler(_deny_unary, response_serializer=serializer)
@@ -176,3 +180,6 @@ async def _deny_unary(request: object, context: grpc.aio.ServicerContext) -> Any
 async def _deny_stream(request: object, context: grpc.aio.ServicerContext) -> Any:
     raise _current_denial()
     yield  # an async generator, like the handlers it stands in for
+
+
+_UNKNOWN_METHOD_DENIAL: Final = grpc.unary_unary_rpc_method_handler(_deny_unary)
