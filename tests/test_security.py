@@ -611,3 +611,43 @@ def test_made_up_methods_are_refused_without_a_token_and_unimplemented_with_one(
     code, _ = _code(lambda: legit.unary_unary("/recsys.v1.Recommender/Nope")(b"", timeout=5))
     assert code is grpc.StatusCode.UNIMPLEMENTED
     _assert_legit_answers(legit, _user(trained))
+
+
+def test_recsys_query_speaks_mutual_tls_with_a_token_from_the_environment(
+    secured: Secured, pki: Pki, trained: TrainedBundle
+) -> None:
+    command = [
+        sys.executable, "-m", "training.cli.main", "query", "--address", secured.address,
+        "--user", _user(trained), "--k", "3", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+        "--tls-key", str(pki.client_key), "--token-env", "RECSYS_QUERY_TOKEN",
+    ]  # fmt: skip
+    env = {**os.environ, "RECSYS_QUERY_TOKEN": WEB_TOKEN}
+    answered = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    assert "health: SERVING" in answered.stdout
+    env.pop("RECSYS_QUERY_TOKEN")
+    refused = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "RECSYS_QUERY_TOKEN" in refused.stderr
+    assert WEB_TOKEN not in refused.stderr + answered.stderr + answered.stdout
+
+
+def test_metrics_bind_loopback_even_when_the_service_port_does_not(trained: TrainedBundle) -> None:
+    import psutil
+
+    metrics_port = _free_port()
+    options = ServerOptions(
+        host="0.0.0.0",
+        port=0,
+        metrics_port=metrics_port,
+        grace_seconds=0.2,
+        access=AccessOptions(insecure=True),
+    )
+    with BackgroundServer(options, lambda: load_bundle_engine(trained.bundle)) as server:
+        listening = {
+            c.laddr.port: c.laddr.ip
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening[metrics_port] == "127.0.0.1"
+        assert listening[server.port] in ("0.0.0.0", "::")
