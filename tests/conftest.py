@@ -20,6 +20,9 @@ from training.config import Config, load_config
 from training.data.synth import SynthConfig, SynthSummary, synthesize
 
 TINY_OVERRIDES: tuple[str, ...] = (
+    # The interaction objective without early stopping: one short, deterministic run per fit.
+    "train.objective=interaction",
+    "train.patience=0",
     "train.epochs=2",
     "train.progress=false",
     "train.device=cpu",

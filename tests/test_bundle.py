@@ -34,7 +34,8 @@ from serving.model.embedding import embed_items, embed_users
 from serving.recommend.engine import TwoTowerEngine
 from training.data.io import load_dataset
 from training.features import Prepared, prepare
-from training.fit.trainer import TrainResult, model_spec, train_model
+from training.fit.setup import model_spec
+from training.fit.trainer import TrainResult, train_model
 from training.pipeline import model_version_of
 
 ALL_FILES = (TOWERS, USERS, ITEMS, VOCABULARIES, INDEX, USER_INDEX, PROFILES)

@@ -29,7 +29,8 @@ def test_defaults_equal_the_dataclass_defaults() -> None:
     config = load_config()
     assert config == Config()
     assert config.train == TrainConfig()
-    assert config.train.epochs == 20
+    assert config.train.epochs == 100
+    assert config.train.objective == "auto"
     assert config.train.batch_size == 512
     assert config.train.device == "auto"
     assert config.model.hidden_dims == (256,)

@@ -26,7 +26,7 @@ from serving.model.features.privacy import personal_columns
 from serving.model.history import Sequences, append_recent, last_items, windows
 from training.config import DataConfig
 from training.features import encoder_options, prepare
-from training.fit.trainer import ExampleBatcher
+from training.fit.interaction_task import ExampleBatcher
 
 PERSONAL_NAMES = DataConfig().personal_columns
 OPTIONS = EncoderOptions(

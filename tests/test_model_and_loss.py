@@ -16,7 +16,8 @@ from serving.model.towers import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerMode
 from training.data.synth import SynthSummary
 from training.features import Prepared, prepare
 from training.fit.losses import full_softmax_loss, in_batch_softmax_loss, sampled_softmax_loss
-from training.fit.trainer import measure_throughput, resolve_device, train_model
+from training.fit.setup import resolve_device
+from training.fit.trainer import measure_throughput, train_model
 
 SPEC = TwoTowerSpec(
     user=TowerSpec(

@@ -89,7 +89,14 @@ class ModelConfig:
     output_dim: int = 64
     dropout: float = 0.1
     temperature: float = 0.1
-    history_encoder: Literal["mean", "attention"] = "mean"
+    history_encoder: Literal["mean", "attention", "causal"] = "mean"
+    """``mean`` (masked mean), ``attention`` (a bidirectional transformer layer, then the mean) or
+    ``causal`` (a causal transformer layer read at the last position, SASRec-style). The sequence
+    objectives need an encoder with an every-position form: ``mean`` or ``causal``."""
+    user_id_embedding: bool = True
+    """The user tower embeds the user id; False: a user is their history and attributes only."""
+    shared_history_embedding: bool = True
+    """History items share the item tower's id embedding table (False: a table of their own)."""
     id_dropout: float = 0.05
     """Probability of replacing a user/item id by the unknown bucket while training, so
     that cold users and items still get meaningful embeddings from their attributes."""
@@ -97,7 +104,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
+    objective: Literal["auto", "interaction", "sequence", "bag", "mixed"] = "auto"
+    """What the model learns from (:mod:`training.fit.objectives`):
+
+    * ``interaction``: one example per interaction (history before it, in-batch + uniform
+      negatives with logQ correction, ``others_history_share``);
+    * ``sequence``: one pass per user window, the next item predicted at every position;
+    * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
+    * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
+    * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` trained with early
+      stopping on a validation split carved from the training data by the evaluation
+      protocol; the best one is used and written to the manifest."""
+    bag_weight: float = 0.5
+    """Weight of the bag loss in ``mixed`` (0: pure sequence, 1: pure bag)."""
+    bag_dropout: float = 0.5
+    """Share of a user's items hidden from the history in the bag objective."""
+    window_batch_size: int = 128
+    """User windows per step in the sequence, bag and mixed objectives."""
+    patience: int = 3
+    """Epochs without improvement on the validation split before the learning rate is cut (x0.25);
+    after ``lr_cuts`` cuts the next plateau stops training and the best epoch's weights are kept.
+    0: no validation, ``epochs`` epochs of a one-cycle schedule."""
+    lr_cuts: int = 2
+    """Learning-rate cuts at validation plateaus before training stops."""
+    auto_budget_s: float = 240.0
+    """``objective = auto``: wall-clock budget of the candidate runs; candidates still to run when
+    it is spent are skipped (logged)."""
+    epochs: int = 100
+    """At most this many epochs with a validation split (early stopping usually ends sooner);
+    exactly this many with ``patience = 0``."""
     batch_size: int = 512
     learning_rate: float = 5e-3
     weight_decay: float = 1e-6
@@ -290,6 +325,17 @@ def validate(config: Config) -> None:
         ),
         (config.eval.k >= 1, "eval.k: must be >= 1"),
         (config.train.uniform_negatives >= 0, "train.uniform_negatives: must be >= 0"),
+        (0 <= config.train.bag_weight <= 1, "train.bag_weight: must be in [0, 1]"),
+        (0 < config.train.bag_dropout < 1, "train.bag_dropout: must be in (0, 1)"),
+        (config.train.window_batch_size >= 1, "train.window_batch_size: must be >= 1"),
+        (config.train.patience >= 0, "train.patience: must be >= 0"),
+        (config.train.lr_cuts >= 0, "train.lr_cuts: must be >= 0"),
+        (config.train.auto_budget_s > 0, "train.auto_budget_s: must be > 0"),
+        (
+            config.train.objective in ("auto", "interaction", "bag")
+            or config.model.history_encoder in ("mean", "causal"),
+            "model.history_encoder: the sequence and mixed objectives need 'mean' or 'causal'",
+        ),
         (0 <= config.train.others_history_share <= 1, "train.others_history_share: must be in [0, 1]"),
         (
             config.privacy.key_env.isidentifier(),

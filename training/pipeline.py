@@ -41,7 +41,9 @@ from training.data.pseudonymise import pseudonymise_dataset
 from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
-from training.fit.trainer import TrainResult, model_spec, train_model
+from training.fit.auto import Selection, fit_selected, select_objective
+from training.fit.setup import model_spec
+from training.fit.trainer import TrainResult
 from training.profiles.build import profiles_for_bundle
 from training.tracking import Tracker, flatten, start_run
 
@@ -127,11 +129,11 @@ def log_index_calibration(tracker: Tracker, built: BuiltIndex) -> None:
     tracker.log_dict(record, INDEX_CALIBRATION_ARTIFACT)
 
 
-def _fit(prepared: Prepared, config: Config, tracker: Tracker, stage: str) -> TrainResult:
+def _fit(prepared: Prepared, selection: Selection, tracker: Tracker, stage: str) -> TrainResult:
     def on_epoch(epoch: int, loss: float) -> None:
         tracker.log_metrics({f"{stage}_loss": loss}, step=epoch)
 
-    return train_model(prepared, config, on_epoch)
+    return fit_selected(prepared, selection, on_epoch)
 
 
 def train(
@@ -175,10 +177,15 @@ def train(
         metrics: dict[str, float] = {}
         eval_result: TrainResult | None = None
         train_part: Prepared | None = None
+        run_id = tracker.info.run_id if tracker.info is not None else None
         if config.eval.protocol != "none":
             parts = split_for(frame, config.eval.protocol, config.eval.min_interactions)
+            # The objective and epoch count are chosen inside the training part: the test part is never seen.
+            selection = select_objective(
+                parts.train, data.users, data.items, config, config.eval.protocol, parent_run_id=run_id
+            )
             train_part = prepare(parts.train, data.users, data.items, config.data)
-            eval_result = _fit(train_part, config, tracker, "eval_train")
+            eval_result = _fit(train_part, selection, tracker, "eval_train")
             metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)
             metrics = {f"{k}": float(v) for k, v in metrics.items()}
             tracker.log_metrics(metrics)
@@ -187,10 +194,13 @@ def train(
                 config.eval.protocol,
                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
             )
-
+        else:
+            selection = select_objective(frame, data.users, data.items, config, "none", parent_run_id=run_id)
+        tracker.log_params({"objective.chosen": selection.name, "objective.epochs": selection.epochs})
+        tracker.log_dict(selection.manifest(), "objective.json")
         if config.train.refit_full or eval_result is None or train_part is None:
             final_data = prepare(frame, data.users, data.items, config.data)
-            final = _fit(final_data, config, tracker, "train")
+            final = _fit(final_data, selection, tracker, "train")
         else:
             final_data = prepare(
                 frame,
@@ -226,8 +236,8 @@ def train(
         )
         contents = BundleContents(
             model_version=version,
-            config=config.to_dict(),
-            spec=model_spec(final_data, config),
+            config=selection.config.to_dict(),
+            spec=model_spec(final_data, selection.config),
             state_dict=state,
             user_encoder=final_data.user_encoder,
             item_encoder=final_data.item_encoder,
@@ -239,6 +249,7 @@ def train(
             metrics=metrics,
             info={
                 "protocol": config.eval.protocol,
+                "objective": selection.manifest(),
                 "epoch_losses": final.epoch_losses,
                 "train_seconds": round(final.seconds, 3),
                 "inputs": {

@@ -54,7 +54,16 @@ class TwoTowerSpec:
     history_length: int
     history_encoder: str = "mean"
     """``mean``: masked mean of the history's item embeddings; ``attention``: one
-    pre-norm transformer layer with learned positions, then a masked mean."""
+    pre-norm transformer layer with learned positions, then a masked mean; ``causal``:
+    one pre-norm transformer layer with learned positions and causal attention (SASRec),
+    read at the most recent position."""
+    user_id_embedding: bool = True
+    """The user tower embeds the user id (a free vector per known user). Without it the user is
+    their history and attributes only: nothing to memorise per user, nothing missing for a new one."""
+    shared_history_embedding: bool = True
+    """History items are embedded with the item tower's id table (one space for both sides), or,
+    when False, with a table of their own (an item "as context" differs from an item "as answer",
+    as in the encoder and decoder of Mult-DAE)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +83,8 @@ class TwoTowerSpec:
             temperature=float(data["temperature"]),
             history_length=int(data["history_length"]),
             history_encoder=str(data.get("history_encoder", "mean")),
+            user_id_embedding=bool(data.get("user_id_embedding", True)),
+            shared_history_embedding=bool(data.get("shared_history_embedding", True)),
         )
 
 
@@ -139,54 +150,138 @@ class ItemTower(nn.Module):
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
+HISTORY_ENCODERS = ("mean", "attention", "causal")
+SEQUENCE_ENCODERS = ("mean", "causal")
+"""Encoders whose state at every position depends only on the items up to it, so one pass
+over a sequence yields the user vector after each of its prefixes (every-position training)."""
+
+
+def prefix_mean(vectors: Tensor, indices: Tensor) -> Tensor:
+    """(B, L, D): at position t, the mean of ``vectors`` over positions <= t where ``indices`` != 0.
+
+    At the last position this is :func:`masked_mean` of the whole row.
+    """
+    mask = (indices != 0).unsqueeze(-1).to(vectors.dtype)
+    return (vectors * mask).cumsum(dim=1) / mask.cumsum(dim=1).clamp(min=1.0)
+
+
 class HistoryEncoder(nn.Module):
     """Pools the embeddings of a right-aligned, 0-padded item history into one vector."""
 
     def __init__(self, spec: TwoTowerSpec) -> None:
         super().__init__()
         self.kind = spec.history_encoder
-        if self.kind not in ("mean", "attention"):
-            raise ValueError(f"history_encoder: unknown kind {self.kind!r} (mean, attention)")
+        if self.kind not in HISTORY_ENCODERS:
+            raise ValueError(f"history_encoder: unknown kind {self.kind!r} ({', '.join(HISTORY_ENCODERS)})")
         dim = spec.embedding_dim
-        if self.kind == "attention":
+        if self.kind in ("attention", "causal"):
             self.positions = nn.Embedding(spec.history_length, dim)
             nn.init.normal_(self.positions.weight, std=0.02)
             layer = nn.TransformerEncoderLayer(
                 dim,
-                nhead=2 if dim % 2 == 0 else 1,
-                dim_feedforward=2 * dim,
+                nhead=(2 if dim % 2 == 0 else 1) if self.kind == "attention" else 1,
+                dim_feedforward=2 * dim if self.kind == "attention" else dim,
                 dropout=spec.dropout,
                 batch_first=True,
                 norm_first=True,
             )
             self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+            if self.kind == "causal":
+                self.final_norm = nn.LayerNorm(dim)
 
     def forward(self, vectors: Tensor, history: Tensor) -> Tensor:
         if self.kind == "mean":
             return masked_mean(vectors, history)
+        if self.kind == "causal":
+            return self._last_position(vectors, history)
         padding = history == 0
         # A row with no history at all would mask every key (NaN attention): leave the
         # last slot visible; it is still excluded from the pooled mean below.
         padding[:, -1] &= ~padding.all(dim=1)
-        x = vectors + self.positions.weight.unsqueeze(0)
+        x = vectors + self.positions.weight[-history.shape[1] :].unsqueeze(0)
         return masked_mean(self.encoder(x, src_key_padding_mask=padding), history)
+
+    def _last_position(self, vectors: Tensor, history: Tensor) -> Tensor:
+        """``every_position(...)[:, -1]`` with one query instead of L: the layer's own modules,
+        attention from the most recent slot to every item of the row (and itself)."""
+        layer = self.encoder.layers[0]
+        length = history.shape[1]
+        x = vectors + self.positions.weight[-length:].unsqueeze(0)
+        normed = layer.norm1(x)
+        hidden = normed[:, -1:]
+        blocked = history == 0
+        blocked[:, -1] = False
+        attended, _ = layer.self_attn(hidden, normed, normed, key_padding_mask=blocked, need_weights=False)
+        out = x[:, -1:] + layer.dropout1(attended)
+        out = out + layer.dropout2(
+            layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(out)))))
+        )
+        result: Tensor = self.final_norm(out[:, 0])
+        return result
+
+    def every_position(self, vectors: Tensor, history: Tensor) -> Tensor:
+        """(B, L, D): the pooled state after each position, from the items up to it only.
+
+        Its last position equals :meth:`forward` for ``mean`` and ``causal`` (what serving computes
+        from the same right-aligned history); ``attention`` looks both ways and has no such form.
+        """
+        if self.kind == "mean":
+            return prefix_mean(vectors, history)
+        if self.kind != "causal":
+            raise ValueError(
+                f"history_encoder {self.kind!r} has no every-position form ({SEQUENCE_ENCODERS})"
+            )
+        length = history.shape[1]
+        x = vectors + self.positions.weight[-length:].unsqueeze(0)
+        future = torch.ones(length, length, dtype=torch.bool, device=history.device).triu(1)
+        # Keys a query may not see: later positions and padding, but always itself, so that no
+        # row is fully masked (padded queries attend to their own slot; they are never read).
+        blocked = future.unsqueeze(0) | (history == 0).unsqueeze(1)
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=history.device).unsqueeze(0)
+        out: Tensor = self.final_norm(self.encoder(x, mask=blocked))
+        return out
 
 
 class UserTower(nn.Module):
     def __init__(self, spec: TwoTowerSpec, item_ids: nn.Embedding) -> None:
         super().__init__()
-        self.user_ids = _embedding(spec.user.id_cardinality, spec.embedding_dim)
-        self.item_ids = item_ids
+        self.user_ids = (
+            _embedding(spec.user.id_cardinality, spec.embedding_dim) if spec.user_id_embedding else None
+        )
+        self.item_ids = (
+            item_ids
+            if spec.shared_history_embedding
+            else _embedding(spec.item.id_cardinality, spec.embedding_dim)
+        )
         self.history = HistoryEncoder(spec)
         self.fields = FieldEncoder(spec.user.fields, spec.embedding_dim)
-        in_dim = 2 * spec.embedding_dim + self.fields.output_dim
+        in_dim = (2 if self.user_ids is not None else 1) * spec.embedding_dim + self.fields.output_dim
         self.mlp = _mlp(in_dim, spec.hidden_dims, spec.output_dim, spec.dropout)
 
     def forward(self, inputs: Inputs) -> Tensor:
         history = inputs[HISTORY]
         pooled = self.history(self.item_ids(history), history)
-        parts = [self.user_ids(inputs[ID]), pooled, *self.fields(inputs)]
+        user = [self.user_ids(inputs[ID])] if self.user_ids is not None else []
+        parts = [*user, pooled, *self.fields(inputs)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+    def every_position(self, inputs: Inputs) -> Tensor:
+        """(B, L, output_dim): the user vector after each prefix of the history, in one pass.
+
+        Position ``t`` is what :meth:`forward` returns for the history cut after ``t`` (exactly, for
+        the ``mean`` encoder; for ``causal`` up to the learned positions, as in SASRec). The last
+        position is :meth:`forward` of the whole history.
+        """
+        history = inputs[HISTORY]
+        pooled = self.history.every_position(self.item_ids(history), history)
+        length = history.shape[1]
+        user = (
+            [self.user_ids(inputs[ID]).unsqueeze(1).expand(-1, length, -1)]
+            if self.user_ids is not None
+            else []
+        )
+        fields = [f.unsqueeze(1).expand(-1, length, -1) for f in self.fields(inputs)]
+        return F.normalize(self.mlp(torch.cat([*user, pooled, *fields], dim=-1)), dim=-1)
 
 
 class TwoTowerModel(nn.Module):
@@ -207,4 +302,9 @@ class TwoTowerModel(nn.Module):
     def item_embedding(self, inputs: Inputs) -> Tensor:
         """(B, output_dim), unit L2 norm."""
         out: Tensor = self.item_tower(inputs)
+        return out
+
+    def user_embedding_every_position(self, inputs: Inputs) -> Tensor:
+        """(B, L, output_dim), unit L2 norm: the user vector after each prefix of ``inputs["history"]``."""
+        out: Tensor = self.user_tower.every_position(inputs)
         return out

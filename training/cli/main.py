@@ -67,9 +67,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_throughput(args: argparse.Namespace) -> None:
     from training.data.io import find_canonical_files, load_dataset
     from training.features import prepare
+    from training.fit.auto import with_overrides
     from training.fit.trainer import measure_throughput
 
     config = config_from_arguments(args)
+    if config.train.objective == "auto":
+        # auto trains several candidates; time the one with both losses (the heaviest data path).
+        config = with_overrides(config, {"train": {"objective": "mixed"}})
     dataset = load_dataset(*find_canonical_files(args.data))
     prepared = prepare(dataset.interactions, dataset.users, dataset.items, config.data)
     result = measure_throughput(prepared, config, steps=args.steps)

@@ -35,7 +35,7 @@ from training.evaluation.baselines import BASELINES, baseline_scores, make_basel
 from training.evaluation.beyond_accuracy import beyond_accuracy_metrics, item_value_csr
 from training.evaluation.evaluate import ScoreBatches, rank_test_users, two_tower_scores
 from training.features import Prepared, encoder_options, prepare
-from training.fit.trainer import train_model
+from training.fit.auto import fit_selected, select_objective
 from training.tracking import flatten, start_run
 
 __all__ = ["MODELS", "BenchmarkResult", "BenchmarkRow", "format_table", "run_benchmark"]
@@ -257,7 +257,10 @@ def run_benchmark(
         for name in names:
             with start_run(config.tracking, name, {**tags, "model": name}, parent_run_id=parent_id) as child:
                 started = time.perf_counter()
-                scores, train_part, params = _fit(name, parts.train, base, data.users, data.items, config)
+                child_id = child.info.run_id if child.info is not None else None
+                scores, train_part, params = _fit(
+                    name, parts.train, base, data.users, data.items, config, protocol, child_id
+                )
                 fitted = time.perf_counter()
                 ranking = rank_test_users(scores, train_part, parts.test, k)
                 # Novelty uses the training part's interaction counts (repeats included) for every model,
@@ -316,8 +319,13 @@ def _fit(
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     config: Config,
+    protocol: str,
+    run_id: str | None,
 ) -> tuple[ScoreBatches, Prepared, dict[str, Any]]:
-    """Fit model ``name``; return its scorer, the Prepared it ranks with, and its parameters."""
+    """Fit model ``name``; return its scorer, the Prepared it ranks with, and its parameters.
+
+    The two-tower model's objective (``auto``) and epoch count are chosen on a validation split
+    carved from ``train`` by ``protocol`` (:func:`training.fit.auto.select_objective`)."""
     if name != TWO_TOWER:
         model = make_baseline(name)
         model.fit(base)
@@ -330,8 +338,15 @@ def _fit(
     ):
         if not ours.equals(theirs):
             raise RuntimeError("two-tower and baseline index spaces differ")  # pragma: no cover
-    result = train_model(prepared, config)
-    params = flatten({"model": config.to_dict()["model"], "train": config.to_dict()["train"]})
+    selection = select_objective(train, users, items, config, protocol, parent_run_id=run_id)
+    result = fit_selected(prepared, selection)
+    chosen = selection.config.to_dict()
+    params = flatten({"model": chosen["model"], "train": chosen["train"]})
+    params.update({"objective.chosen": selection.name, "objective.epochs": selection.epochs})
+    params.update(
+        {f"objective.{c.name}.validation_ndcg": round(c.validation_ndcg, 5) for c in selection.candidates}
+    )
+    params["seconds_per_epoch"] = round(result.seconds_per_epoch, 2)
     return two_tower_scores(result.model, prepared), prepared, params
 
 

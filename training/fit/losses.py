@@ -75,3 +75,26 @@ def full_softmax_loss(users: Tensor, all_items: Tensor, target_rows: Tensor, tem
     user's positive in ``all_items``.
     """
     return F.cross_entropy(users @ all_items.T / temperature, target_rows)
+
+
+def candidate_softmax_loss(
+    users: Tensor,
+    positives: Tensor,
+    positive_ids: Tensor,
+    candidates: Tensor,
+    candidate_ids: Tensor,
+    temperature: float,
+) -> Tensor:
+    """Mean cross-entropy of each row's positive against shared candidates (sampled softmax).
+
+    ``users``/``positives``: (R, D), row r a (user state, positive item) pair; ``positive_ids``:
+    (R,) item indices. ``candidates``: (M, D) negatives shared by every row (uniformly sampled:
+    no logQ correction is needed) with ``candidate_ids`` (M,). A candidate equal to a row's
+    positive (an accidental hit) is masked for that row: it is not a negative.
+    """
+    positive = (users * positives).sum(dim=-1, keepdim=True) / temperature
+    negative = users @ candidates.T / temperature
+    hits = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)
+    negative = negative.masked_fill(hits, torch.finfo(negative.dtype).min)
+    logits = torch.cat([positive, negative], dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive[:, 0]).mean()

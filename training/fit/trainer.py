@@ -1,31 +1,35 @@
 """The training loop: read top to bottom.
 
-Examples are every interaction of :class:`Prepared`: the user's features, the history
-strictly before that interaction, and the interacted item as the positive. Batches
-are gathered with NumPy fancy indexing from pre-encoded arrays, so the data path is a
-handful of vectorised copies per step.
+A *task* (:class:`~training.fit.interaction_task.InteractionTask` for ``train.objective =
+"interaction"``, :class:`~training.fit.sequence_task.SequenceTask` for ``sequence``, ``bag`` and
+``mixed``) owns a fresh model, its optimizer and its data: ``batches`` cuts an epoch into steps,
+``build`` is the data path (NumPy gathers, copies to the device), ``step`` the model path (forward,
+loss, backward, update). The loop below is the same for every task: a one-cycle learning-rate
+schedule (warm-up, cosine decay) over ``train.epochs`` or, when a validation split is given, NDCG@k
+on it after every epoch, the learning rate cut at each plateau and early stopping back to the best
+epoch (:func:`train_model`).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import torch
 
-from serving.model.features import FIRST_TOKEN_INDEX, ID_FEATURE, OOV_INDEX, PAD_INDEX, EncodedFeatures
-from serving.model.history import windows
-from serving.model.inputs import gather, to_inputs, tower_spec
-from serving.model.towers import Inputs, TwoTowerModel, TwoTowerSpec
+from serving.model.towers import TwoTowerModel, TwoTowerSpec
 from training.config import Config
+from training.evaluation.evaluate import evaluate
 from training.features import Prepared
-from training.fit.losses import full_softmax_loss, sampled_softmax_loss
+from training.fit.interaction_task import InteractionTask
+from training.fit.sequence_task import SequenceTask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,227 +41,149 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     examples: int = 0
+    """Loss rows (targets) seen per epoch."""
+    validation: list[float] = field(default_factory=list)
+    """Validation NDCG@k after each epoch (empty without a validation split)."""
+    best_epoch: int = 0
+    """Epochs whose weights were kept (all of them without a validation split)."""
+    schedule: list[float] = field(default_factory=list)
+    """Learning rate of each kept epoch (replayed by a refit on more data)."""
 
     @property
     def samples_per_second(self) -> float:
         return self.examples * len(self.epoch_losses) / self.seconds if self.seconds > 0 else 0.0
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but CUDA is not available")
-    return torch.device(name)
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(len(self.epoch_losses), 1)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class Task(Protocol):
+    model: TwoTowerModel
+    spec: TwoTowerSpec
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    rng: np.random.Generator
+
+    def __len__(self) -> int: ...
+    def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]: ...
+    def build(self, positions: npt.NDArray[np.int64]) -> Any: ...
+    def step(self, batch: Any) -> torch.Tensor: ...
 
 
-def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
-    m = config.model
-    return TwoTowerSpec(
-        user=tower_spec(prepared.user_encoder),
-        item=tower_spec(prepared.item_encoder),
-        embedding_dim=m.embedding_dim,
-        hidden_dims=m.hidden_dims,
-        output_dim=m.output_dim,
-        dropout=m.dropout,
-        temperature=m.temperature,
-        history_length=config.data.history_length,
-        history_encoder=m.history_encoder,
-    )
+def make_task(prepared: Prepared, config: Config) -> Task:
+    """The task of ``train.objective`` (``auto`` must have been resolved by :mod:`training.fit.auto`)."""
+    objective = config.train.objective
+    if objective == "interaction":
+        return InteractionTask(prepared, config)
+    if objective in ("sequence", "bag", "mixed"):
+        return SequenceTask(prepared, config)
+    raise ValueError(f"train.objective {objective!r}: resolve 'auto' with training.fit.auto first")
 
 
-class ExampleBatcher:
-    """Builds (user inputs, item inputs, item indices) for a set of example positions."""
-
-    def __init__(
-        self,
-        prepared: Prepared,
-        history_length: int,
-        id_dropout: float,
-        rng: np.random.Generator,
-        others_share: float = 0.0,
-    ):
-        seq = prepared.sequences
-        self.prepared = prepared
-        self.history_length = history_length
-        self.id_dropout = id_dropout
-        self.others_share = others_share
-        self.rng = rng
-        self.example_users = np.repeat(np.arange(seq.rows, dtype=np.int64), seq.lengths())
-        self.example_items = seq.items
-
-    def __len__(self) -> int:
-        return len(self.example_items)
-
-    def _drop_ids(self, features: EncodedFeatures) -> EncodedFeatures:
-        if self.id_dropout <= 0:
-            return features
-        ids = features[ID_FEATURE].copy()
-        ids[self.rng.random(len(ids)) < self.id_dropout] = OOV_INDEX
-        return {**features, ID_FEATURE: ids}
-
-    def _other_items(
-        self, users: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.int64]:
-        """(B, L) histories drawn uniformly (with replacement) from each user's other items,
-        at any time: teaches the tower a user's whole taste, not only what comes next."""
-        seq = self.prepared.sequences
-        starts = seq.indptr[users]
-        others = seq.indptr[users + 1] - starts - 1  # items of the user besides the target
-        draws = self.rng.random((len(users), self.history_length))
-        offsets = (draws * np.maximum(others, 1)[:, None]).astype(np.int64)
-        # Skip over the target's own position so it never appears in its history.
-        offsets += offsets >= (positions - starts)[:, None]
-        history: npt.NDArray[np.int64] = seq.items[np.minimum(starts[:, None] + offsets, len(seq.items) - 1)]
-        history[others == 0] = PAD_INDEX
-        return history
-
-    def batch(
-        self, positions: npt.NDArray[np.int64], device: torch.device
-    ) -> tuple[Inputs, Inputs, torch.Tensor]:
-        seq = self.prepared.sequences
-        users = self.example_users[positions]
-        items = self.example_items[positions]
-        history = windows(seq.items, seq.indptr[users], positions, self.history_length)
-        if self.others_share > 0:
-            others = self.rng.random(len(positions)) < self.others_share
-            if others.any():
-                history[others] = self._other_items(users[others], positions[others])
-        user_features = self._drop_ids(gather(self.prepared.user_features, users))
-        item_features = self._drop_ids(gather(self.prepared.item_features, items - FIRST_TOKEN_INDEX))
-        user_inputs = to_inputs(user_features, device, history=history)
-        item_inputs = to_inputs(item_features, device)
-        return user_inputs, item_inputs, torch.from_numpy(items).to(device)
-
-
-class NegativeSampler:
-    """Computes a step's loss with the configured negatives.
-
-    - ``uniform_negatives >= n_items``: exact softmax over every item (small catalogues);
-    - ``uniform_negatives > 0``: in-batch plus that many uniformly sampled items, each
-      candidate's logit corrected by its log expected count in the pool;
-    - ``0``: in-batch negatives only, logQ-corrected by popularity.
-    """
-
-    def __init__(self, batcher: ExampleBatcher, config: Config, device: torch.device) -> None:
-        cfg = config.train
-        prepared = batcher.prepared
-        self.batcher = batcher
-        self.device = device
-        self.temperature = config.model.temperature
-        self.n_items = prepared.n_items
-        self.uniform = min(cfg.uniform_negatives, self.n_items)
-        self.exact = cfg.uniform_negatives >= self.n_items
-        self.correct = cfg.logq_correction
-        share = prepared.popularity.astype(np.float64) / max(len(batcher), 1)
-        expected = cfg.batch_size * share + self.uniform / max(self.n_items, 1)
-        self.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(device)
-
-    def _items(self, model: TwoTowerModel, rows: npt.NDArray[np.int64]) -> torch.Tensor:
-        features = self.batcher._drop_ids(gather(self.batcher.prepared.item_features, rows))
-        return model.item_embedding(to_inputs(features, self.device))
-
-    def loss(
-        self, model: TwoTowerModel, user_inputs: Inputs, item_inputs: Inputs, item_ids: torch.Tensor
-    ) -> torch.Tensor:
-        users = model.user_embedding(user_inputs)
-        target_rows = item_ids - FIRST_TOKEN_INDEX
-        if self.exact:
-            every_item = self._items(model, np.arange(self.n_items, dtype=np.int64))
-            return full_softmax_loss(users, every_item, target_rows, self.temperature)
-        items = model.item_embedding(item_inputs)
-        log_q = self.log_expected[target_rows] if self.correct else None
-        if self.uniform == 0:
-            return sampled_softmax_loss(users, items, item_ids, self.temperature, log_q)
-        rows = self.batcher.rng.choice(self.n_items, size=self.uniform, replace=False).astype(np.int64)
-        extra_ids = torch.from_numpy(rows + FIRST_TOKEN_INDEX).to(self.device)
-        extra_log_q = self.log_expected[torch.from_numpy(rows).to(self.device)] if self.correct else None
-        return sampled_softmax_loss(
-            users, items, item_ids, self.temperature, log_q, self._items(model, rows), extra_ids, extra_log_q
-        )
-
-
-class TrainTask:
-    """A fresh model with its optimizer, batcher and negatives: one ``step`` per batch."""
-
-    def __init__(self, prepared: Prepared, config: Config) -> None:
-        cfg = config.train
-        seed_everything(cfg.seed)
-        self.config = config
-        self.device = resolve_device(cfg.device)
-        self.spec = model_spec(prepared, config)
-        self.model = TwoTowerModel(self.spec).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
-        self.rng = np.random.default_rng(cfg.seed)
-        self.batcher = ExampleBatcher(
-            prepared, self.spec.history_length, config.model.id_dropout, self.rng, cfg.others_history_share
-        )
-        self.negatives = NegativeSampler(self.batcher, config, self.device)
-        self.bf16 = cfg.precision == "bf16"
-
-    def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
-        """Example positions of each step for one pass over ``order`` (a last batch of 1 is dropped:
-        a softmax needs at least one negative)."""
-        size = self.config.train.batch_size
-        chunks = [order[start : start + size] for start in range(0, len(order), size)]
-        return [chunk for chunk in chunks if len(chunk) >= 2]
-
-    def build(self, positions: npt.NDArray[np.int64]) -> tuple[Inputs, Inputs, torch.Tensor]:
-        """The data path: gather features and histories, move them to the device."""
-        return self.batcher.batch(positions, self.device)
-
-    def step(self, batch: tuple[Inputs, Inputs, torch.Tensor]) -> torch.Tensor:
-        """The model path: forward both towers, loss, backward, optimizer step. Returns the loss."""
-        self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.negatives.loss(self.model, *batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        return loss.detach()
+LR_CUT_FACTOR = 0.25
+"""Learning-rate factor at each validation plateau."""
 
 
 def train_model(
     prepared: Prepared,
     config: Config,
     on_epoch: Callable[[int, float], None] | None = None,
+    *,
+    validation: pl.DataFrame | None = None,
+    schedule: list[float] | None = None,
 ) -> TrainResult:
-    """Train a fresh model on every interaction of ``prepared``; deterministic for a seed on CPU."""
+    """Train a fresh model on every interaction of ``prepared``; deterministic for a seed on CPU.
+
+    Three ways to run, by what is given:
+
+    * ``validation`` (held-out interactions of users in ``prepared``): NDCG@``eval.k`` after each
+      epoch; the learning rate (after a one-epoch linear warm-up) is cut by :data:`LR_CUT_FACTOR`
+      when ``train.patience`` epochs bring no improvement, and training stops at the next plateau
+      after ``train.lr_cuts`` cuts (or at ``train.epochs``). The best epoch's weights are returned and
+      ``result.schedule`` holds the learning rate of each epoch up to it.
+    * ``schedule`` (per-epoch learning rates from such a run): exactly that many epochs at those
+      rates, the same warm-up; the refit of a validated configuration on more data.
+    * neither: ``train.epochs`` epochs of a one-cycle schedule (warm-up, cosine decay).
+    """
     cfg = config.train
-    task = TrainTask(prepared, config)
-    n = len(task.batcher)
-    steps_per_epoch = len(task.batches(np.arange(n, dtype=np.int64)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        task.optimizer,
-        max_lr=cfg.learning_rate,
-        total_steps=max(steps_per_epoch * cfg.epochs, 1),
-        pct_start=0.1,
+    task = make_task(prepared, config)
+    n = len(task)
+    steps_per_epoch = max(len(task.batches(np.arange(n, dtype=np.int64))), 1)
+    one_cycle = validation is None and schedule is None
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            task.optimizer, max_lr=cfg.learning_rate, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1
+        )
+        if one_cycle
+        else None
     )
-    result = TrainResult(model=task.model, examples=n)
+    epochs = len(schedule) if schedule is not None else cfg.epochs
+    result = TrainResult(model=task.model)
+    best_state: dict[str, torch.Tensor] | None = None
+    best, stale, cuts, rate = -1.0, 0, 0, cfg.learning_rate
+    rates: list[float] = []
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
+        if schedule is not None:
+            rate = schedule[epoch]
+        rates.append(rate)
         batches = task.batches(task.rng.permutation(n).astype(np.int64))
         # Summed on the device: reading a loss back every step would wait for the GPU each time.
         total = torch.zeros((), device=task.device)
-        for positions in _progress(batches, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}"):
-            total += task.step(task.build(positions))
-            scheduler.step()
+        rows = 0
+        for step, positions in enumerate(_progress(batches, cfg.progress, f"epoch {epoch + 1}/{epochs}")):
+            if scheduler is None:
+                warm = (step + 1) / len(batches) if epoch == 0 else 1.0
+                for group in task.optimizer.param_groups:
+                    group["lr"] = rate * warm
+            batch = task.build(positions)
+            rows += _rows(batch, positions)
+            total += task.step(batch)
+            if scheduler is not None:
+                scheduler.step()
+        result.examples = rows
         epoch_loss = float(total) / max(len(batches), 1)
         result.epoch_losses.append(epoch_loss)
-        log.info("epoch %d/%d loss %.4f", epoch + 1, cfg.epochs, epoch_loss)
+        message = f"epoch {epoch + 1}/{epochs} lr {rate:.2g} loss {epoch_loss:.4f}"
+        stop = False
+        if validation is not None:
+            task.model.eval()
+            score = evaluate(task.model, prepared, validation, config.eval.k)[f"ndcg@{config.eval.k}"]
+            result.validation.append(score)
+            message += f" validation ndcg@{config.eval.k} {score:.4f}"
+            if score > best:
+                best, result.best_epoch, stale = score, epoch + 1, 0
+                best_state = copy.deepcopy(task.model.state_dict())
+            else:
+                stale += 1
+            if cfg.patience > 0 and stale >= cfg.patience:
+                stale = 0
+                if cuts >= cfg.lr_cuts:
+                    stop = True
+                else:
+                    cuts += 1
+                    rate *= LR_CUT_FACTOR
+        log.info(message)
         if on_epoch is not None:
             on_epoch(epoch, epoch_loss)
+        if stop:
+            log.info("early stop: best validation ndcg %.4f at epoch %d", best, result.best_epoch)
+            break
     result.seconds = time.perf_counter() - started
+    if best_state is not None:
+        task.model.load_state_dict(best_state)
+    else:
+        result.best_epoch = len(result.epoch_losses)
+    result.schedule = rates[: result.best_epoch]
     task.model.eval()
     return result
+
+
+def _rows(batch: Any, positions: npt.NDArray[np.int64]) -> int:
+    """Loss rows of a built batch: its targets (sequence tasks) or its interactions."""
+    rows = getattr(batch, "rows", None)
+    return int(rows) if rows is not None else len(positions)
 
 
 @dataclass(frozen=True)
@@ -281,8 +207,8 @@ def measure_throughput(
     """Time training steps with the batch built on the fly (the real loop) and on the same
     batches pre-built (the model-only floor), alternating in ``rounds`` so that noise from
     other work on the machine hits both alike."""
-    task = TrainTask(prepared, config)
-    all_batches = task.batches(task.rng.permutation(len(task.batcher)).astype(np.int64))
+    task = make_task(prepared, config)
+    all_batches = task.batches(task.rng.permutation(len(task)).astype(np.int64))
     positions = (all_batches * (1 + (steps + warmup) // max(len(all_batches), 1)))[: steps + warmup]
     for p in positions[:warmup]:
         task.step(task.build(p))
@@ -301,7 +227,7 @@ def measure_throughput(
             task.step(task.build(p))
         _synchronize(task.device)
         pipeline += time.perf_counter() - started
-    samples = rounds * sum(len(p) for p in timed)
+    samples = rounds * sum(_rows(b, p) for b, p in zip(prebuilt, timed, strict=True))
     return Throughput(samples / pipeline, samples / model_only, rounds * len(timed), config.train.batch_size)
 
 

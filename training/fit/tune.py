@@ -60,7 +60,9 @@ SEARCH_SPACE: Final[Mapping[str, Dimension]] = {
     "model.temperature": Dimension(0.03, 0.3, log=True),
     "model.dropout": Dimension(0.0, 0.3),
     "model.id_dropout": Dimension(0.0, 0.2),
-    "model.history_encoder": Dimension(choices=("mean", "attention")),
+    "model.history_encoder": Dimension(choices=("mean", "causal")),
+    "train.objective": Dimension(choices=("sequence", "mixed", "bag", "interaction")),
+    "train.bag_weight": Dimension(0.1, 0.9),
 }
 """The default search: the settings BENCHMARKS.md found to matter, in ranges that held up there."""
 
@@ -179,7 +181,8 @@ def tune(
             ) as child:
                 child.log_params(flatten(trial_config.to_dict()))
                 started = time.perf_counter()
-                trained = train_model(prepared, trial_config)
+                # Early stopping on the same validation part (the returned weights are the best epoch's).
+                trained = train_model(prepared, trial_config, validation=validation)
                 metrics = evaluate(trained.model, prepared, validation, config.eval.k)
                 seconds = time.perf_counter() - started
                 child.log_metrics({**metrics, "trial_seconds": seconds})

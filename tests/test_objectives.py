@@ -1,0 +1,201 @@
+"""Sequence, bag and mixed objectives, every-position towers, early stopping and ``objective = auto``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import tiny_config
+
+from serving.model.features import PAD_INDEX
+from serving.model.history import Sequences
+from serving.model.towers import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec, prefix_mean
+from training.config import ConfigError, load_config
+from training.data.synth import SynthSummary
+from training.evaluation import split_for
+from training.evaluation.evaluate import evaluate
+from training.features import Prepared, prepare
+from training.fit.auto import CANDIDATES, fit_selected, select_objective
+from training.fit.losses import candidate_softmax_loss
+from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
+from training.fit.trainer import train_model
+
+
+def _spec(encoder: str) -> TwoTowerSpec:
+    return TwoTowerSpec(
+        user=TowerSpec(id_cardinality=6, fields=(FieldSpec("region", "categorical", 4),)),
+        item=TowerSpec(id_cardinality=20, fields=(FieldSpec("brand", "categorical", 3),)),
+        embedding_dim=8,
+        hidden_dims=(16,),
+        output_dim=6,
+        dropout=0.0,
+        temperature=0.1,
+        history_length=5,
+        history_encoder=encoder,
+    )
+
+
+def _inputs(history: list[list[int]]) -> dict[str, torch.Tensor]:
+    rows = len(history)
+    return {
+        ID: torch.arange(2, 2 + rows),
+        "region": torch.ones(rows, dtype=torch.long),
+        HISTORY: torch.tensor(history),
+    }
+
+
+@pytest.mark.parametrize("encoder", ["mean", "causal"])
+def test_the_last_position_is_what_serving_computes(encoder: str) -> None:
+    torch.manual_seed(0)
+    model = TwoTowerModel(_spec(encoder)).eval()
+    inputs = _inputs([[0, 0, 3, 4, 5], [0, 0, 0, 0, 0], [2, 3, 4, 5, 6], [0, 0, 0, 0, 9]])
+    every = model.user_embedding_every_position(inputs)
+    assert every.shape == (4, 5, 6)
+    torch.testing.assert_close(every[:, -1], model.user_embedding(inputs), atol=1e-6, rtol=1e-5)
+    assert torch.isfinite(every).all()
+
+
+def test_mean_prefix_positions_equal_the_tower_on_the_cut_history() -> None:
+    torch.manual_seed(0)
+    model = TwoTowerModel(_spec("mean")).eval()
+    full = _inputs([[0, 3, 4, 5, 6]])
+    every = model.user_embedding_every_position(full)
+    cut = _inputs([[0, 0, 0, 3, 4]])  # the history up to position 2, right-aligned
+    torch.testing.assert_close(every[0, 2], model.user_embedding(cut)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_causal_positions_do_not_see_the_future() -> None:
+    torch.manual_seed(0)
+    model = TwoTowerModel(_spec("causal")).eval()
+    a = model.user_embedding_every_position(_inputs([[1, 3, 4, 5, 6]]))
+    b = model.user_embedding_every_position(_inputs([[1, 3, 4, 9, 12]]))
+    torch.testing.assert_close(a[0, :3], b[0, :3])
+    assert not torch.allclose(a[0, 3:], b[0, 3:])
+
+
+def test_prefix_mean_ignores_padding() -> None:
+    vectors = torch.tensor([[[9.0], [1.0], [3.0]]])
+    assert prefix_mean(vectors, torch.tensor([[0, 5, 6]]))[0, :, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_windows_cover_every_target_once_and_align_inputs_with_targets() -> None:
+    sequences = Sequences.from_lists([[2, 3, 4, 5, 6, 7, 8], [9], [10, 11], []])
+    windows = sequence_windows(sequences, length=3)
+    assert windows.users.tolist() == [0, 0, 1 + 1]  # user 0 twice, user 2 once, users 1 and 3 none
+    inputs, targets = window_arrays(sequences, windows, 3)
+    valid = targets != PAD_INDEX
+    assert sorted(targets[valid].tolist()) == [3, 4, 5, 6, 7, 8, 11]
+    assert inputs.tolist() == [[5, 6, 7], [2, 3, 4], [PAD_INDEX, PAD_INDEX, 10]]
+    assert targets.tolist() == [[6, 7, 8], [3, 4, 5], [PAD_INDEX, PAD_INDEX, 11]]
+    assert ((inputs != PAD_INDEX) == valid).all()
+
+
+def test_bag_draw_hides_some_items_and_never_shows_a_hidden_one() -> None:
+    sequences = Sequences.from_lists([list(range(2, 40)), [50], [60, 61, 62]])
+    history, owner, items = bag_arrays(sequences, np.array([0, 1, 2]), 8, 0.5, np.random.default_rng(3))
+    assert history.shape == (3, 8)
+    for row in range(3):
+        hidden = set(items[owner == row].tolist())
+        shown = set(history[row][history[row] != PAD_INDEX].tolist())
+        assert hidden, "every user contributes a target"
+        assert not hidden & shown
+        assert hidden | shown <= set(sequences.row(row).tolist())
+    assert history[1].tolist() == [PAD_INDEX] * 8  # a one-item user: the item is the target
+
+
+def test_candidate_softmax_masks_accidental_hits_by_hand() -> None:
+    users = torch.tensor([[1.0, 0.0]])
+    positives = torch.tensor([[1.0, 0.0]])
+    candidates = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = candidate_softmax_loss(users, positives, torch.tensor([5]), candidates, torch.tensor([5, 6]), 1.0)
+    # The candidate equal to the positive is not a negative: logits [1 (positive), 0 (item 6)].
+    expected = -np.log(np.exp(1.0) / (np.exp(1.0) + np.exp(0.0)))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def interactions(synth_data: SynthSummary) -> pl.DataFrame:
+    return pl.read_parquet(synth_data.interactions_path)
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_data: SynthSummary, interactions: pl.DataFrame) -> Prepared:
+    return prepare(interactions, pl.read_parquet(synth_data.users_path), None, tiny_config().data)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("train.objective=sequence",),
+        ("train.objective=sequence", "model.history_encoder=causal", "train.uniform_negatives=64"),
+        ("train.objective=bag", "train.uniform_negatives=64"),
+        ("train.objective=bag",),
+        ("train.objective=mixed", "train.bag_weight=0.3"),
+    ],
+)
+def test_sequence_objectives_learn_and_are_deterministic(
+    prepared: Prepared, overrides: tuple[str, ...]
+) -> None:
+    config = tiny_config("train.epochs=3", "train.window_batch_size=32", *overrides)
+    first = train_model(prepared, config)
+    assert first.epoch_losses[-1] < first.epoch_losses[0]
+    assert all(np.isfinite(first.epoch_losses))
+    second = train_model(prepared, config)
+    assert first.epoch_losses == second.epoch_losses
+
+
+def test_the_sequence_objective_needs_an_encoder_with_positions() -> None:
+    with pytest.raises(ConfigError, match=r"model\.history_encoder"):
+        load_config(None, ["train.objective=sequence", "model.history_encoder=attention"])
+
+
+def test_early_stopping_keeps_the_best_epoch_and_its_schedule_replays(
+    prepared: Prepared, interactions: pl.DataFrame
+) -> None:
+    config = tiny_config("train.objective=sequence", "train.epochs=12", "train.patience=1", "train.lr_cuts=1")
+    parts = split_for(interactions, "llo", 3)
+    train_part = prepare(parts.train, None, None, config.data)
+    result = train_model(train_part, config, validation=parts.test)
+    assert 1 <= result.best_epoch <= len(result.validation)
+    assert result.validation[result.best_epoch - 1] == max(result.validation)
+    # The returned weights are the best epoch's: evaluating them again gives the best score.
+    assert evaluate(result.model, train_part, parts.test, 10)["ndcg@10"] == pytest.approx(
+        max(result.validation)
+    )
+    assert len(result.schedule) == result.best_epoch
+    assert result.schedule[0] == config.train.learning_rate
+    replay = train_model(train_part, config, schedule=result.schedule)
+    assert len(replay.epoch_losses) == result.best_epoch
+
+
+def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
+    interactions: pl.DataFrame,
+) -> None:
+    config = tiny_config("train.objective=auto", "train.epochs=4", "train.patience=1", "train.lr_cuts=0")
+    selection = select_objective(interactions, None, None, config, "llo")
+    assert [c.name for c in selection.candidates] == [name for name, _ in CANDIDATES]
+    best = max(selection.candidates, key=lambda c: c.validation_ndcg)
+    assert selection.name == best.name == selection.config.train.objective
+    assert selection.epochs == best.best_epoch
+    assert json.loads(json.dumps(selection.manifest()))["chosen"] == best.name
+    final = fit_selected(prepare(interactions, None, None, config.data), selection)
+    assert len(final.epoch_losses) == selection.epochs
+
+
+def test_auto_skips_candidates_past_its_budget(interactions: pl.DataFrame) -> None:
+    config = tiny_config(
+        "train.objective=auto", "train.epochs=2", "train.patience=1", "train.auto_budget_s=0.001"
+    )
+    selection = select_objective(interactions, None, None, config, "rand")
+    assert [c.name for c in selection.candidates] == [CANDIDATES[0][0]]
+
+
+def test_a_concrete_objective_without_patience_trains_as_configured(interactions: pl.DataFrame) -> None:
+    config = tiny_config("train.objective=bag", "train.epochs=3")
+    selection = select_objective(interactions, None, None, config, "llo")
+    assert selection.schedule is None
+    assert selection.epochs == 3
+    assert selection.candidates == []
