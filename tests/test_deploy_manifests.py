@@ -8,6 +8,7 @@ ConfigMap's experiments file parses with the real parser."""
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,16 @@ from typing import Any
 import pytest
 import yaml
 
-from serving.cli import add_serve_arguments
+from serving.cli import access_options, add_serve_arguments
 from serving.lifecycle.experiments import parse_experiments
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 # The oldest API version the manifests promise (preStop `sleep` is on by default from 1.30),
 # and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.30.0", "latest")
-# Flags of the security work (TLS, tokens, metrics interface) that the Deployment passes
-# already; once that work is in serving/cli.py they parse like every other flag.
-PENDING_SECURITY_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca", "--auth-tokens", "--metrics-host")
+DOCKERFILE = DEPLOY.parent.parent / "Dockerfile"
+# The security flags whose files come from the Secret.
+SECURITY_FILE_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca", "--auth-tokens")
 
 
 def _objects() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -82,12 +83,15 @@ def _container() -> dict[str, Any]:
     return container
 
 
-def _serve_flags() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+def _parse_serve(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed by the real ``serve`` parser: an unknown or malformed flag fails the test."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
     add_serve_arguments(parser)
-    args, unknown = parser.parse_known_args(_container()["args"])
-    assert all(flag.split("=")[0] in PENDING_SECURITY_FLAGS for flag in unknown), unknown
-    return args
+    return parser.parse_args(argv)
+
+
+def _serve_flags() -> argparse.Namespace:
+    return _parse_serve(_container()["args"])
 
 
 def test_the_container_flags_are_the_servers_and_the_probes_ask_its_health_port() -> None:
@@ -105,14 +109,36 @@ def test_the_container_flags_are_the_servers_and_the_probes_ask_its_health_port(
     assert Path(args.experiments).parent == Path(mounts["experiments"])
     assert Path(args.bundle_cache) == Path(mounts["bundle-cache"])
     security = [
-        flag.split("=", 1)[1]
-        for flag in container["args"]
-        if flag.split("=")[0] in PENDING_SECURITY_FLAGS[:4]
+        flag.split("=", 1)[1] for flag in container["args"] if flag.split("=")[0] in SECURITY_FILE_FLAGS
     ]
     assert len(security) == 4
     assert all(Path(path).parent == Path(mounts["security"]) for path in security)
     secret = _one("Secret")
     assert {Path(path).name for path in security} == set(secret["stringData"])
+
+
+def test_the_deployment_is_secure_by_default() -> None:
+    args = _serve_flags()
+    assert not args.insecure
+    access_options(args).check_exposure(args.host)  # TLS + tokens on a non-loopback host
+
+
+def _dockerfile_json(instruction: str) -> list[str]:
+    """The JSON (exec-form) arguments of the ``serve`` stage's ``instruction``, continuations joined."""
+    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    serve = text.split("AS serve", 1)[1].split("\nFROM ", 1)[0]
+    (line,) = [row for row in serve.splitlines() if row.startswith(instruction + " ")]
+    parsed: list[str] = json.loads(line[len(instruction) :].split("CMD", 1)[-1].strip())
+    return parsed
+
+
+def test_the_serving_image_is_secure_by_default_and_its_healthcheck_asks_the_health_port() -> None:
+    args = _parse_serve(_dockerfile_json("CMD"))
+    assert not args.insecure
+    access_options(args).check_exposure(args.host)
+    healthcheck = _dockerfile_json("HEALTHCHECK")
+    address = healthcheck[healthcheck.index("--address") + 1]
+    assert address == f"127.0.0.1:{args.health_port}"
 
 
 def test_termination_leaves_the_grace_period_to_in_flight_calls() -> None:
