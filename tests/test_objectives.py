@@ -18,10 +18,10 @@ from training.data.synth import SynthSummary
 from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
-from training.fit.auto import CANDIDATES, fit_selected, select_objective
+from training.fit.auto import CANDIDATES, candidates_of, fit_selected, select_objective
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
-from training.fit.trainer import train_model
+from training.fit.trainer import TrainingRun, train_model
 
 
 def _spec(encoder: str) -> TwoTowerSpec:
@@ -178,19 +178,41 @@ def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
     selection = select_objective(interactions, None, None, config, "llo")
     assert [c.name for c in selection.candidates] == [name for name, _ in CANDIDATES]
     best = max(selection.candidates, key=lambda c: c.validation_ndcg)
-    assert selection.name == best.name == selection.config.train.objective
+    assert selection.name == best.name
+    assert selection.config == candidates_of(config)[[n for n, _ in CANDIDATES].index(best.name)][1]
     assert selection.epochs == best.best_epoch
     assert json.loads(json.dumps(selection.manifest()))["chosen"] == best.name
     final = fit_selected(prepare(interactions, None, None, config.data), selection)
     assert len(final.epoch_losses) == selection.epochs
 
 
-def test_auto_skips_candidates_past_its_budget(interactions: pl.DataFrame) -> None:
+def test_auto_shares_its_budget_and_only_the_winner_trains_on(interactions: pl.DataFrame) -> None:
     config = tiny_config(
-        "train.objective=auto", "train.epochs=2", "train.patience=1", "train.auto_budget_s=0.001"
+        "train.objective=auto", "train.epochs=3", "train.patience=5", "train.auto_budget_s=0.001"
     )
     selection = select_objective(interactions, None, None, config, "rand")
-    assert [c.name for c in selection.candidates] == [CANDIDATES[0][0]]
+    # A budget smaller than one epoch: every candidate gets exactly one epoch, then the winner
+    # alone trains on (to train.epochs here: patience is never exhausted).
+    runs = {c.name: c.epochs_run for c in selection.candidates}
+    assert set(runs) == {name for name, _ in CANDIDATES}
+    assert runs.pop(selection.name) == 3
+    assert set(runs.values()) == {1}
+
+
+def test_a_run_advanced_in_slices_is_the_run_advanced_at_once(interactions: pl.DataFrame) -> None:
+    config = tiny_config("train.objective=sequence", "train.epochs=4", "train.patience=1")
+    parts = split_for(interactions, "llo", config.eval.min_interactions)
+    prepared = prepare(parts.train, None, None, config.data)
+    whole = TrainingRun(prepared, config, validation=parts.test)
+    whole.advance()
+    sliced = TrainingRun(prepared, config, validation=parts.test)
+    while not sliced.done:
+        sliced.advance(0.0)
+    a, b = whole.finish(), sliced.finish()
+    assert a.validation == b.validation
+    assert a.schedule == b.schedule
+    for name, tensor in a.model.state_dict().items():
+        assert torch.equal(tensor, b.model.state_dict()[name]), name
 
 
 def test_a_concrete_objective_without_patience_trains_as_configured(interactions: pl.DataFrame) -> None:

@@ -105,16 +105,18 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     objective: Literal["auto", "interaction", "sequence", "bag", "mixed"] = "auto"
-    """What the model learns from (:mod:`training.fit.objectives`):
+    """What the model learns from (:mod:`training.fit.trainer` runs it):
 
     * ``interaction``: one example per interaction (history before it, in-batch + uniform
       negatives with logQ correction, ``others_history_share``);
     * ``sequence``: one pass per user window, the next item predicted at every position;
     * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
     * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
-    * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` trained with early
-      stopping on a validation split carved from the training data by the evaluation
-      protocol; the best one is used and written to the manifest."""
+    * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction,
+      sequence with the causal encoder) trained for an equal share of ``auto_budget_s`` on a
+      validation split carved from the training data by the evaluation protocol; the best one
+      trains on to early stopping, is refitted on all the training data and written to the
+      manifest."""
     bag_weight: float = 0.5
     """Weight of the bag loss in ``mixed`` (0: pure sequence, 1: pure bag)."""
     bag_dropout: float = 0.5
@@ -127,9 +129,9 @@ class TrainConfig:
     0: no validation, ``epochs`` epochs of a one-cycle schedule."""
     lr_cuts: int = 2
     """Learning-rate cuts at validation plateaus before training stops."""
-    auto_budget_s: float = 240.0
-    """``objective = auto``: wall-clock budget of the candidate runs; candidates still to run when
-    it is spent are skipped (logged)."""
+    auto_budget_s: float = 180.0
+    """``objective = auto``: seconds the candidates share before the comparison (each gets an equal
+    slice, rounded up to whole epochs); the winner then trains on until early stopping."""
     epochs: int = 100
     """At most this many epochs with a validation split (early stopping usually ends sooner);
     exactly this many with ``patience = 0``."""

@@ -106,78 +106,130 @@ def train_model(
       rates, the same warm-up; the refit of a validated configuration on more data.
     * neither: ``train.epochs`` epochs of a one-cycle schedule (warm-up, cosine decay).
     """
-    cfg = config.train
-    task = make_task(prepared, config)
-    n = len(task)
-    steps_per_epoch = max(len(task.batches(np.arange(n, dtype=np.int64))), 1)
-    one_cycle = validation is None and schedule is None
-    scheduler = (
-        torch.optim.lr_scheduler.OneCycleLR(
-            task.optimizer, max_lr=cfg.learning_rate, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.1
+    run = TrainingRun(prepared, config, on_epoch, validation=validation, schedule=schedule)
+    run.advance()
+    return run.finish()
+
+
+class TrainingRun:
+    """:func:`train_model` in steps of whole epochs, so that a caller can share time between runs.
+
+    ``advance(seconds)`` trains epochs until the run is over (``done``) or, when ``seconds`` is
+    given, until an epoch ends after that many seconds of this call; a later ``advance`` resumes
+    exactly where it stopped (same model, optimizer, schedule and early-stopping state), so a run
+    advanced in slices is the run advanced at once. ``finish`` restores the best weights and
+    returns the result.
+    """
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        config: Config,
+        on_epoch: Callable[[int, float], None] | None = None,
+        *,
+        validation: pl.DataFrame | None = None,
+        schedule: list[float] | None = None,
+    ) -> None:
+        cfg = config.train
+        self.prepared, self.config, self.on_epoch = prepared, config, on_epoch
+        self.validation, self.schedule = validation, schedule
+        self.task = make_task(prepared, config)
+        self.n = len(self.task)
+        steps_per_epoch = max(len(self.task.batches(np.arange(self.n, dtype=np.int64))), 1)
+        self.scheduler = (
+            torch.optim.lr_scheduler.OneCycleLR(
+                self.task.optimizer,
+                max_lr=cfg.learning_rate,
+                total_steps=steps_per_epoch * cfg.epochs,
+                pct_start=0.1,
+            )
+            if validation is None and schedule is None
+            else None
         )
-        if one_cycle
-        else None
-    )
-    epochs = len(schedule) if schedule is not None else cfg.epochs
-    result = TrainResult(model=task.model)
-    best_state: dict[str, torch.Tensor] | None = None
-    best, stale, cuts, rate = -1.0, 0, 0, cfg.learning_rate
-    rates: list[float] = []
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        if schedule is not None:
-            rate = schedule[epoch]
-        rates.append(rate)
-        batches = task.batches(task.rng.permutation(n).astype(np.int64))
+        self.epochs = len(schedule) if schedule is not None else cfg.epochs
+        self.result = TrainResult(model=self.task.model)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best, self.stale, self.cuts, self.rate = -1.0, 0, 0, cfg.learning_rate
+        self.rates: list[float] = []
+        self.stopped = False
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or len(self.result.epoch_losses) >= self.epochs
+
+    @property
+    def best_validation(self) -> float:
+        """Best validation NDCG so far (-1 before the first epoch or without validation)."""
+        return self.best
+
+    def advance(self, seconds: float | None = None) -> None:
+        """Train epochs until :attr:`done` or, with ``seconds``, the first epoch end past it."""
+        started = time.perf_counter()
+        while not self.done:
+            self._epoch(len(self.result.epoch_losses))
+            if seconds is not None and time.perf_counter() - started >= seconds:
+                break
+        self.result.seconds += time.perf_counter() - started
+
+    def _epoch(self, epoch: int) -> None:
+        cfg, task = self.config.train, self.task
+        if self.schedule is not None:
+            self.rate = self.schedule[epoch]
+        self.rates.append(self.rate)
+        batches = task.batches(task.rng.permutation(self.n).astype(np.int64))
         # Summed on the device: reading a loss back every step would wait for the GPU each time.
         total = torch.zeros((), device=task.device)
         rows = 0
-        for step, positions in enumerate(_progress(batches, cfg.progress, f"epoch {epoch + 1}/{epochs}")):
-            if scheduler is None:
+        for step, positions in enumerate(
+            _progress(batches, cfg.progress, f"epoch {epoch + 1}/{self.epochs}")
+        ):
+            if self.scheduler is None:
                 warm = (step + 1) / len(batches) if epoch == 0 else 1.0
                 for group in task.optimizer.param_groups:
-                    group["lr"] = rate * warm
+                    group["lr"] = self.rate * warm
             batch = task.build(positions)
             rows += _rows(batch, positions)
             total += task.step(batch)
-            if scheduler is not None:
-                scheduler.step()
-        result.examples = rows
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.result.examples = rows
         epoch_loss = float(total) / max(len(batches), 1)
-        result.epoch_losses.append(epoch_loss)
-        message = f"epoch {epoch + 1}/{epochs} lr {rate:.2g} loss {epoch_loss:.4f}"
-        stop = False
-        if validation is not None:
+        self.result.epoch_losses.append(epoch_loss)
+        message = f"epoch {epoch + 1}/{self.epochs} lr {self.rate:.2g} loss {epoch_loss:.4f}"
+        if self.validation is not None:
             task.model.eval()
-            score = evaluate(task.model, prepared, validation, config.eval.k)[f"ndcg@{config.eval.k}"]
-            result.validation.append(score)
-            message += f" validation ndcg@{config.eval.k} {score:.4f}"
-            if score > best:
-                best, result.best_epoch, stale = score, epoch + 1, 0
-                best_state = copy.deepcopy(task.model.state_dict())
+            k = self.config.eval.k
+            score = evaluate(task.model, self.prepared, self.validation, k)[f"ndcg@{k}"]
+            self.result.validation.append(score)
+            message += f" validation ndcg@{k} {score:.4f}"
+            if score > self.best:
+                self.best, self.result.best_epoch, self.stale = score, epoch + 1, 0
+                self.best_state = copy.deepcopy(task.model.state_dict())
             else:
-                stale += 1
-            if cfg.patience > 0 and stale >= cfg.patience:
-                stale = 0
-                if cuts >= cfg.lr_cuts:
-                    stop = True
+                self.stale += 1
+            if cfg.patience > 0 and self.stale >= cfg.patience:
+                self.stale = 0
+                if self.cuts >= cfg.lr_cuts:
+                    self.stopped = True
                 else:
-                    cuts += 1
-                    rate *= LR_CUT_FACTOR
+                    self.cuts += 1
+                    self.rate *= LR_CUT_FACTOR
         log.info(message)
-        if on_epoch is not None:
-            on_epoch(epoch, epoch_loss)
-        if stop:
-            log.info("early stop: best validation ndcg %.4f at epoch %d", best, result.best_epoch)
-            break
-    result.seconds = time.perf_counter() - started
-    if best_state is not None:
-        task.model.load_state_dict(best_state)
-    else:
-        result.best_epoch = len(result.epoch_losses)
-    result.schedule = rates[: result.best_epoch]
-    task.model.eval()
-    return result
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, epoch_loss)
+        if self.stopped:
+            log.info("early stop: best validation ndcg %.4f at epoch %d", self.best, self.result.best_epoch)
+
+    def finish(self) -> TrainResult:
+        """The best epoch's weights (the last epoch's without validation) and the run's record."""
+        result = self.result
+        if self.best_state is not None:
+            self.task.model.load_state_dict(self.best_state)
+        else:
+            result.best_epoch = len(result.epoch_losses)
+        result.schedule = self.rates[: result.best_epoch]
+        self.task.model.eval()
+        return result
 
 
 def _rows(batch: Any, positions: npt.NDArray[np.int64]) -> int:
