@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -186,17 +187,24 @@ def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
     assert len(final.epoch_losses) == selection.epochs
 
 
-def test_auto_shares_its_budget_and_only_the_winner_trains_on(interactions: pl.DataFrame) -> None:
+def test_auto_shares_its_budget_between_the_candidates(interactions: pl.DataFrame) -> None:
     config = tiny_config(
         "train.objective=auto", "train.epochs=3", "train.patience=5", "train.auto_budget_s=0.001"
     )
     selection = select_objective(interactions, None, None, config, "rand")
-    # A budget smaller than one epoch: every candidate gets exactly one epoch, then the winner
-    # alone trains on (to train.epochs here: patience is never exhausted).
-    runs = {c.name: c.epochs_run for c in selection.candidates}
-    assert set(runs) == {name for name, _ in CANDIDATES}
-    assert runs.pop(selection.name) == 3
-    assert set(runs.values()) == {1}
+    # A budget smaller than one epoch: every candidate gets one epoch (whole epochs), the
+    # comparison is still made and nothing is left for the winner to train on.
+    assert {c.name: c.epochs_run for c in selection.candidates} == {name: 1 for name, _ in CANDIDATES}
+    assert selection.epochs == 1
+    roomy = select_objective(
+        interactions,
+        None,
+        None,
+        dataclasses.replace(config, train=dataclasses.replace(config.train, auto_budget_s=600.0)),
+        "rand",
+    )
+    # Ample time: every candidate runs to train.epochs (patience is never exhausted here).
+    assert {c.epochs_run for c in roomy.candidates} == {3}
 
 
 def test_a_run_advanced_in_slices_is_the_run_advanced_at_once(interactions: pl.DataFrame) -> None:
