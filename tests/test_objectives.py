@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,13 +14,25 @@ from conftest import tiny_config
 
 from serving.model.features import PAD_INDEX
 from serving.model.history import Sequences
-from serving.model.towers import HISTORY, ID, FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec, prefix_mean
+from serving.model.towers import (
+    HISTORY,
+    ID,
+    FieldSpec,
+    TowerSpec,
+    TwoTowerModel,
+    TwoTowerSpec,
+    decayed_mean,
+    masked_mean,
+    prefix_mean,
+)
 from training.config import ConfigError, load_config
 from training.data.synth import SynthSummary
 from training.evaluation import split_for
-from training.evaluation.evaluate import evaluate
+from training.evaluation.baselines import EASE, baseline_scores
+from training.evaluation.evaluate import evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
 from training.fit.auto import CANDIDATES, candidates_of, fit_selected, select_objective
+from training.fit.linear_task import factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
 from training.fit.trainer import TrainingRun, train_model
@@ -203,8 +216,11 @@ def test_auto_shares_its_budget_between_the_candidates(interactions: pl.DataFram
         dataclasses.replace(config, train=dataclasses.replace(config.train, auto_budget_s=600.0)),
         "rand",
     )
-    # Ample time: every candidate runs to train.epochs (patience is never exhausted here).
-    assert {c.epochs_run for c in roomy.candidates} == {3}
+    # Ample time: every candidate runs to train.epochs (patience is never exhausted here), but
+    # a closed form is done after its one epoch.
+    assert {c.name: c.epochs_run for c in roomy.candidates} == {
+        name: 1 if name.startswith("linear") else 3 for name, _ in CANDIDATES
+    }
 
 
 def test_a_run_advanced_in_slices_is_the_run_advanced_at_once(interactions: pl.DataFrame) -> None:
@@ -229,3 +245,116 @@ def test_a_concrete_objective_without_patience_trains_as_configured(interactions
     assert selection.schedule is None
     assert selection.epochs == 3
     assert selection.candidates == []
+
+
+@pytest.mark.parametrize("rank", [2048, 40])
+def test_the_linear_objective_ranks_like_the_closed_form(interactions: pl.DataFrame, rank: int) -> None:
+    """Full rank: the towers rank every user's unseen items exactly as EASE does; a lower rank
+    (randomised SVD) keeps most of its lists."""
+    config = tiny_config("train.objective=linear", f"train.linear_rank={rank}", "data.history_length=200")
+    # EASE reads a binary matrix, the towers a history: repeated events would weigh an item more.
+    once = interactions.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    parts = split_for(once, "rand", 3)
+    train_part = prepare(parts.train, None, None, config.data)
+    result = train_model(train_part, config)
+    assert len(result.epoch_losses) == 1
+    spec = result.model.spec
+    assert spec.embedding_dim == spec.output_dim == min(rank, train_part.n_items) + 1
+    assert (spec.hidden_dims, spec.history_encoder, spec.user_id_embedding) == ((), "mean", False)
+    ease = EASE(l2=config.train.linear_l2)
+    ease.fit(train_part)
+    ours = rank_test_users(two_tower_scores(result.model, train_part), train_part, parts.test, 10)
+    theirs = rank_test_users(baseline_scores(ease), train_part, parts.test, 10)
+    same = (ours.topk == theirs.topk).mean()
+    if rank >= train_part.n_items:
+        assert same > 0.99  # float32 ties aside, the same lists
+        assert ours.metrics(10)["ndcg@10"] == pytest.approx(theirs.metrics(10)["ndcg@10"], abs=1e-3)
+    else:
+        assert same > 0.5
+
+
+def test_factorise_is_exact_at_full_rank_and_near_the_best_low_rank() -> None:
+    rng = np.random.default_rng(0)
+    weights = (rng.standard_normal((60, 8)) @ rng.standard_normal((8, 60))).astype(np.float32)
+    weights += 0.01 * rng.standard_normal((60, 60)).astype(np.float32)
+    history, targets = factorise(weights, 100, seed=1)
+    np.testing.assert_allclose(history @ targets.T, weights, atol=1e-3)
+    history, targets = factorise(weights, 8, seed=1)
+    u, s, vt = np.linalg.svd(weights)
+    best = np.linalg.norm(weights - (u[:, :8] * s[:8]) @ vt[:8])
+    assert np.linalg.norm(weights - history @ targets.T) <= 1.01 * best
+
+
+def test_unit_targets_keep_the_ranking_of_every_history() -> None:
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(0.1, 3, (30, 1)).astype(np.float32)
+    targets = rng.standard_normal((30, 5)).astype(np.float32) * scales
+    unit = to_unit_targets(targets)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    history = rng.standard_normal((7, 5)).astype(np.float32)
+    padded = np.concatenate([history, np.zeros((7, 1), np.float32)], axis=1)
+    np.testing.assert_array_equal(np.argsort(-(history @ targets.T)), np.argsort(-(padded @ unit.T)))
+
+
+def test_a_linear_bundle_serves_the_closed_form_lists(synth_data: SynthSummary, tmp_path: Path) -> None:
+    """The closed form goes through the ordinary bundle: serving rebuilds the linear towers from the
+    manifest and answers a known user with EASE's own top items (seen items excluded)."""
+    from serving.recommend.engine import TwoTowerEngine
+    from serving.recommend.types import RecommendQuery
+    from training.pipeline import train
+
+    once = pl.read_parquet(synth_data.interactions_path).unique(
+        ["user_id", "item_id"], keep="first", maintain_order=True
+    )
+    path = tmp_path / "interactions.parquet"
+    once.write_parquet(path)
+    config = tiny_config(
+        "train.objective=linear",
+        "data.history_length=200",
+        "eval.protocol=none",
+        "tracking.enabled=false",
+        "profiles.enabled=false",
+    )
+    train(config, path, None, None, tmp_path / "bundle")
+    engine = TwoTowerEngine.load(tmp_path / "bundle")
+    assert engine.bundle.spec.hidden_dims == ()
+    assert engine.bundle.spec.output_dim == engine.bundle.spec.embedding_dim == engine.bundle.index.d
+    prepared = prepare(once, None, None, config.data)
+    ease = EASE(l2=config.train.linear_l2)
+    ease.fit(prepared)
+    assert ease.weights is not None
+    assert ease.user_items is not None
+    item_ids = prepared.item_table.get_column("item_id").to_list()
+    agree = 0
+    users = prepared.user_table.get_column("user_id").to_list()[:20]
+    for row, user in enumerate(users):
+        scores = np.asarray(ease.user_items[row] @ ease.weights).ravel()
+        scores[ease.user_items[row].indices] = -np.inf
+        expected = [item_ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
+        answer = engine.recommend(RecommendQuery(user, 5))
+        assert answer.fallback_reason is None
+        agree += [item.item_id for item in answer.items] == expected
+    assert agree >= 18  # float32 near-ties aside
+
+
+def test_decayed_mean_weighs_recent_items_more_and_ignores_padding() -> None:
+    vectors = torch.tensor([[[9.0], [1.0], [3.0]], [[5.0], [7.0], [2.0]]])
+    history = torch.tensor([[0, 5, 6], [4, 5, 6]])
+    torch.testing.assert_close(decayed_mean(vectors, history, 0.0), masked_mean(vectors, history))
+    w = float(np.exp(-0.5))
+    expected = torch.tensor([[(w * 1 + 3) / (w + 1)], [(w * w * 5 + w * 7 + 2) / (w * w + w + 1)]])
+    torch.testing.assert_close(decayed_mean(vectors, history, 0.5), expected)
+
+
+def test_history_decay_round_trips_and_is_refused_where_it_has_no_meaning() -> None:
+    spec = dataclasses.replace(_spec("mean"), history_decay=0.3)
+    assert TwoTowerSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    legacy = spec.to_dict()
+    del legacy["history_decay"]  # bundles written before the field: a plain mean
+    assert TwoTowerSpec.from_dict(legacy).history_decay == 0.0
+    with pytest.raises(ValueError, match="history_decay"):
+        TwoTowerModel(dataclasses.replace(_spec("causal"), history_decay=0.3))
+    with pytest.raises(ConfigError, match=r"model\.history_decay"):
+        load_config(None, ["train.objective=sequence", "model.history_decay=0.2"])
+    with pytest.raises(ConfigError, match=r"model\.history_decay"):
+        load_config(None, ["model.history_decay=-1"])

@@ -97,6 +97,9 @@ class ModelConfig:
     """The user tower embeds the user id; False: a user is their history and attributes only."""
     shared_history_embedding: bool = True
     """History items share the item tower's id embedding table (False: a table of their own)."""
+    history_decay: float = 0.0
+    """``mean`` encoder: the item ``a`` places before the most recent weighs ``exp(-history_decay * a)``
+    (0: a plain mean). The sequence objectives need 0."""
     id_dropout: float = 0.05
     """Probability of replacing a user/item id by the unknown bucket while training, so
     that cold users and items still get meaningful embeddings from their attributes."""
@@ -104,7 +107,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: Literal["auto", "interaction", "sequence", "bag", "mixed"] = "auto"
+    objective: Literal["auto", "interaction", "sequence", "bag", "mixed", "linear"] = "auto"
     """What the model learns from (:mod:`training.fit.trainer` runs it):
 
     * ``interaction``: one example per interaction (history before it, in-batch + uniform
@@ -112,11 +115,22 @@ class TrainConfig:
     * ``sequence``: one pass per user window, the next item predicted at every position;
     * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
     * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
+    * ``linear``: the closed-form item-item model (EASE) written into linear towers
+      (:mod:`training.fit.linear_task`; the towers' width is ``linear_rank + 1``, the ``[model]``
+      dimensions do not apply);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction,
-      sequence with the causal encoder) trained for an equal share of ``auto_budget_s`` on a
+      sequence with the causal encoder, linear) trained for an equal share of ``auto_budget_s`` on a
       validation split carved from the training data by the evaluation protocol; the best one
       trains on to early stopping, is refitted on all the training data and written to the
       manifest."""
+    linear_l2: float = 500.0
+    """``linear``: the ridge ``lambda`` of the closed form (Steck's range is 100-1000)."""
+    linear_rank: int = 2048
+    """``linear``: rank of the factorised item-item weights (exact for smaller catalogues); the
+    towers are this wide plus one. Larger keeps more of the closed form, costs index memory."""
+    linear_max_items: int = 30_000
+    """``linear``: larger catalogues are refused (the closed form holds an items x items matrix:
+    3.4 GiB at 30,000 items); ``auto`` skips the candidate above it."""
     bag_weight: float = 0.5
     """Weight of the bag loss in ``mixed`` (0: pure sequence, 1: pure bag)."""
     bag_dropout: float = 0.5
@@ -333,12 +347,28 @@ def validate(config: Config) -> None:
         (config.train.patience >= 0, "train.patience: must be >= 0"),
         (config.train.lr_cuts >= 0, "train.lr_cuts: must be >= 0"),
         (config.train.auto_budget_s > 0, "train.auto_budget_s: must be > 0"),
+        (config.train.linear_l2 > 0, "train.linear_l2: must be > 0"),
+        (config.train.linear_rank >= 1, "train.linear_rank: must be >= 1"),
+        (config.train.linear_max_items >= 1, "train.linear_max_items: must be >= 1"),
         (
-            config.train.objective in ("auto", "interaction", "bag")
+            config.train.objective in ("auto", "interaction", "bag", "linear")
             or config.model.history_encoder in ("mean", "causal"),
             "model.history_encoder: the sequence and mixed objectives need 'mean' or 'causal'",
         ),
         (0 <= config.train.others_history_share <= 1, "train.others_history_share: must be in [0, 1]"),
+        (
+            config.model.history_decay >= 0 and math.isfinite(config.model.history_decay),
+            "model.history_decay: must be a finite number >= 0",
+        ),
+        (
+            config.model.history_decay == 0
+            or (
+                config.model.history_encoder == "mean"
+                and config.train.objective in ("auto", "interaction", "bag", "linear")
+            ),
+            "model.history_decay: needs model.history_encoder = 'mean' and an objective without "
+            "every-position training (interaction, bag, linear)",
+        ),
         (
             config.privacy.key_env.isidentifier(),
             "privacy.key_env: must be an environment variable name (letters, digits, _)",

@@ -42,7 +42,6 @@ from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
-from training.fit.setup import model_spec
 from training.fit.trainer import TrainResult
 from training.profiles.build import profiles_for_bundle
 from training.tracking import Tracker, flatten, start_run
@@ -237,7 +236,7 @@ def train(
         contents = BundleContents(
             model_version=version,
             config=selection.config.to_dict(),
-            spec=model_spec(final_data, selection.config),
+            spec=model.spec,
             state_dict=state,
             user_encoder=final_data.user_encoder,
             item_encoder=final_data.item_encoder,

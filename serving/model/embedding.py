@@ -6,13 +6,31 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from serving.model.features import EncodedFeatures
+from serving.model.features import PAD_INDEX, EncodedFeatures
 from serving.model.history import Sequences, last_items
 from serving.model.inputs import gather, to_inputs
 from serving.model.towers import TwoTowerModel
 
 FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
 _BATCH = 4096
+_HISTORY_VALUES = 1 << 25
+"""Most history-embedding values (batch x history width x embedding dim) one user-tower pass holds:
+128 MiB of float32. Wide towers over long histories (the linear objective: 2,049 x 1,000) would
+otherwise ask for tens of GiB at the default batch."""
+
+
+def trim_padding(history: IntArray) -> IntArray:
+    """``history`` (B, L) right-aligned without its leading columns of padding only (at least one column
+    stays): the towers read histories from their right end, so the result is the same, cheaper."""
+    used = np.flatnonzero((history != PAD_INDEX).any(axis=0))
+    start = int(used[0]) if len(used) else history.shape[1] - 1
+    return history[:, start:]
+
+
+def _user_batch(model: TwoTowerModel, batch_size: int, width: int) -> int:
+    """Rows per user-tower pass: ``batch_size``, fewer when the history embeddings would not fit."""
+    return max(1, min(batch_size, _HISTORY_VALUES // max(width * model.spec.embedding_dim, 1)))
 
 
 def _device(model: TwoTowerModel) -> torch.device:
@@ -42,6 +60,7 @@ def embed_users(
     """User tower output for table ``rows``; history = each user's last items unless given."""
     device = _device(model)
     length = model.spec.history_length
+    batch_size = _user_batch(model, batch_size, length)
     out = np.empty((len(rows), model.spec.output_dim), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
@@ -51,7 +70,7 @@ def embed_users(
                 if history is not None
                 else last_items(sequences, chunk, length)
             )
-            inputs = to_inputs(gather(features, chunk), device, history=windows)
+            inputs = to_inputs(gather(features, chunk), device, history=trim_padding(windows))
             out[start : start + len(chunk)] = model.user_embedding(inputs).float().cpu().numpy()
     return out
 
@@ -68,10 +87,11 @@ def embed_user_inputs(
     """
     device = _device(model)
     n = len(history)
+    batch_size = _user_batch(model, batch_size, history.shape[1])
     out = np.empty((n, model.spec.output_dim), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             chunk = np.arange(start, min(start + batch_size, n), dtype=np.int64)
-            inputs = to_inputs(gather(features, chunk), device, history=history[chunk])
+            inputs = to_inputs(gather(features, chunk), device, history=trim_padding(history[chunk]))
             out[chunk] = model.user_embedding(inputs).float().cpu().numpy()
     return out

@@ -64,6 +64,9 @@ class TwoTowerSpec:
     """History items are embedded with the item tower's id table (one space for both sides), or,
     when False, with a table of their own (an item "as context" differs from an item "as answer",
     as in the encoder and decoder of Mult-DAE)."""
+    history_decay: float = 0.0
+    """``mean`` encoder only: the item ``a`` places before the most recent one weighs ``exp(-decay * a)``
+    in the mean (0: a plain mean). Recency matters for "what next" data, not for whole-taste data."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +88,7 @@ class TwoTowerSpec:
             history_encoder=str(data.get("history_encoder", "mean")),
             user_id_embedding=bool(data.get("user_id_embedding", True)),
             shared_history_embedding=bool(data.get("shared_history_embedding", True)),
+            history_decay=float(data.get("history_decay", 0.0)),
         )
 
 
@@ -156,6 +160,19 @@ SEQUENCE_ENCODERS = ("mean", "causal")
 over a sequence yields the user vector after each of its prefixes (every-position training)."""
 
 
+def decayed_mean(vectors: Tensor, indices: Tensor, decay: float) -> Tensor:
+    """Mean of ``vectors`` (B, L, D) over positions where ``indices`` (B, L) != 0, the last position
+    weighing 1 and each one before it ``exp(-decay)`` times the next (histories are right-aligned,
+    most recent last). ``decay = 0`` is :func:`masked_mean`."""
+    if decay == 0:
+        return masked_mean(vectors, indices)
+    length = indices.shape[1]
+    age = torch.arange(length - 1, -1, -1, device=vectors.device, dtype=vectors.dtype)
+    weights = torch.exp(-decay * age).unsqueeze(0) * (indices != 0).to(vectors.dtype)
+    pooled = (vectors * weights.unsqueeze(-1)).sum(dim=1)
+    return pooled / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def prefix_mean(vectors: Tensor, indices: Tensor) -> Tensor:
     """(B, L, D): at position t, the mean of ``vectors`` over positions <= t where ``indices`` != 0.
 
@@ -173,6 +190,11 @@ class HistoryEncoder(nn.Module):
         self.kind = spec.history_encoder
         if self.kind not in HISTORY_ENCODERS:
             raise ValueError(f"history_encoder: unknown kind {self.kind!r} ({', '.join(HISTORY_ENCODERS)})")
+        if spec.history_decay < 0 or (spec.history_decay > 0 and self.kind != "mean"):
+            raise ValueError(
+                f"history_decay {spec.history_decay}: must be >= 0, and 0 unless history_encoder is mean"
+            )
+        self.decay = spec.history_decay
         dim = spec.embedding_dim
         if self.kind in ("attention", "causal"):
             self.positions = nn.Embedding(spec.history_length, dim)
@@ -191,7 +213,7 @@ class HistoryEncoder(nn.Module):
 
     def forward(self, vectors: Tensor, history: Tensor) -> Tensor:
         if self.kind == "mean":
-            return masked_mean(vectors, history)
+            return decayed_mean(vectors, history, self.decay)
         if self.kind == "causal":
             return self._last_position(vectors, history)
         padding = history == 0
@@ -225,11 +247,12 @@ class HistoryEncoder(nn.Module):
         Its last position equals :meth:`forward` for ``mean`` and ``causal`` (what serving computes
         from the same right-aligned history); ``attention`` looks both ways and has no such form.
         """
-        if self.kind == "mean":
+        if self.kind == "mean" and self.decay == 0:
             return prefix_mean(vectors, history)
         if self.kind != "causal":
             raise ValueError(
-                f"history_encoder {self.kind!r} has no every-position form ({SEQUENCE_ENCODERS})"
+                f"history_encoder {self.kind!r} (history_decay {self.decay}) has no every-position "
+                f"form ({SEQUENCE_ENCODERS}, without decay)"
             )
         length = history.shape[1]
         x = vectors + self.positions.weight[-length:].unsqueeze(0)

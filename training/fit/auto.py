@@ -3,9 +3,11 @@
 :func:`select_objective` carves a validation split out of the *training* interactions with the
 evaluation protocol (the test part is never seen), trains each candidate with early stopping on it
 and keeps the best by validation NDCG@k. Candidates share ``train.auto_budget_s``: each first trains for
-an equal slice of its first half (whole epochs), the one with the best validation NDCG so far then
-trains on for the rest of it or until early stopping, so a slow objective is judged on what it
-reaches in the same time as a fast one, and the whole choice takes about the budget. The caller
+an equal slice of its first half (whole epochs), the one with the best validation NDCG so far among
+those that can still improve then trains on for the rest of it or until early stopping, so a slow
+objective is judged on what it reaches in the same time as a fast one, and the whole choice takes
+about the budget. A closed-form candidate (``linear``) is done after its one fit: it is judged on
+that and takes no time from the others. The best validation NDCG over all candidates wins. The caller
 then trains the chosen configuration on the whole training part for the winner's epoch count
 (:func:`fit_selected`), so the final model sees every training interaction. With a concrete
 objective the same path runs with one candidate and no budget: early stopping picks the epoch count.
@@ -44,14 +46,27 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
     ),
     ("interaction", {"train": {"objective": "interaction"}}),
     ("sequence-causal", {"train": {"objective": "sequence"}, "model": {"history_encoder": "causal"}}),
+    ("linear", {"train": {"objective": "linear"}, "data": {"history_length": 1000}}),
+    (
+        "linear-decay-0.1",
+        {"train": {"objective": "linear"}, "data": {"history_length": 1000}, "model": {"history_decay": 0.1}},
+    ),
+    (
+        "linear-decay-0.5",
+        {"train": {"objective": "linear"}, "data": {"history_length": 1000}, "model": {"history_decay": 0.5}},
+    ),
 )
 """What ``auto`` tries: the set objective (random splits, whole-taste data; small steps, the last
 200 items, three in four hidden and no user-id table measured best on ml-100k rand), one example
 per interaction with in-batch + uniform negatives (the former default, strongest on short time
 splits) and next-item prediction at every position through the
-causal encoder (sequential data: leave-last-out). Each is a set of overrides of the configuration;
-everything else stays as configured. The even ``mixed`` objective was measured and never won
-(BENCHMARKS.md), so it is not tried."""
+causal encoder (sequential data: leave-last-out), and the closed-form item-item model in linear
+towers (bag-of-items data, where EASE is the strongest known model; skipped above
+``train.linear_max_items`` items), as a plain mean of the history and with the recent items
+weighing more (``model.history_decay`` 0.1 and 0.5: a half-life of ~7 and ~1.4 items; "what next"
+data such as leave-last-out, where the last items say most; one fit serves all three). Each is a
+set of overrides of the configuration; everything else stays as configured. The even ``mixed``
+objective was measured and never won (BENCHMARKS.md), so it is not tried."""
 
 VALIDATION_USERS = 8000
 """At most this many validation users (a seeded sample) are ranked after each epoch: enough for a
@@ -143,6 +158,7 @@ def select_objective(
     runs = [
         (name, candidate, TrainingRun(prepared, candidate, validation=validation))
         for name, candidate in candidates
+        if candidate.train.objective != "linear" or prepared.n_items <= candidate.train.linear_max_items
     ]
     if len(runs) > 1:
         # Half the budget compares the candidates (an equal slice each), the rest lets the winner
@@ -157,10 +173,14 @@ def select_objective(
                 run.best_validation,
                 run.result.seconds,
             )
-        best_name, best_config, best_run = max(runs, key=lambda r: r[2].best_validation)
+        # The rest goes to the best candidate that can still improve: a closed form (or a run
+        # that stopped early) is judged on what it has, and must not keep the budget from the
+        # iterative runner-up it may be beating only because that one has barely started.
+        unfinished = [r for r in runs if not r[2].done]
         left = config.train.auto_budget_s - (time.perf_counter() - started)
-        if left > 0:
-            best_run.advance(left)
+        if unfinished and left > 0:
+            max(unfinished, key=lambda r: r[2].best_validation)[2].advance(left)
+        best_name, best_config, best_run = max(runs, key=lambda r: r[2].best_validation)
     else:
         best_name, best_config, best_run = runs[0]
         best_run.advance()  # a concrete objective: to early stopping

@@ -41,6 +41,7 @@ def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
         history_encoder=m.history_encoder,
         user_id_embedding=m.user_id_embedding,
         shared_history_embedding=m.shared_history_embedding,
+        history_decay=m.history_decay,
     )
 
 

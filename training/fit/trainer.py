@@ -29,6 +29,7 @@ from training.config import Config
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared
 from training.fit.interaction_task import InteractionTask
+from training.fit.linear_task import LinearTask
 from training.fit.sequence_task import SequenceTask
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def make_task(prepared: Prepared, config: Config) -> Task:
         return InteractionTask(prepared, config)
     if objective in ("sequence", "bag", "mixed"):
         return SequenceTask(prepared, config)
+    if objective == "linear":
+        return LinearTask(prepared, config)
     raise ValueError(f"train.objective {objective!r}: resolve 'auto' with training.fit.auto first")
 
 
@@ -135,6 +138,8 @@ class TrainingRun:
         self.validation, self.schedule = validation, schedule
         self.task = make_task(prepared, config)
         self.n = len(self.task)
+        # A closed-form task is done after its one step: nothing to iterate, nothing to schedule.
+        closed_form = getattr(self.task, "closed_form", False)
         steps_per_epoch = max(len(self.task.batches(np.arange(self.n, dtype=np.int64))), 1)
         self.scheduler = (
             torch.optim.lr_scheduler.OneCycleLR(
@@ -143,10 +148,10 @@ class TrainingRun:
                 total_steps=steps_per_epoch * cfg.epochs,
                 pct_start=0.1,
             )
-            if validation is None and schedule is None
+            if validation is None and schedule is None and not closed_form
             else None
         )
-        self.epochs = len(schedule) if schedule is not None else cfg.epochs
+        self.epochs = 1 if closed_form else len(schedule) if schedule is not None else cfg.epochs
         self.result = TrainResult(model=self.task.model)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best, self.stale, self.cuts, self.rate = -1.0, 0, 0, cfg.learning_rate

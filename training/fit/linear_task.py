@@ -1,0 +1,203 @@
+"""The ``linear`` objective: a closed-form item-item model written into the two towers.
+
+EASE (Steck 2019) is the strongest closed-form recommender on bag-of-items data: with the binary
+user x item matrix ``X`` and ``P = (X^T X + l2 I)^-1``, the item-item weights are ``B = -P / diag(P)``
+(zero diagonal) and a user's scores are ``x_u B``. ``x_u B`` is a sum over the user's items, which is
+what a two-tower model with a *mean* history encoder computes up to a per-user scale (that never
+changes a ranking), so EASE is a configuration of our model, not a second model family:
+
+* ``B ~= U S V^T`` (randomised SVD at ``train.linear_rank``, exact when the catalogue is smaller);
+  history rows ``U sqrt(S)`` form the user tower's own history table, target rows ``V sqrt(S)`` the
+  item tower's id table (``sqrt(S)`` on both sides, so that item-item inner products keep the
+  spectrum's weight and :rpc:`SimilarItems` stays meaningful);
+* the towers are linear (no hidden layer, identity on the id / history part, zero on the attributes,
+  which the closed form does not use); the item vectors are augmented with one coordinate
+  ``sqrt(1 - |q|^2 / M^2)`` after scaling by the largest norm ``M``, so that they are unit vectors
+  as the item tower's normalisation requires while their inner products with a user's vector keep
+  the ranking of ``x_u B`` (the classic inner-product-to-cosine reduction; user vectors get 0 there).
+
+The result is an ordinary bundle: serving runs the same towers on the same histories (the request's
+recent items included), with nothing to know about how the weights were found. The fit is one
+"epoch" for :class:`~training.fit.trainer.TrainingRun` (``closed_form``): the validation split
+scores it once, and a refit replays that one epoch on all the training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.linalg
+import torch
+
+from serving.model.features import FIRST_TOKEN_INDEX
+from serving.model.towers import TwoTowerModel
+from training.config import Config
+from training.evaluation.baselines import EASE
+from training.features import Prepared
+from training.fit.setup import model_spec, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+POWER_ITERATIONS = 2
+"""Subspace iterations of the randomised SVD (Halko et al. 2011); what the BENCHMARKS.md figures
+were measured with."""
+OVERSAMPLING = 16
+"""Extra random directions of the randomised SVD's range finder."""
+
+
+def factorise(weights: FloatArray, rank: int, seed: int) -> tuple[FloatArray, FloatArray]:
+    """(history rows ``U sqrt(S)``, target rows ``V sqrt(S)``), each ``(n, min(rank, n))``, with
+    ``history @ target.T`` the best rank-``rank`` approximation of ``weights`` (exact at full rank)."""
+    n = weights.shape[0]
+    if rank >= n:
+        u, s, vt = np.linalg.svd(weights, full_matrices=False)
+    else:
+        rng = np.random.default_rng(seed)
+        y = weights @ rng.standard_normal((n, rank + OVERSAMPLING)).astype(weights.dtype)
+        for _ in range(POWER_ITERATIONS):
+            y = weights @ (weights.T @ orthonormal(y))
+        q = orthonormal(y)
+        small = q.T @ weights
+        # The SVD of the short, wide ``small`` through its Gram matrix's eigenvectors: LAPACK's SVD of
+        # a 2,064 x 12,101 matrix took 94 s on 2 cores, this takes a few.
+        gram = (small @ small.T).astype(np.float64)
+        values, vectors = np.linalg.eigh(gram)
+        order = np.argsort(values)[::-1]
+        values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+        s = np.sqrt(values)
+        vt = (vectors.T @ small) / np.maximum(s, 1e-12)[:, None]
+        u = q @ vectors
+    d = min(rank, n)
+    root = np.sqrt(np.maximum(s[:d], 0.0))
+    return (u[:, :d] * root).astype(np.float32), (vt[:d].T * root).astype(np.float32)
+
+
+def orthonormal(columns: FloatArray) -> FloatArray:
+    """An orthonormal basis of the span of ``columns`` (n x r, n >> r) by CholeskyQR2: two rounds of
+    ``Q = Y R^-1`` with ``R`` the Cholesky factor of the small Gram matrix ``Y^T Y``. A tall QR
+    (LAPACK) took 15-40 s at 12,101 x 2,064 on 2 cores, this a fraction; the second round restores
+    the orthogonality the first loses to the squared condition number."""
+    basis = columns
+    for _ in range(2):
+        gram = (basis.T @ basis).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += 1e-10 * max(float(np.trace(gram)), 1e-30)
+        factor = scipy.linalg.cholesky(gram, lower=True)
+        basis = scipy.linalg.solve_triangular(factor, basis.T.astype(np.float64), lower=True).T
+    result: FloatArray = basis.astype(np.float32)
+    return result
+
+
+def to_unit_targets(targets: FloatArray) -> FloatArray:
+    """``(n, d + 1)`` unit rows ``[t / M, sqrt(1 - |t|^2 / M^2)]`` (``M`` the largest row norm): inner
+    products with ``[h, 0]`` are ``h . t / M``, the same ranking for every ``h``."""
+    norms = np.linalg.norm(targets, axis=1)
+    largest = float(norms.max()) if len(norms) else 1.0
+    scaled = targets / max(largest, 1e-12)
+    extra = np.sqrt(np.clip(1.0 - (norms / max(largest, 1e-12)) ** 2, 0.0, 1.0))
+    return np.concatenate([scaled, extra[:, None]], axis=1).astype(np.float32)
+
+
+def closed_form_dim(n_items: int, config: Config) -> int:
+    """The towers' width for the linear objective: the factorisation's rank plus the unit coordinate."""
+    return min(config.train.linear_rank, n_items) + 1
+
+
+Factors = tuple[FloatArray, FloatArray]
+_last_fit: tuple[weakref.ref[Prepared], tuple[float, int, int, int], Factors] | None = None
+"""The most recent fit, kept while its data lives: ``auto`` tries several history decays over the same
+closed form (the decay only weighs the history rows), and the fit is the expensive part."""
+
+
+def fit_factors(prepared: Prepared, config: Config) -> tuple[FloatArray, FloatArray]:
+    """(history rows, unit target rows) of the closed form on ``prepared`` (module docstring)."""
+    global _last_fit
+    cfg = config.train
+    key = (cfg.linear_l2, cfg.linear_rank, cfg.linear_max_items, cfg.seed)
+    if _last_fit is not None and _last_fit[0]() is prepared and _last_fit[1] == key:
+        return _last_fit[2]
+    _last_fit = None  # release the previous factors before computing new ones
+    ease = EASE(l2=cfg.linear_l2, max_items=cfg.linear_max_items)
+    ease.fit(prepared)
+    assert ease.weights is not None
+    history, targets = factorise(ease.weights, cfg.linear_rank, cfg.seed)
+    del ease
+    factors = (history, to_unit_targets(targets))
+    _last_fit = (weakref.ref(prepared), key, factors)
+    return factors
+
+
+class LinearTask:
+    """The trainer's task protocol around a closed-form fit: one epoch of one step that fits it."""
+
+    closed_form = True
+
+    def __init__(self, prepared: Prepared, config: Config) -> None:
+        seed_everything(config.train.seed)
+        self.config = config
+        self.prepared = prepared
+        self.device = resolve_device(config.train.device)
+        dim = closed_form_dim(prepared.n_items, config)
+        # The towers' shape follows from the fit (rank + 1, linear, a history table of their own),
+        # whatever the [model] section says; the bundle stores this spec, so serving builds the same.
+        self.spec = dataclasses.replace(
+            model_spec(prepared, config),
+            embedding_dim=dim,
+            output_dim=dim,
+            hidden_dims=(),
+            history_encoder="mean",
+            user_id_embedding=False,
+            shared_history_embedding=False,
+        )
+        self.model = TwoTowerModel(self.spec).to(self.device)
+        # The trainer sets learning rates on an optimizer each step; nothing is learned by gradient.
+        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.train.learning_rate
+        )
+        self.rng = np.random.default_rng(config.train.seed)
+
+    def __len__(self) -> int:
+        return 1
+
+    def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
+        return [order]
+
+    def build(self, positions: npt.NDArray[np.int64]) -> None:
+        return None
+
+    def step(self, batch: Any) -> torch.Tensor:
+        """Fit ``B`` on every interaction of the prepared data and write it into the towers."""
+        started = time.perf_counter()
+        history, targets = fit_factors(self.prepared, self.config)
+        self._write(history, targets)
+        log.info(
+            "linear: %d items, rank %d, fitted in %.1f s",
+            self.prepared.n_items,
+            history.shape[1],
+            time.perf_counter() - started,
+        )
+        return torch.zeros(())
+
+    @torch.no_grad()
+    def _write(self, history: FloatArray, targets: FloatArray) -> None:
+        """History rows (rank d) into the user tower's table, unit target rows (d + 1) into the item
+        tower's; both towers' linear layers become the identity on that part and zero elsewhere."""
+        dim = targets.shape[1]
+        n = history.shape[0]
+        user, item = self.model.user_tower, self.model.item_tower
+        for table, rows in ((user.item_ids, history), (item.item_ids, targets)):
+            table.weight.zero_()
+            table.weight[FIRST_TOKEN_INDEX : FIRST_TOKEN_INDEX + n, : rows.shape[1]] = torch.from_numpy(rows)
+        for mlp in (user.mlp, item.mlp):
+            layer = mlp[0]
+            assert isinstance(layer, torch.nn.Linear)
+            layer.weight.zero_()
+            layer.weight[:, :dim] = torch.eye(dim)
+            layer.bias.zero_()
