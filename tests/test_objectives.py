@@ -25,10 +25,10 @@ from serving.model.towers import (
     masked_mean,
     prefix_mean,
 )
-from training.config import ConfigError, load_config
+from training.config import CLOSED_FORM_OBJECTIVES, ConfigError, load_config
 from training.data.synth import SynthSummary
 from training.evaluation import split_for
-from training.evaluation.baselines import EASE, baseline_scores
+from training.evaluation.baselines import EASE, IALS, baseline_scores
 from training.evaluation.evaluate import evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
 from training.fit.auto import CANDIDATES, candidates_of, fit_selected, select_objective
@@ -219,7 +219,8 @@ def test_auto_shares_its_budget_between_the_candidates(interactions: pl.DataFram
     # Ample time: every candidate runs to train.epochs (patience is never exhausted here), but
     # a closed form is done after its one epoch.
     assert {c.name: c.epochs_run for c in roomy.candidates} == {
-        name: 1 if name.startswith("linear") else 3 for name, _ in CANDIDATES
+        name: 1 if candidate.train.objective in CLOSED_FORM_OBJECTIVES else 3
+        for name, candidate in candidates_of(config)
     }
 
 
@@ -358,3 +359,19 @@ def test_history_decay_round_trips_and_is_refused_where_it_has_no_meaning() -> N
         load_config(None, ["train.objective=sequence", "model.history_decay=0.2"])
     with pytest.raises(ConfigError, match=r"model\.history_decay"):
         load_config(None, ["model.history_decay=-1"])
+
+
+def test_the_mf_objective_ranks_like_ials(interactions: pl.DataFrame) -> None:
+    """iALS's factors in the user-id and item-id tables: the towers rank as the factorisation does."""
+    config = tiny_config("train.objective=mf", "train.mf_factors=8")
+    parts = split_for(interactions, "rand", 3)
+    train_part = prepare(parts.train, None, None, config.data)
+    result = train_model(train_part, config)
+    assert len(result.epoch_losses) == 1
+    assert result.model.spec.output_dim == 9
+    assert result.model.spec.user_id_embedding
+    als = IALS(factors=8, regularization=config.train.mf_regularization, seed=config.train.seed)
+    als.fit(train_part)
+    ours = rank_test_users(two_tower_scores(result.model, train_part), train_part, parts.test, 10)
+    theirs = rank_test_users(baseline_scores(als), train_part, parts.test, 10)
+    assert (ours.topk == theirs.topk).mean() > 0.99

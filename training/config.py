@@ -31,6 +31,10 @@ ProfilesConfig = ProfileOptions
 segments, churn model). Declared in :mod:`serving.profiles.options` for the same reason."""
 
 
+CLOSED_FORM_OBJECTIVES = ("linear", "mf")
+"""Objectives fitted in closed form (one step, no training loop): nothing to time or schedule."""
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -107,7 +111,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: Literal["auto", "interaction", "sequence", "bag", "mixed", "linear"] = "auto"
+    objective: Literal["auto", "interaction", "sequence", "bag", "mixed", "linear", "mf"] = "auto"
     """What the model learns from (:mod:`training.fit.trainer` runs it):
 
     * ``interaction``: one example per interaction (history before it, in-batch + uniform
@@ -118,8 +122,10 @@ class TrainConfig:
     * ``linear``: the closed-form item-item model (EASE) written into linear towers
       (:mod:`training.fit.linear_task`; the towers' width is ``linear_rank + 1``, the ``[model]``
       dimensions do not apply);
+    * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers with the
+      user-id table (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction,
-      sequence with the causal encoder, linear) trained for an equal share of ``auto_budget_s`` on a
+      sequence with the causal encoder, linear, mf) trained for an equal share of ``auto_budget_s`` on a
       validation split carved from the training data by the evaluation protocol; the best one
       trains on to early stopping, is refitted on all the training data and written to the
       manifest."""
@@ -131,6 +137,10 @@ class TrainConfig:
     linear_max_items: int = 30_000
     """``linear``: larger catalogues are refused (the closed form holds an items x items matrix:
     3.4 GiB at 30,000 items); ``auto`` skips the candidate above it."""
+    mf_factors: int = 32
+    """``mf``: factors of the iALS fit (the towers are one wider)."""
+    mf_regularization: float = 10.0
+    """``mf``: iALS's ridge on the factors."""
     bag_weight: float = 0.5
     """Weight of the bag loss in ``mixed`` (0: pure sequence, 1: pure bag)."""
     bag_dropout: float = 0.5
@@ -350,8 +360,13 @@ def validate(config: Config) -> None:
         (config.train.linear_l2 > 0, "train.linear_l2: must be > 0"),
         (config.train.linear_rank >= 1, "train.linear_rank: must be >= 1"),
         (config.train.linear_max_items >= 1, "train.linear_max_items: must be >= 1"),
+        (config.train.mf_factors >= 1, "train.mf_factors: must be >= 1"),
         (
-            config.train.objective in ("auto", "interaction", "bag", "linear")
+            config.train.mf_regularization >= 0 and math.isfinite(config.train.mf_regularization),
+            "train.mf_regularization: must be a finite number >= 0",
+        ),
+        (
+            config.train.objective in ("auto", "interaction", "bag", "linear", "mf")
             or config.model.history_encoder in ("mean", "causal"),
             "model.history_encoder: the sequence and mixed objectives need 'mean' or 'causal'",
         ),
@@ -364,7 +379,7 @@ def validate(config: Config) -> None:
             config.model.history_decay == 0
             or (
                 config.model.history_encoder == "mean"
-                and config.train.objective in ("auto", "interaction", "bag", "linear")
+                and config.train.objective in ("auto", "interaction", "bag", "linear", "mf")
             ),
             "model.history_decay: needs model.history_encoder = 'mean' and an objective without "
             "every-position training (interaction, bag, linear)",
