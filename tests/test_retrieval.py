@@ -61,3 +61,19 @@ def test_exclusions_leaving_fewer_than_k_return_every_eligible_row() -> None:
     exclude = np.arange(35, dtype=np.int64)
     ((rows, _),) = retriever.top_k(vectors[:1], [Wanted(10, exclude)], None)
     assert sorted(rows.tolist()) == [35, 36, 37, 38, 39]
+
+
+def test_explanations_come_from_the_most_recent_history_only() -> None:
+    from serving.recommend.explain import EXPLAINED_HISTORY, explain
+
+    vectors = np.eye(4, dtype=np.float32)
+    # Item 1 is recommended; it is in the history only beyond the explained window: not named.
+    history = np.full((2, EXPLAINED_HISTORY + 50), -1, dtype=np.int64)
+    history[0, 0] = 1
+    history[0, -3:] = [2, 3, 2]
+    history[1, -1] = 1  # inside the window (and after leading empty columns): named
+    found = explain(vectors, [np.array([1]), np.array([1])], history)
+    assert found[0].tolist() == [2]  # all similarities 0: the earliest explained position
+    assert found[1].tolist() == [1]
+    empty = explain(vectors, [np.array([1, 2])], np.full((1, 5), -1, dtype=np.int64))
+    assert empty[0].tolist() == [-1, -1]
