@@ -157,7 +157,7 @@ def select_objective(
     protocol = protocol if protocol != "none" else VALIDATION_PROTOCOL_WITHOUT_EVAL
     parts = split_for(train, protocol, config.eval.min_interactions)  # type: ignore[arg-type]
     prepared = prepare(parts.train, users, items, config.data)
-    validation = _sample_users(parts.test, VALIDATION_USERS, config.train.seed)
+    validation = validation_users(parts.test, VALIDATION_USERS, config.train.seed)
     runs = [
         (name, candidate, TrainingRun(prepared, candidate, validation=validation))
         for name, candidate in candidates
@@ -243,7 +243,7 @@ def _record(
     return candidate, result.schedule
 
 
-def _sample_users(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
+def validation_users(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
     """The rows of at most ``limit`` users of ``frame`` (a seeded sample; all of them when fewer)."""
     users = frame.get_column("user_id").unique().sort()
     if users.len() <= limit:
