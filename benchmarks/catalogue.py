@@ -1,6 +1,7 @@
 """Catalogue-scale benchmark of the item index: build, calibrate, load, search.
 
-    python -m benchmarks.catalogue --items 1000000 --dim 64 [--kind auto|flat|ivf|hnsw]
+    python -m benchmarks.catalogue --items 1000000 --dim 64 [--kind auto|flat|ivf|hnsw|ivfpq]
+        [--memory-budget-gib 2]
 
 1. **Build** (this process): a synthetic catalogue of ``--items`` unit vectors drawn from
    a clustered distribution (power-law cluster sizes, per-cluster spreads: not uniform on
@@ -99,13 +100,18 @@ def build_synthetic_bundle(
     dim: int = 64,
     users: int = 10_000,
     kind: IndexKind = "auto",
+    memory_budget_gib: float = IndexOptions.memory_budget_gib,
+    index_options: IndexOptions | None = None,
     calibration_queries: int = 1000,
     held_out_queries: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write a synthetic bundle to ``out / "bundle"`` (index calibrated on
     ``calibration_queries`` synthetic user vectors) and ``held_out_queries`` other user
-    vectors to ``out / USER_QUERIES``; returns the build figures (JSON-serialisable)."""
+    vectors to ``out / USER_QUERIES``; returns the build figures (JSON-serialisable).
+
+    ``index_options``: the ``[index]`` options (default :class:`IndexOptions` with ``kind`` and
+    ``memory_budget_gib``); ``sample_queries`` and ``seed`` come from the arguments either way."""
     import polars as pl
     import torch
 
@@ -126,7 +132,8 @@ def build_synthetic_bundle(
     queries = user_vectors(calibration_queries + held_out_queries, centres, weights, rng)
     figures["generate_seconds"] = round(time.perf_counter() - started, 2)
 
-    options = replace(IndexOptions(), kind=kind, sample_queries=calibration_queries, seed=seed)
+    base = index_options or replace(IndexOptions(), kind=kind, memory_budget_gib=memory_budget_gib)
+    options = replace(base, sample_queries=calibration_queries, seed=seed)
     built = build_calibrated_index(vectors, options, queries[:calibration_queries])
     np.save(out / USER_QUERIES, queries[calibration_queries:])
     figures["index"] = {
@@ -168,7 +175,7 @@ def build_synthetic_bundle(
     model = TwoTowerModel(spec).eval()
     contents = BundleContents(
         model_version="bench-catalogue",
-        config={"bench": {"items": n, "dim": dim, "kind": kind}},
+        config={"bench": {"items": n, "dim": dim, "kind": kind, "memory_budget_gib": memory_budget_gib}},
         spec=spec,
         state_dict=model.state_dict(),
         user_encoder=user_encoder,
@@ -293,7 +300,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto")
+    parser.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw", "ivfpq"), default="auto")
+    parser.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        default=IndexOptions.memory_budget_gib,
+        help="index.memory_budget_gib: above it, auto picks the compressed IVF-PQ index",
+    )
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--calibration-queries", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries for recall@10")
@@ -324,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             dim=args.dim,
             users=args.users,
             kind=args.kind,
+            memory_budget_gib=args.memory_budget_gib,
             calibration_queries=args.calibration_queries,
             held_out_queries=max(args.queries, args.latency_queries),
             seed=args.seed,

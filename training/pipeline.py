@@ -89,7 +89,7 @@ def build_item_index(
     ``options.sample_queries`` known users (the queries serving will run; rows of
     ``user_embeddings``); exact search (no calibration) when ``options`` resolve to it for
     this catalogue."""
-    if resolve_type(len(item_embeddings), options) == EXACT_INNER_PRODUCT:
+    if resolve_type(len(item_embeddings), options, dim=item_embeddings.shape[1]) == EXACT_INNER_PRODUCT:
         return build_calibrated_index(item_embeddings, options)
     rng = np.random.default_rng(options.seed)
     n_users = len(user_embeddings)

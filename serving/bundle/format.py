@@ -10,9 +10,14 @@ Layout (schema version 1)::
     items.parquet         row r = item index r + 2 = FAISS row r: item_id, kept
                           attributes, popularity (interaction count)
     vocabularies.parquet  entity, feature, token: fitted attribute vocabularies in order
-    index.faiss           item embeddings (inner product over unit vectors): exact, IVF-Flat
-                          or HNSW-Flat as the manifest's ``index`` section says, with the
-                          search parameters chosen by build-time calibration
+    index.faiss           item embeddings (inner product over unit vectors): exact, IVF-Flat,
+                          HNSW-Flat or IVF-PQ re-ranked over SQ8 as the manifest's ``index``
+                          section says, with the search parameters chosen by build-time
+                          calibration
+    item_vectors.npy      only with a compressed index (IVF-PQ), which holds no exact vectors:
+                          the float32 item embeddings (row r = FAISS row r), memory-mapped at
+                          load so only the rows serving reads (filtered subsets, explanations,
+                          similar items) become resident
     users.faiss           optional: user embeddings (row r = users.parquet row r), built
                           like index.faiss; the manifest's ``user_index`` section describes
                           it. Lookalike audiences need it (serving.audiences.search)
@@ -58,6 +63,7 @@ USERS = "users.parquet"
 ITEMS = "items.parquet"
 VOCABULARIES = "vocabularies.parquet"
 INDEX = "index.faiss"
+ITEM_VECTORS = "item_vectors.npy"
 USER_INDEX = "users.faiss"
 PROFILES = PROFILES_FILE  # named beside its reader, serving.profiles.store (no torch/FAISS there)
 # Reserved column names (the encoders never take "__" columns as attributes).
@@ -120,6 +126,9 @@ class Bundle:
     index: faiss.Index
     # None for bundles written without users.faiss (lookalikes unavailable).
     user_index: faiss.Index | None = None
+    # Exact item vectors (read-only memory map) when the index is compressed; None: the
+    # index holds them (serving.bundle.index.item_vectors reads them from it).
+    item_vectors: npt.NDArray[np.float32] | None = None
 
     @property
     def model_version(self) -> str:
@@ -195,6 +204,9 @@ def write_bundle(out: Path, contents: BundleContents, *, overwrite: bool = False
             built = build_calibrated_index(contents.item_embeddings)
         faiss.write_index(built.index, str(tmp / INDEX))
         files = [TOWERS, USERS, ITEMS, VOCABULARIES, INDEX]
+        if built.spec.compressed:  # the index only approximates them: keep the exact vectors
+            np.save(tmp / ITEM_VECTORS, np.ascontiguousarray(contents.item_embeddings, dtype=np.float32))
+            files.append(ITEM_VECTORS)
         if contents.user_index is not None:
             faiss.write_index(contents.user_index.built.index, str(tmp / USER_INDEX))
             files.append(USER_INDEX)
@@ -291,10 +303,15 @@ def load_bundle(path: Path) -> Bundle:
             f"spec's output_dim {spec.output_dim}"
         )
 
-    model = TwoTowerModel(spec)
     try:
-        state = torch.load(path / TOWERS, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        # Memory-mapped (copy-on-write) and assigned into a model built without storage, not
+        # copied into a randomly initialised one: at 10M items the item-id table alone is
+        # 2.56 GB, which then costs neither an initialisation nor a second copy, and only the
+        # rows requests read (history items) become resident.
+        state = torch.load(path / TOWERS, map_location="cpu", weights_only=True, mmap=True)
+        with torch.device("meta"):
+            model = TwoTowerModel(spec)
+        model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, OSError, ValueError) as exc:
         raise BundleError(f"{path / TOWERS}: weights do not match the manifest's model spec: {exc}") from exc
     model.eval()
@@ -325,6 +342,7 @@ def load_bundle(path: Path) -> Bundle:
     _check_fields(spec, user_encoder, item_encoder, path)
 
     index = _read_index(path, INDEX, manifest, "index", n_items, spec.output_dim)
+    item_vectors = _read_item_vectors(path, manifest, n_items, spec.output_dim)
     user_index = (
         _read_index(path, USER_INDEX, manifest, "user_index", n_users, spec.output_dim)
         if USER_INDEX in manifest["files"]
@@ -352,7 +370,29 @@ def load_bundle(path: Path) -> Bundle:
         popularity=items.get_column(POPULARITY).to_numpy().astype(np.int64),
         index=index,
         user_index=user_index,
+        item_vectors=item_vectors,
     )
+
+
+def _read_item_vectors(
+    path: Path, manifest: dict[str, Any], n: int, dim: int
+) -> npt.NDArray[np.float32] | None:
+    """The exact item vectors of a compressed index (a read-only memory map of ``n`` x ``dim``
+    float32), None for an index that holds them. A compressed index without the file, or a
+    file of the wrong shape or type, raises :class:`BundleError`."""
+    compressed = IndexSpec.from_manifest(manifest.get("index")).compressed  # validated by _read_index
+    if not compressed:
+        return None
+    file = path / ITEM_VECTORS
+    if ITEM_VECTORS not in manifest["files"]:
+        raise BundleError(f"{path / MANIFEST}: compressed index without {ITEM_VECTORS} in files")
+    try:
+        vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{file}: unreadable: {exc}") from exc
+    if vectors.dtype != np.float32 or vectors.shape != (n, dim) or not vectors.flags.c_contiguous:
+        raise BundleError(f"{file}: {vectors.dtype} {vectors.shape}, manifest says float32 ({n}, {dim})")
+    return np.asarray(vectors)
 
 
 def _read_index(

@@ -1,4 +1,5 @@
-"""The FAISS item index: exact, IVF-Flat or HNSW-Flat, all inner product over unit vectors.
+"""The FAISS item index: exact, IVF-Flat, HNSW-Flat or IVF-PQ re-ranked over SQ8, all inner
+product over unit vectors.
 
 Row ``r`` of the index is the item with bundle index ``r + FIRST_TOKEN_INDEX`` and id
 ``item_ids[r]``, whatever the index type (vectors are added in row order, so FAISS assigns
@@ -6,12 +7,20 @@ sequential ids). Vectors are L2-normalised, so inner product is cosine similarit
 
 What the index is and how it is searched is described by an :class:`IndexSpec` (the
 manifest's ``index`` section): the type, the build parameters (IVF ``nlist``, HNSW ``M``
-and ``efConstruction``) and the search parameters chosen at build time by calibration
-(IVF ``nprobe``, HNSW ``efSearch``). :func:`configure` applies the search parameters to
-a loaded index; :func:`search` then uses them for every search, with or without an ID
-selector (filters), and never returns a short answer just because the approximate
-search missed: a row with fewer than ``k`` results is searched again with more effort,
-up to an exhaustive search over the selected rows.
+and ``efConstruction``, PQ ``pq_m`` / ``pq_nbits``) and the search parameters chosen at
+build time by calibration (IVF ``nprobe``, HNSW ``efSearch``, the re-ranked shortlist's
+``k_factor``). :func:`configure` applies the search parameters to a loaded index;
+:func:`search` then uses them for every search, with or without an ID selector (filters),
+and never returns a short answer just because the approximate search missed: a row with
+fewer than ``k`` results is searched again with more effort, up to an exhaustive search
+over the selected rows.
+
+The compressed type (:data:`IVF_PQ_REFINE_INNER_PRODUCT`, FAISS factory
+``IVF{nlist},PQ{pq_m}x{pq_nbits},Refine(SQ8)``) is for catalogues whose float32 vectors do not
+fit the memory budget: IVF-PQ finds a shortlist of ``k * k_factor`` rows from ``pq_m``-byte
+codes, which is re-ranked with 8-bit scalar-quantised vectors (``d`` bytes per item, about 1 %
+off the exact inner product). It holds no exact vectors: the bundle stores those separately
+(``serving.bundle.format``), for exact subset search and explanations.
 """
 
 from __future__ import annotations
@@ -34,22 +43,35 @@ IntArray = npt.NDArray[np.int64]
 EXACT_INNER_PRODUCT = "flat_ip"
 IVF_FLAT_INNER_PRODUCT = "ivf_flat_ip"
 HNSW_FLAT_INNER_PRODUCT = "hnsw_flat_ip"
-INDEX_TYPES: tuple[str, ...] = (EXACT_INNER_PRODUCT, IVF_FLAT_INNER_PRODUCT, HNSW_FLAT_INNER_PRODUCT)
+IVF_PQ_REFINE_INNER_PRODUCT = "ivf_pq_refine_ip"
+INDEX_TYPES: tuple[str, ...] = (
+    EXACT_INNER_PRODUCT,
+    IVF_FLAT_INNER_PRODUCT,
+    HNSW_FLAT_INNER_PRODUCT,
+    IVF_PQ_REFINE_INNER_PRODUCT,
+)
+COMPRESSED_TYPES: frozenset[str] = frozenset({IVF_PQ_REFINE_INNER_PRODUCT})
+"""Types whose file holds no exact vectors (the bundle stores them beside it)."""
 
 _BUILD_KEYS: dict[str, tuple[str, ...]] = {
     EXACT_INNER_PRODUCT: (),
     IVF_FLAT_INNER_PRODUCT: ("nlist",),
     HNSW_FLAT_INNER_PRODUCT: ("M", "efConstruction"),
+    IVF_PQ_REFINE_INNER_PRODUCT: ("nlist", "pq_m", "pq_nbits"),
 }
 _SEARCH_KEYS: dict[str, tuple[str, ...]] = {
     EXACT_INNER_PRODUCT: (),
     IVF_FLAT_INNER_PRODUCT: ("nprobe",),
     HNSW_FLAT_INNER_PRODUCT: ("efSearch",),
+    IVF_PQ_REFINE_INNER_PRODUCT: ("nprobe", "k_factor"),
 }
 _IVF_MIN_POINTS_PER_LIST = 39
 """FAISS k-means wants at least this many training vectors per centroid."""
 _IVF_TRAIN_POINTS_PER_LIST = 64
 """IVF training sample: this many vectors per list (at most all of them)."""
+_ADD_BATCH = 262_144
+"""Compressed indexes take vectors in batches of this many (bounds FAISS's temporary
+assignment and encoding buffers, ~100 MB at 64 dims, whatever the catalogue size)."""
 _ESCALATION = 4
 """A short approximate answer is searched again with this many times the effort."""
 _SUBSET_MIN = 4096
@@ -63,9 +85,11 @@ class IndexSpec:
     the calibration record.
 
     ``type``: one of :data:`INDEX_TYPES`. ``params``: build parameters (``nlist`` for IVF;
-    ``M``, ``efConstruction`` for HNSW; none for exact). ``search_params``: ``nprobe`` (IVF)
-    or ``efSearch`` (HNSW), applied to every search at serving. Construction validates the
-    keys and values and raises :class:`ValueError` naming the problem.
+    ``M``, ``efConstruction`` for HNSW; ``nlist``, ``pq_m``, ``pq_nbits`` for IVF-PQ; none for
+    exact). ``search_params``: ``nprobe`` (IVF) or ``efSearch`` (HNSW), plus ``k_factor`` for
+    IVF-PQ (shortlist of k * k_factor re-ranked), applied to every search at serving.
+    Construction validates the keys and values and raises :class:`ValueError` naming the
+    problem.
     """
 
     type: str = EXACT_INNER_PRODUCT
@@ -92,6 +116,24 @@ class IndexSpec:
     @property
     def approximate(self) -> bool:
         return self.type != EXACT_INNER_PRODUCT
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the index file holds no exact vectors (see :data:`COMPRESSED_TYPES`)."""
+        return self.type in COMPRESSED_TYPES
+
+    @property
+    def factory(self) -> str:
+        """The FAISS index-factory string of this spec (for the manifest and the logs)."""
+        p = self.params
+        return {
+            EXACT_INNER_PRODUCT: "Flat",
+            IVF_FLAT_INNER_PRODUCT: f"IVF{p.get('nlist')},Flat",
+            HNSW_FLAT_INNER_PRODUCT: f"HNSW{p.get('M')},Flat",
+            IVF_PQ_REFINE_INNER_PRODUCT: (
+                f"IVF{p.get('nlist')},PQ{p.get('pq_m')}x{p.get('pq_nbits')},Refine(SQ8)"
+            ),
+        }[self.type]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "params": dict(self.params), "search_params": dict(self.search_params)}
@@ -129,18 +171,26 @@ def default_nlist(n: int) -> int:
     return max(1, min(round(4 * math.sqrt(n)), n // _IVF_MIN_POINTS_PER_LIST))
 
 
-def build_index(embeddings: FloatArray, spec: IndexSpec = EXACT, *, seed: int = 0) -> faiss.Index:
+def build_index(
+    embeddings: FloatArray, spec: IndexSpec = EXACT, *, seed: int = 0, train_size: int = 0
+) -> faiss.Index:
     """An index of ``spec.type`` over ``embeddings`` (n, d): row r = vector r.
 
     IVF trains its coarse quantizer (spherical k-means) on a seeded sample of at most
-    64 vectors per list. ``spec.search_params`` are applied (:func:`configure`). Raises
-    :class:`ValueError` when ``nlist`` exceeds the number of vectors.
+    64 vectors per list. IVF-PQ trains on a seeded sample of ``max(64 * nlist,
+    39 * 2**pq_nbits, train_size)`` vectors (at most all) and takes the vectors in batches.
+    ``spec.search_params`` are applied (:func:`configure`). Raises :class:`ValueError` when
+    ``nlist`` exceeds the number of vectors or ``pq_m`` does not divide the dimension.
     """
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, d = vectors.shape
     index: faiss.Index
     if spec.type == EXACT_INNER_PRODUCT:
         index = faiss.IndexFlatIP(d)
+    elif spec.type == IVF_PQ_REFINE_INNER_PRODUCT:
+        index = _build_ivf_pq(vectors, spec, seed=seed, train_size=train_size)
+        configure(index, spec)
+        return index
     elif spec.type == IVF_FLAT_INNER_PRODUCT:
         nlist = spec.params["nlist"]
         if nlist > n:
@@ -160,6 +210,29 @@ def build_index(embeddings: FloatArray, spec: IndexSpec = EXACT, *, seed: int = 
     return index
 
 
+def _build_ivf_pq(vectors: FloatArray, spec: IndexSpec, *, seed: int, train_size: int) -> faiss.Index:
+    n, d = vectors.shape
+    nlist, m = spec.params["nlist"], spec.params["pq_m"]
+    if nlist > n:
+        raise ValueError(f"ivf nlist {nlist} exceeds the number of vectors {n}")
+    if d % m:
+        raise ValueError(f"pq_m {m} does not divide the dimension {d}")
+    index = faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    assert isinstance(ivf, faiss.IndexIVFPQ)  # what the factory string builds
+    ivf.cp.seed = seed
+    ivf.pq.cp.seed = seed
+    # Each PQ sub-quantizer is a k-means of 2**nbits centroids, which wants 39 vectors each too.
+    pq_min = (1 << spec.params["pq_nbits"]) * _IVF_MIN_POINTS_PER_LIST
+    size = min(n, max(nlist * _IVF_TRAIN_POINTS_PER_LIST, pq_min, train_size))
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False)) if size < n else None
+    # The sample is a copy of at most train_size rows; never the whole catalogue twice.
+    index.train(vectors if sample is None else vectors[sample])
+    for start in range(0, n, _ADD_BATCH):
+        index.add(vectors[start : start + _ADD_BATCH])
+    return index
+
+
 def index_type(index: faiss.Index) -> str:
     """The :data:`INDEX_TYPES` name of a FAISS index, or ``unsupported <Class>/<metric>``."""
     inner = index.metric_type == faiss.METRIC_INNER_PRODUCT
@@ -169,11 +242,39 @@ def index_type(index: faiss.Index) -> str:
         return IVF_FLAT_INNER_PRODUCT
     if inner and type(index) is faiss.IndexHNSWFlat:
         return HNSW_FLAT_INNER_PRODUCT
+    if inner and type(index) is faiss.IndexRefine and _is_ivf_pq_over_sq8(index):
+        return IVF_PQ_REFINE_INNER_PRODUCT
     return f"unsupported {type(index).__name__}/metric {index.metric_type}"
+
+
+def _is_ivf_pq_over_sq8(index: faiss.IndexRefine) -> bool:
+    base, refine = faiss.downcast_index(index.base_index), faiss.downcast_index(index.refine_index)
+    return (
+        type(base) is faiss.IndexIVFPQ
+        and base.metric_type == faiss.METRIC_INNER_PRODUCT
+        and type(refine) is faiss.IndexScalarQuantizer
+        and refine.metric_type == faiss.METRIC_INNER_PRODUCT
+        and refine.sq.qtype == faiss.ScalarQuantizer.QT_8bit
+    )
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF index that ``index`` probes: itself, or the base of an IVF-PQ refine; else None."""
+    if isinstance(index, faiss.IndexIVF):
+        return index
+    if isinstance(index, faiss.IndexRefine):
+        base = faiss.downcast_index(index.base_index)
+        return base if isinstance(base, faiss.IndexIVF) else None
+    return None
 
 
 def build_params(index: faiss.Index) -> dict[str, int]:
     """The build parameters an index file actually holds (compare with a spec's ``params``)."""
+    if isinstance(index, faiss.IndexRefine):
+        base = faiss.downcast_index(index.base_index)
+        if isinstance(base, faiss.IndexIVFPQ):
+            return {"nlist": int(base.nlist), "pq_m": int(base.pq.M), "pq_nbits": int(base.pq.nbits)}
+        return {}
     if isinstance(index, faiss.IndexIVF):
         return {"nlist": int(index.nlist)}
     if isinstance(index, faiss.IndexHNSW):
@@ -189,7 +290,7 @@ def _hnsw_m(index: faiss.IndexHNSW) -> int:
 
 def configure(index: faiss.Index, spec: IndexSpec) -> None:
     """Check that ``index`` is what ``spec`` says and make its search parameters the
-    index's defaults (IVF ``nprobe``, HNSW ``efSearch``).
+    index's defaults (IVF ``nprobe``, HNSW ``efSearch``, refine ``k_factor``).
 
     Raises :class:`ValueError` naming the disagreement (type, build parameters). Call
     once, before the index is shared: searches read these defaults concurrently.
@@ -200,8 +301,11 @@ def configure(index: faiss.Index, spec: IndexSpec) -> None:
     held = build_params(index)
     if held != dict(spec.params):
         raise ValueError(f"index build parameters are {held}, manifest says {dict(spec.params)}")
-    if isinstance(index, faiss.IndexIVF):
-        index.nprobe = spec.search_params["nprobe"]
+    ivf = _ivf(index)
+    if ivf is not None:
+        ivf.nprobe = spec.search_params["nprobe"]
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = float(spec.search_params["k_factor"])
     elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = spec.search_params["efSearch"]
 
@@ -220,6 +324,10 @@ def search_parameters(
     """Per-call parameters of the right FAISS class for ``index``: its configured
     ``nprobe`` / ``efSearch`` times ``effort`` (IVF: at most ``nlist``) plus ``selector``.
 
+    IVF-PQ refine: ``IndexRefineSearchParameters`` with the index's ``k_factor`` whose
+    ``base_index_params`` (kept alive by the returned object) carry nprobe and the selector
+    (FAISS refuses plain parameters there; the re-ranking only sees selected rows).
+
     None when nothing differs from the index's defaults (no selector, effort 1). The
     result references ``selector`` without owning it: keep the selector alive while
     searching.
@@ -227,6 +335,20 @@ def search_parameters(
     if selector is None and effort == 1:
         return None
     params: faiss.SearchParameters
+    if isinstance(index, faiss.IndexRefine):
+        base_ivf = _ivf(index)
+        if base_ivf is None:
+            raise ValueError(f"unsupported refine index over {type(index.base_index).__name__}")
+        base = faiss.SearchParametersIVF()
+        base.nprobe = min(int(base_ivf.nlist), int(base_ivf.nprobe) * effort)
+        if selector is not None:
+            base.sel = selector
+        refine = faiss.IndexRefineSearchParameters()
+        refine.k_factor = float(index.k_factor)
+        refine.base_index_params = base
+        # SWIG keeps no reference to the base parameters: the proxy's own attribute does.
+        refine.referenced_objects = [base]  # type: ignore[attr-defined]
+        return refine
     if isinstance(index, faiss.IndexIVF):
         ivf = faiss.SearchParametersIVF()
         ivf.nprobe = min(int(index.nlist), int(index.nprobe) * effort)
@@ -258,9 +380,9 @@ def search(
 
     Approximate indexes: a row that comes back with fewer than k results (a selective
     filter, or k larger than the probed lists hold) is searched again, IVF with 4x the
-    lists until every list is probed, HNSW exactly over its stored vectors, so the
-    answer is complete whenever k selected rows exist. Thread-safe: the index is only
-    read.
+    lists until every list is probed (IVF-PQ: its IVF base, the shortlist re-ranked as
+    usual), HNSW exactly over its stored vectors, so the answer is complete whenever k
+    selected rows exist. Thread-safe: the index is only read.
     """
     k = max(1, min(k, index.ntotal))
     vectors = np.ascontiguousarray(queries, dtype=np.float32)
@@ -268,9 +390,10 @@ def search(
     scores, rows = _run(index, vectors, k, search_parameters(index, selector))
     rows = rows.astype(np.int64, copy=False)
     short = np.flatnonzero(rows[:, -1] < 0)
-    if len(short) and isinstance(index, faiss.IndexIVF):
+    ivf = _ivf(index)
+    if len(short) and ivf is not None:
         effort = 1
-        while len(short) and int(index.nprobe) * effort < int(index.nlist):
+        while len(short) and int(ivf.nprobe) * effort < int(ivf.nlist):
             effort *= _ESCALATION
             wider = search_parameters(index, selector, effort)
             more_scores, more_rows = _run(index, vectors[short], k, wider)
@@ -350,10 +473,14 @@ def _run(
 def item_vectors(index: faiss.Index) -> FloatArray:
     """Every indexed vector, (ntotal, d) float32, row r = index row r (a copy).
 
-    Works for every supported type without changing the index: exact and HNSW-Flat
+    Works for every uncompressed type without changing the index: exact and HNSW-Flat
     reconstruct from their flat storage; IVF-Flat (which keeps vectors grouped by list
     and has no direct map after loading) is read list by list and scattered by id.
+    Raises :class:`ValueError` for a compressed index (:data:`COMPRESSED_TYPES`): it only
+    holds approximations, and the bundle keeps the exact vectors in their own file.
     """
+    if index_type(index) in COMPRESSED_TYPES:
+        raise ValueError(f"{index_type(index)} holds no exact vectors; read the bundle's item vectors")
     if not isinstance(index, faiss.IndexIVF):
         vectors: FloatArray = index.reconstruct_n(0, index.ntotal)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,11 +1,20 @@
 """Build-time choice and calibration of the item index.
 
 :func:`build_calibrated_index` decides the index type from :class:`IndexOptions`
-(``auto``: exact below ``exact_threshold`` items, else IVF-Flat), builds it and, for an
+(``auto``: exact below ``exact_threshold`` items, IVF-Flat above it, IVF-PQ re-ranked over
+SQ8 when the float32 vectors exceed ``memory_budget_gib``), builds it and, for an
 approximate index, measures recall@k against exact search on sample queries for every
 setting of the search ladder (IVF ``nprobe``, HNSW ``efSearch``, cheapest first). The
 chosen setting is the first (cheapest) one whose recall reaches ``recall_target``; if
 none does, the one with the best recall, and the record says so.
+
+IVF-PQ's ladder has two dimensions, ``nprobe`` (the cost that matters: lists scanned) and
+the re-ranked shortlist's ``k_factor`` (k * k_factor SQ8 vectors decoded: microseconds).
+For each ``nprobe``, cheapest first, the largest ``k_factor`` is tried; once it reaches
+``compressed_recall_target`` the smaller ones are tried too and the smallest that reaches
+it is chosen; larger ``nprobe`` values are then not measured (they only cost more).
+The manifest section then also holds ``factory`` (FAISS index-factory string),
+``memory_budget_bytes`` and ``flat_bytes`` (n * d * 4: why the compressed type was chosen).
 
 The result, :class:`BuiltIndex`, carries the index (search parameters applied) and the
 record written into the manifest's ``index`` section (here: 1M synthetic items)::
@@ -45,6 +54,7 @@ from serving.bundle.index import (
     EXACT_INNER_PRODUCT,
     HNSW_FLAT_INNER_PRODUCT,
     IVF_FLAT_INNER_PRODUCT,
+    IVF_PQ_REFINE_INNER_PRODUCT,
     IndexSpec,
     build_index,
     configure,
@@ -67,6 +77,7 @@ its graph neighbours): on 3000 random unit vectors HNSW at efSearch 16 reaches r
 the perturbed queries' recall curve is within 0.01-0.03 of fresh queries'."""
 _TIMED_QUERIES = 200
 _TIMED_EXACT_QUERIES = 50
+_IVFPQ_MAX_NLIST = 4096
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class BuiltIndex:
     query_count: int = 0
     build_seconds: float = 0.0
     calibration_seconds: float = 0.0
+    memory_budget_bytes: int | None = None
 
     def manifest(self) -> dict[str, Any]:
         """The manifest's ``index`` section (JSON-serialisable)."""
@@ -119,16 +131,43 @@ class BuiltIndex:
             "queries": {"source": self.queries_source, "count": self.query_count},
             "build_seconds": round(self.build_seconds, 3),
             "calibration_seconds": round(self.calibration_seconds, 3),
+            "factory": self.spec.factory,
+            "flat_bytes": int(self.index.ntotal) * int(self.index.d) * 4,
+            **(
+                {"memory_budget_bytes": self.memory_budget_bytes}
+                if self.memory_budget_bytes is not None
+                else {}
+            ),
         }
 
 
-def resolve_type(n_items: int, options: IndexOptions) -> str:
-    """The index type for a catalogue of ``n_items``: ``options.kind``, with ``auto``
-    meaning exact below ``options.exact_threshold`` items and IVF-Flat at or above it."""
+def resolve_type(n_items: int, options: IndexOptions, *, dim: int) -> str:
+    """The index type for a catalogue of ``n_items`` vectors of ``dim``: ``options.kind``,
+    with ``auto`` meaning exact below ``options.exact_threshold`` items, IVF-Flat at or
+    above it, and IVF-PQ re-ranked over SQ8 when the float32 vectors (``n_items * dim * 4``
+    bytes) exceed ``options.memory_budget_gib`` (whatever the threshold says)."""
     kind = options.kind
     if kind == "auto":
-        kind = "flat" if n_items < options.exact_threshold else "ivf"
-    return {"flat": EXACT_INNER_PRODUCT, "ivf": IVF_FLAT_INNER_PRODUCT, "hnsw": HNSW_FLAT_INNER_PRODUCT}[kind]
+        if n_items * dim * 4 > options.memory_budget_bytes:
+            kind = "ivfpq"
+        else:
+            kind = "flat" if n_items < options.exact_threshold else "ivf"
+    return {
+        "flat": EXACT_INNER_PRODUCT,
+        "ivf": IVF_FLAT_INNER_PRODUCT,
+        "hnsw": HNSW_FLAT_INNER_PRODUCT,
+        "ivfpq": IVF_PQ_REFINE_INNER_PRODUCT,
+    }[kind]
+
+
+def _budget_reason(n: int, d: int, options: IndexOptions) -> str:
+    flat = n * d * 4
+    if options.kind != "auto":
+        return f"index.kind = {options.kind}"
+    return (
+        f"flat vectors {flat / 2**30:.2f} GiB ({n} x {d} x 4 B) exceed index.memory_budget_gib "
+        f"{options.memory_budget_gib}"
+    )
 
 
 def build_calibrated_index(
@@ -148,10 +187,10 @@ def build_calibrated_index(
     if problems:
         raise ValueError("; ".join(problems))
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = vectors.shape[0]
+    n, d = vectors.shape
     if n == 0:
         raise ValueError("cannot index an empty catalogue")
-    kind = resolve_type(n, options)
+    kind = resolve_type(n, options, dim=d)
     k = min(options.k, n)
     if kind == EXACT_INNER_PRODUCT:
         started = time.perf_counter()
@@ -173,6 +212,8 @@ def build_calibrated_index(
         )
 
     source, sample = _sample_queries(vectors, queries, options)
+    if kind == IVF_PQ_REFINE_INNER_PRODUCT:
+        return _build_compressed(vectors, options, source, sample, k)
     started = time.perf_counter()
     if kind == IVF_FLAT_INNER_PRODUCT:
         nlist = options.ivf_nlist or default_nlist(n)
@@ -228,6 +269,87 @@ def build_calibrated_index(
         query_count=len(sample),
         build_seconds=build_seconds,
         calibration_seconds=calibration_seconds,
+    )
+
+
+def _build_compressed(
+    vectors: FloatArray, options: IndexOptions, source: str, sample: FloatArray, k: int
+) -> BuiltIndex:
+    """IVF-PQ + SQ8 re-ranking, calibrated over (nprobe, k_factor) as the module says."""
+    n, d = vectors.shape
+    nlist = min(options.ivfpq_nlist or min(default_nlist(n), _IVFPQ_MAX_NLIST), n)
+    pq_m = options.pq_m or max(1, d // 2)
+    if d % pq_m:
+        raise ValueError(f"index.pq_m: {pq_m} does not divide the embedding dimension {d}")
+    params = {"nlist": nlist, "pq_m": pq_m, "pq_nbits": options.pq_nbits}
+    probes = sorted({min(p, nlist) for p in options.ivf_nprobe})
+    factors = sorted(set(options.refine_k_factor))
+    target = options.compressed_recall_target
+    started = time.perf_counter()
+    base = IndexSpec(IVF_PQ_REFINE_INNER_PRODUCT, params, {"nprobe": probes[0], "k_factor": factors[-1]})
+    index = build_index(vectors, base, seed=options.seed, train_size=options.ivfpq_train_size)
+    build_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    truth = exact_neighbours(vectors, sample, k)
+    exact_ms = _exact_ms_per_query(vectors, sample, k)
+    curve: list[CalibrationPoint] = []
+
+    def measure(nprobe: int, factor: int) -> CalibrationPoint:
+        configure(
+            index, IndexSpec(IVF_PQ_REFINE_INNER_PRODUCT, params, {"nprobe": nprobe, "k_factor": factor})
+        )
+        _, found = index.search(sample, k)
+        point = CalibrationPoint(
+            {"nprobe": nprobe, "k_factor": factor},
+            round(recall_at_k(found, truth), 6),
+            _ms_per_query(index, sample, k),
+        )
+        curve.append(point)
+        return point
+
+    chosen: CalibrationPoint | None = None
+    for nprobe in probes:
+        widest = measure(nprobe, factors[-1])
+        if widest.recall < target:
+            continue
+        chosen = widest
+        for factor in factors[:-1]:  # cheapest first: the first that reaches the target wins
+            point = measure(nprobe, factor)
+            if point.recall >= target:
+                chosen = point
+                break
+        break
+    met = chosen is not None
+    if chosen is None:
+        chosen, _ = choose(curve, target)
+    calibration_seconds = time.perf_counter() - started
+    spec = IndexSpec(IVF_PQ_REFINE_INNER_PRODUCT, params, dict(chosen.setting))
+    configure(index, spec)
+    setting = ", ".join(f"{name}={value}" for name, value in chosen.setting.items())
+    why = _budget_reason(n, d, options)
+    recall = f"(recall {chosen.recall:.4f})"
+    if met:
+        reason = f"{why}; cheapest setting with recall@{k} >= {target}: {setting} {recall}"
+    else:
+        reason = f"{why}; no setting reached recall@{k} >= {target}; best is {setting} {recall}"
+        log.warning("index calibration: %s", reason)
+    log.info("index %s over %d items: %s", spec.factory, n, reason)
+    return BuiltIndex(
+        index=index,
+        spec=spec,
+        k=k,
+        target=target,
+        recall_at_k=chosen.recall,
+        met_target=met,
+        chosen_reason=reason,
+        curve=curve,
+        exact_ms_per_query=exact_ms,
+        queries_source=source,
+        query_count=len(sample),
+        build_seconds=build_seconds,
+        calibration_seconds=calibration_seconds,
+        memory_budget_bytes=options.memory_budget_bytes,
     )
 
 

@@ -12,28 +12,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
+
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
 class IndexOptions:
     """The ``[index]`` section: which FAISS index a bundle gets and how it is calibrated.
 
-    ``auto`` is exact search (``flat``) below ``exact_threshold`` items and IVF-Flat at or
-    above it. IVF is the default approximate index because on a small CPU box it builds
+    ``auto`` is exact search (``flat``) below ``exact_threshold`` items, IVF-Flat at or
+    above it, and the compressed IVF-PQ re-ranked over SQ8 (``ivfpq``) when the catalogue's
+    float32 vectors (``n_items * dim * 4`` bytes) exceed ``memory_budget_gib``: at 64 dims
+    from 8.4M items with the default 2 GiB. IVF-PQ keeps ``pq_m + dim + 8`` bytes per item
+    in memory (104 at 64 dims: 1.04 GB at 10M items) instead of ``4 * dim`` (256).
+
+    IVF is the default approximate index below the budget because on a small CPU box it builds
     several times faster than HNSW, needs a fraction of its memory (no graph) and keeps
     filtered searches complete (a short filtered answer is re-searched with more lists,
     up to an exhaustive scan). See the README's bundle section for the measurements.
 
     Calibration: ``sample_queries`` queries (user embeddings when the builder has them,
     else a sample of item vectors) are searched exactly and with every setting of the
-    ladder (``ivf_nprobe`` or ``hnsw_ef_search``, cheapest first); the first setting whose
-    recall@``k`` against exact search reaches ``recall_target`` is chosen. If none does,
+    ladder (``ivf_nprobe`` or ``hnsw_ef_search``, cheapest first; IVF-PQ: ``ivf_nprobe`` times
+    ``refine_k_factor``) and the first setting whose recall@``k`` against exact search
+    reaches ``recall_target`` (IVF-PQ: ``compressed_recall_target``) is chosen. If none does,
     the best one is chosen and the manifest and the log say so.
     """
 
     kind: IndexKind = "auto"
-    """``auto`` | ``flat`` (exact) | ``ivf`` (IVF-Flat) | ``hnsw`` (HNSW-Flat)."""
+    """``auto`` | ``flat`` (exact) | ``ivf`` (IVF-Flat) | ``hnsw`` (HNSW-Flat) | ``ivfpq``
+    (IVF-PQ with the shortlist re-ranked over 8-bit scalar-quantised vectors)."""
     exact_threshold: int = 50_000
     """``auto``: catalogues with fewer items get exact search."""
     recall_target: float = 0.95
@@ -54,6 +63,21 @@ class IndexOptions:
     """HNSW candidate-list size while building (quality of the graph)."""
     hnsw_ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     """HNSW calibration ladder (candidate-list size per query), cheapest first."""
+    memory_budget_gib: float = 2.0
+    """``auto``: above this many GiB of float32 item vectors, the compressed ``ivfpq`` index."""
+    compressed_recall_target: float = 0.9
+    """Calibration target of the compressed index (``recall_target`` applies to the others)."""
+    ivfpq_nlist: int = 0
+    """IVF-PQ lists; 0 = the IVF default (``round(4 * sqrt(n))``) capped at 4096: assigning
+    10M vectors to 4096 lists already takes minutes on two cores, and a PQ list scan is cheap."""
+    pq_m: int = 0
+    """IVF-PQ sub-quantizers (bytes per code at 8 bits); 0 = dim / 2. Must divide the dimension."""
+    pq_nbits: int = 8
+    """Bits per PQ sub-quantizer code."""
+    ivfpq_train_size: int = 262_144
+    """IVF-PQ training sample (at least 64 per list and 9,984, at most every item)."""
+    refine_k_factor: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    """IVF-PQ calibration: shortlist sizes (k times this) re-ranked over SQ8, cheapest first."""
     seed: int = 42
     """Seed of the calibration sample and of the IVF training sample."""
 
@@ -75,5 +99,19 @@ class IndexOptions:
                 len(self.hnsw_ef_search) > 0 and all(e >= 1 for e in self.hnsw_ef_search),
                 "index.hnsw_ef_search: must be a non-empty list of integers >= 1",
             ),
+            (self.memory_budget_gib > 0, "index.memory_budget_gib: must be > 0"),
+            (0 < self.compressed_recall_target <= 1, "index.compressed_recall_target: must be in (0, 1]"),
+            (self.ivfpq_nlist >= 0, "index.ivfpq_nlist: must be >= 0 (0 = min(4 * sqrt(n_items), 4096))"),
+            (self.pq_m >= 0, "index.pq_m: must be >= 0 (0 = dim / 2)"),
+            (1 <= self.pq_nbits <= 16, "index.pq_nbits: must be in [1, 16]"),
+            (self.ivfpq_train_size >= 0, "index.ivfpq_train_size: must be >= 0"),
+            (
+                len(self.refine_k_factor) > 0 and all(f >= 1 for f in self.refine_k_factor),
+                "index.refine_k_factor: must be a non-empty list of integers >= 1",
+            ),
         ]
         return [message for ok, message in checks if not ok]
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return int(self.memory_budget_gib * GIB)

@@ -86,7 +86,10 @@ class TwoTowerEngine:
         self._popular_rows = np.argsort(-popularity, kind="stable")
         total = popularity.sum()
         self._popular_scores = popularity / total if total > 0 else popularity
-        self.item_vectors = item_vectors(bundle.index)
+        # A compressed index holds no exact vectors: the bundle maps them from their own file.
+        self.item_vectors = (
+            bundle.item_vectors if bundle.item_vectors is not None else item_vectors(bundle.index)
+        )
         attributes = [c for c in bundle.item_encoder.attribute_columns if c in bundle.items.columns]
         self.filters = ItemFilters(bundle.items, attributes)
         self.categories = Categories(bundle.items, bundle.item_encoder, attributes)
