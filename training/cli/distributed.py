@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,12 @@ def is_sharded_run(args: argparse.Namespace) -> bool:
 
 
 def run_sharded_train(args: argparse.Namespace, config: Config) -> None:
-    from training.sharded_pipeline import ShardedInputs, launch_training, worker_main
+    from training.sharded_pipeline import (
+        DistributedTrainingError,
+        ShardedInputs,
+        launch_training,
+        worker_main,
+    )
 
     if launched_by_torchrun():
         if args.prepared is None:
@@ -73,9 +79,18 @@ def run_sharded_train(args: argparse.Namespace, config: Config) -> None:
         prepared_out=args.prepared_out,
         shards=args.shards,
     )
-    summary = launch_training(
-        config, inputs, args.out, nproc=max(args.nproc, 1), overwrite=args.overwrite, max_steps=args.max_steps
-    )
+    try:
+        summary = launch_training(
+            config,
+            inputs,
+            args.out,
+            nproc=max(args.nproc, 1),
+            overwrite=args.overwrite,
+            max_steps=args.max_steps,
+        )
+    except DistributedTrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"model {summary.model_version} -> {summary.bundle} ({summary.world_size} worker(s))")
     print(
         f"training {summary.train_seconds:.1f} s ({summary.samples_per_second:.0f} samples/s in all; "

@@ -54,6 +54,8 @@ ROWS_PER_SHARD = 1_000_000
 """Default shard size: a shard's sort and a trainer's shard both stay well under 100 MiB."""
 MIN_SHARDS = 8
 """Default minimum: enough shards for a few ranks to each read their own."""
+SINK_ROW_GROUP = 65_536
+"""Rows per row group of pass 2's partition files: each open partition buffers about one."""
 _HASH_MULTIPLIER = 2654435761
 """Knuth's multiplicative hash: spreads consecutive user indices evenly over the shards."""
 
@@ -216,7 +218,10 @@ def prepare_shards(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        # Pass 2: encode and partition by user hash, streaming.
+        # Pass 2: encode and partition by user hash, streaming. Order within a partition does not
+        # matter (pass 3 sorts by the input order kept in "order"), so the sink need not keep it: a
+        # kept order makes the partitioned sink hold morsels back, and its memory grows with the data.
+        # (event_type, value) only tells exact duplicates apart: a 64-bit hash of them is enough.
         raw = tmp / "raw"
         user_index = user_encoder.ids.expr(pl.col("user_id"))
         (
@@ -225,12 +230,17 @@ def prepare_shards(
                 user_index.alias("user_index"),
                 item_encoder.ids.expr(pl.col("item_id")).alias("item_index"),
                 "timestamp",
-                "event_type",
-                "value",
+                pl.struct("event_type", "value").hash(seed=0).alias("kind"),
                 pl.col("order").cast(pl.Int64),
             )
             .with_columns(shard_of(pl.col("user_index"), n_shards).alias("shard"))
-            .sink_parquet(pl.PartitionBy(raw, key="shard", include_key=False), mkdir=True, engine="streaming")
+            .sink_parquet(
+                pl.PartitionBy(raw, key="shard", include_key=False),
+                mkdir=True,
+                engine="streaming",
+                maintain_order=False,
+                row_group_size=SINK_ROW_GROUP,
+            )
         )
         # Pass 3: per shard, de-duplicate, sort, write; popularity summed over shards.
         popularity = np.zeros(len(item_vocab_ids), dtype=np.int64)
@@ -239,8 +249,9 @@ def prepare_shards(
         for shard in range(n_shards):
             frame = _read_raw_shard(raw, shard)
             frame = (
-                frame.unique(["user_index", "item_index", "timestamp", "event_type", "value"], keep="first")
-                .sort(["user_index", "timestamp", "order"])
+                frame.sort(["user_index", "timestamp", "order"])
+                # The first occurrence of an exact duplicate stays, as the in-memory reader keeps it.
+                .unique(["user_index", "item_index", "timestamp", "kind"], keep="first", maintain_order=True)
                 .select("user_index", "item_index", "timestamp")
             )
             items_of = frame.get_column("item_index").to_numpy() - FIRST_TOKEN_INDEX
@@ -312,8 +323,7 @@ def _read_raw_shard(raw: Path, shard: int) -> pl.DataFrame:
         "user_index": pl.Int64,
         "item_index": pl.Int64,
         "timestamp": pl.Int64,
-        "event_type": pl.Utf8,
-        "value": pl.Float64,
+        "kind": pl.UInt64,
         "order": pl.Int64,
     }
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []

@@ -163,7 +163,7 @@ def gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor))
+    return torch.cat(all_gather(tensor))  # type: ignore[no-untyped-call]
 
 
 def gather_plain(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -360,7 +360,7 @@ class ShardedTraining:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                     loss = self.step_loss(batch, torch.tensor(weight, device=self.device))
                 task.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 task.optimizer.step()
                 total += float(loss.detach())
                 steps += 1
