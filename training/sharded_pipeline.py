@@ -206,6 +206,12 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
     check_config(config)
     info = rank_from_env()
     device = device_for(config, info)
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # The local ranks share the machine's cores: more threads than cores only adds switching.
+        import torch
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     with process_group(info, device):
         data = open_prepared(prepared)
         training = ShardedTraining(data, config, info, device)

@@ -323,6 +323,15 @@ class ShardedTraining:
                     continue  # all-gathered steps need one size on every rank
                 yield positions
 
+    def _steps_per_epoch(self) -> int:
+        """Global steps of an epoch, estimated from the manifest alone (every rank gets the same figure,
+        so every rank sets the same learning rate): the length of the first epoch's warm-up."""
+        cfg, data = self.config.train, self.data
+        if isinstance(self.task, SequenceTask):
+            windows = data.interactions / max(self.task.spec.history_length, 1) + int(data.manifest["users"])
+            return max(int(windows // max(cfg.window_batch_size, 1)), 1)
+        return max(data.interactions // max(cfg.batch_size, 1), 1)
+
     def _agree(self, has_batch: bool, rows: int) -> tuple[bool, int]:
         """(every rank has a batch, loss rows of the global step): one small all-reduce."""
         if self.info.world_size == 1:
@@ -337,7 +346,7 @@ class ShardedTraining:
         """Train ``train.epochs`` epochs (each at most ``max_steps`` steps); collective on every rank."""
         cfg, task, world = self.config.train, self.task, self.info.world_size
         epochs = cfg.epochs
-        estimated = max(self.data.interactions // max(cfg.batch_size, 1), 1)
+        estimated = self._steps_per_epoch()
         result = ShardedResult(model=task.model)
         started = time.perf_counter()
         for epoch in range(epochs):
@@ -369,7 +378,13 @@ class ShardedTraining:
             mean = self._mean(total / max(steps, 1))
             result.epoch_losses.append(mean)
             log.info(
-                "rank %d epoch %d/%d: %d steps, loss %.4f", self.info.rank, epoch + 1, epochs, steps, mean
+                "rank %d epoch %d/%d: %d steps, loss %.4f, peak RSS %.0f MiB",
+                self.info.rank,
+                epoch + 1,
+                epochs,
+                steps,
+                mean,
+                peak_rss_mb(),
             )
         result.seconds = time.perf_counter() - started
         mine = torch.tensor([result.rows / max(result.seconds, 1e-9), peak_rss_mb()], dtype=torch.float64)
