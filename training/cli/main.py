@@ -16,6 +16,7 @@ from pathlib import Path
 from serving.errors import RecsysError
 from training.cli.args import add_config_arguments, config_from_arguments
 from training.cli.benchmark import add_benchmark_parser
+from training.cli.distributed import add_distributed_arguments
 from training.cli.lifecycle import add_lifecycle_parsers
 from training.cli.profiles import add_profile_parsers
 from training.cli.tune import add_tune_parser
@@ -44,12 +45,39 @@ def cmd_synth(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from training.data.stream_prepare import prepare_shards
+
+    config = config_from_arguments(args)
+    summary = prepare_shards(
+        args.interactions,
+        args.users,
+        args.items,
+        args.out,
+        config.data,
+        shards=args.shards,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{summary.interactions} interactions ({summary.duplicates_dropped} duplicates dropped), "
+        f"{summary.users} users, {summary.items} items -> {summary.shards} shards in {summary.out} "
+        f"({summary.seconds:.1f} s)"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from training.cli.distributed import is_sharded_run, run_sharded_train
     from training.pipeline import train
 
     extra = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     config = config_from_arguments(args, extra)
     logging.getLogger(__name__).info("resolved config: %s", config.to_dict())
+    if is_sharded_run(args):
+        # --nproc / --prepared / started by torchrun: streamed shards, data-parallel workers.
+        run_sharded_train(args, config)
+        return
+    if args.interactions is None:
+        raise ValueError("recsys train needs --interactions FILE (or --prepared DIR)")
     summary = train(config, args.interactions, args.users, args.items, args.out, overwrite=args.overwrite)
     print(f"model {summary.model_version} -> {summary.bundle}")
     if summary.metrics:
@@ -182,18 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_synth)
 
+    p = commands.add_parser(
+        "prepare", help="streamed feature pass: encoders, popularity and user-hash-sharded examples"
+    )
+    p.add_argument(
+        "--interactions",
+        required=True,
+        help="interactions: a .parquet/.csv file, a directory of them (hive partitions welcome) or a glob",
+    )
+    p.add_argument("--users", type=Path, help="user attributes .parquet/.csv")
+    p.add_argument("--items", type=Path, help="item attributes .parquet/.csv")
+    p.add_argument("--out", type=Path, required=True, help="prepared directory to create")
+    p.add_argument("--shards", type=int, help="number of shards (default: ~1M events each, at least 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared directory")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_prepare)
+
     p = commands.add_parser("train", help="train, evaluate, write a bundle, log to MLflow")
     p.add_argument(
         "--interactions",
         type=Path,
-        required=True,
-        help="interactions .parquet/.csv, or an event-log directory (recsys serve --events-dir)",
+        help="interactions .parquet/.csv, or an event-log directory (recsys serve --events-dir); "
+        "with --nproc also a directory or glob of files (streamed)",
     )
     p.add_argument("--users", type=Path, help="user attributes .parquet/.csv")
     p.add_argument("--items", type=Path, help="item attributes .parquet/.csv")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle (atomically)")
+    add_distributed_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -87,25 +87,30 @@ def _ids_as_strings(frame: pl.DataFrame, path: Path, column: str) -> pl.DataFram
     return frame
 
 
-def _timestamps_as_seconds(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
-    column = "timestamp"
-    dtype = frame.schema[column]
-    original = pl.col(column)
+def timestamp_seconds(dtype: pl.DataType, path: Path | str) -> pl.Expr:
+    """Expression turning column ``timestamp`` of ``dtype`` into unix seconds (Int64; null where
+    unparseable). Shared by the eager reader below and the streaming feature pass
+    (:mod:`training.data.stream_prepare`), so both accept the same inputs."""
+    original = pl.col("timestamp")
     if dtype.is_integer():
-        parsed = original.cast(pl.Int64)
-    elif dtype.is_float():
-        parsed = original.floor().cast(pl.Int64)
-    elif dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
-        parsed = original.cast(pl.Datetime("us")).dt.epoch("s")
-    elif dtype == pl.Utf8:
+        return original.cast(pl.Int64)
+    if dtype.is_float():
+        return original.floor().cast(pl.Int64)
+    if dtype in (pl.Date,) or isinstance(dtype, pl.Datetime):
+        return original.cast(pl.Datetime("us")).dt.epoch("s")
+    if dtype == pl.Utf8:
         text = original.str.strip_chars()
-        parsed = pl.coalesce(
+        return pl.coalesce(
             text.cast(pl.Int64, strict=False),
             # time_zone="UTC": naive strings are taken as UTC and offsets ("Z", "+02:00") are honoured.
             text.str.to_datetime(strict=False, time_unit="us", time_zone="UTC").dt.epoch("s"),
         )
-    else:
-        raise InputError(f"{path}: column timestamp: unsupported type {dtype}")
+    raise InputError(f"{path}: column timestamp: unsupported type {dtype}")
+
+
+def _timestamps_as_seconds(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    column = "timestamp"
+    parsed = timestamp_seconds(frame.schema[column], path)
     frame = frame.with_columns(parsed.alias("_ts"))
     bad = pl.col("_ts").is_null()
     if frame.select(bad.any()).item():

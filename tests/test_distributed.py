@@ -1,0 +1,182 @@
+"""Data-parallel training with real gloo processes on CPU (no mocks).
+
+* The N-rank loss is the single-process objective: 2 ranks, each with half of a global batch,
+  all-gathered item embeddings and DDP's gradient averaging, give the gradients of 1 process on the
+  whole batch (this file re-runs itself as the rank processes).
+* ``recsys train --nproc 2`` streams, trains on 2 ranks and writes one bundle (rank 0), registered.
+* A worker that dies fails the run naming its rank; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from training.cli.main import main
+from training.config import Config, DataConfig, load_config
+from training.data.stream_prepare import prepare_shards
+from training.data.synth import SynthConfig, synthesize
+from training.features import Prepared, prepare
+from training.fit.distributed import RankInfo, _global_log_expected, _StepLoss, per_rank_config
+from training.fit.interaction_task import InteractionTask
+from training.sharded_pipeline import DistributedTrainingError, ShardedInputs, launch_training
+
+GLOBAL_BATCH = 24
+WORKER_OVERRIDES = (
+    "train.progress=false",
+    "train.device=cpu",
+    "model.embedding_dim=16",
+    "model.output_dim=16",
+    "model.hidden_dims=[32]",
+)
+
+
+def _tiny() -> tuple[Prepared, Config]:
+    """A deterministic tiny data set and a model without randomness in the step (no dropout, in-batch
+    negatives only: the part that must cross the ranks)."""
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 12, 200)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 40, 200)],
+            "timestamp": np.arange(200, dtype=np.int64),
+        }
+    )
+    config = load_config(
+        None,
+        [
+            "train.objective=interaction",
+            f"train.batch_size={GLOBAL_BATCH}",
+            "train.uniform_negatives=0",
+            "train.others_history_share=0.0",
+            "train.device=cpu",
+            "model.dropout=0.0",
+            "model.id_dropout=0.0",
+            "model.embedding_dim=8",
+            "model.output_dim=8",
+            "model.hidden_dims=[16]",
+        ],
+    )
+    return prepare(frame, None, None, DataConfig()), config
+
+
+def _gradients(info: RankInfo) -> dict[str, torch.Tensor]:
+    """Gradients after one step on this rank's part of the global batch (the whole batch for 1 rank)."""
+    prepared, config = _tiny()
+    rank_config = per_rank_config(config, info.world_size)
+    task = InteractionTask(prepared, rank_config)
+    _global_log_expected(task, prepared.popularity, len(task), info.world_size)
+    size = GLOBAL_BATCH // info.world_size
+    positions = np.arange(info.rank * size, (info.rank + 1) * size, dtype=np.int64)
+    module: torch.nn.Module = _StepLoss(task, info)
+    if info.world_size > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    task.model.train()
+    loss = module(task.build(positions), torch.tensor(1.0))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in task.model.named_parameters() if p.grad is not None}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_two_gloo_ranks_take_the_gradient_of_one_process_on_the_global_batch(tmp_path: Path) -> None:
+    port = _free_port()
+    ranks = [
+        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(port), str(tmp_path / f"g{rank}.pt")])
+        for rank in range(2)
+    ]
+    assert [p.wait(timeout=600) for p in ranks] == [0, 0]
+    single = _gradients(RankInfo(rank=0, world_size=1, local_rank=0))
+    for rank in range(2):
+        averaged = torch.load(tmp_path / f"g{rank}.pt")
+        assert averaged.keys() == single.keys()
+        for name, gradient in single.items():
+            torch.testing.assert_close(averaged[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(SynthConfig(users=200, items=60, events=4000, seed=5), out)
+    return out
+
+
+def test_train_nproc_2_writes_one_registered_bundle(
+    synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.bundle.format import load_bundle
+
+    monkeypatch.chdir(tmp_path)  # MLflow's artifact store (./mlruns) of rank 0, which inherits it
+
+    bundle = tmp_path / "bundle"
+    args = [
+        "train",
+        "--interactions",
+        str(synth / "interactions.parquet"),
+        "--items",
+        str(synth / "items.parquet"),
+    ]
+    args += ["--out", str(bundle), "--nproc", "2", "--shards", "4"]
+    for override in (
+        *WORKER_OVERRIDES,
+        "train.objective=interaction",
+        "train.epochs=1",
+        "train.batch_size=64",
+    ):
+        args += ["--set", override]
+    args += ["--set", f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"']
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(2 worker(s))" in out
+    assert "registered version 1" in out
+    loaded = load_bundle(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["info"]["distributed"]["world_size"] == 2
+    assert len(manifest["info"]["distributed"]["rank_samples_per_second"]) == 2
+    assert loaded.sequences.items.size == open_count(tmp_path / "bundle.prepared")
+    # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]
+
+
+def open_count(prepared: Path) -> int:
+    return int(json.loads((prepared / "manifest.json").read_text())["interactions"])
+
+
+def test_a_dead_worker_fails_the_run_naming_its_rank(synth: Path, tmp_path: Path) -> None:
+    tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
+    config = load_config(None, [*WORKER_OVERRIDES, "train.objective=sequence", "train.epochs=1", tracking])
+    prepared = tmp_path / "prepared"
+    prepare_shards(synth / "interactions.parquet", None, None, prepared, config.data, shards=2)
+    # Rank 1 of 2 reads shard 1 (and only it): damaged, so that worker dies on reading it.
+    (prepared / "shards" / "part-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DistributedTrainingError, match=r"worker rank 1 of 2 failed .*part-00001\.parquet"):
+        launch_training(config, ShardedInputs(prepared=prepared), tmp_path / "bundle", nproc=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no bundle, no MLflow store
+
+
+def test_sharded_training_refuses_auto(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"train\.objective = 'auto'"):
+        launch_training(load_config(None, []), ShardedInputs(prepared=tmp_path), tmp_path / "b", nproc=2)
+
+
+if __name__ == "__main__":
+    # One rank of the gradient test: python tests/test_distributed.py RANK WORLD PORT OUT
+    import torch.distributed as dist
+
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.save(_gradients(RankInfo(rank=rank, world_size=world, local_rank=rank)), out)
+    dist.destroy_process_group()

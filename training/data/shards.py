@@ -1,0 +1,134 @@
+"""Reading a prepared directory (:mod:`training.data.stream_prepare`): encoders, tables, shards.
+
+:func:`open_prepared` loads what grows with users and items (encoders, encoded attribute tables,
+popularity) and none of the events. :meth:`PreparedShards.prepared` then reads the events of some
+shards only and returns a :class:`training.features.Prepared` whose sequences hold just those
+shards' users (every other user row is empty), so a trainer's memory is bounded by the shards it
+holds at a time, not by the data. ``prepared(all shards)`` is the whole data set (the bundle's).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from serving.model.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
+from serving.model.history import Sequences
+from training.data.io import InputError
+from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
+from training.features import Prepared
+
+
+@dataclass(frozen=True)
+class PreparedShards:
+    """A prepared directory, opened. Row r of the user/item arrays is index r + 2, as in Prepared."""
+
+    root: Path
+    manifest: dict[str, Any]
+    user_encoder: EntityEncoder
+    item_encoder: EntityEncoder
+    user_table: pl.DataFrame
+    item_table: pl.DataFrame
+    user_features: EncodedFeatures
+    item_features: EncodedFeatures
+    popularity: npt.NDArray[np.int64]
+
+    @property
+    def shards(self) -> int:
+        return int(self.manifest["shards"])
+
+    @property
+    def interactions(self) -> int:
+        return int(self.manifest["interactions"])
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / "shards" / shard_name(shard)
+
+    def prepared(self, shards: Sequence[int]) -> Prepared:
+        """The events of ``shards`` as a Prepared (global encoders, features and popularity)."""
+        users: list[npt.NDArray[np.int64]] = []
+        items: list[npt.NDArray[np.int64]] = []
+        for shard in shards:
+            if not 0 <= shard < self.shards:
+                raise ValueError(f"{self.root}: shard {shard} does not exist ({self.shards} shards)")
+            path = self.shard_path(shard)
+            try:
+                frame = pl.read_parquet(path, columns=["user_index", "item_index"])
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise InputError(f"{path}: cannot be read: {exc}") from exc
+            users.append(frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX)
+            items.append(frame.get_column("item_index").to_numpy().astype(np.int64))
+        user_rows = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
+        item_indices = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        n_users = self.user_table.height
+        if len(user_rows) and (user_rows.min() < 0 or user_rows.max() >= n_users):
+            raise InputError(f"{self.root}: shards hold user indices outside the vocabulary")
+        if len(shards) > 1:
+            # Users are disjoint across shards and time-ordered within one: a stable sort by user
+            # keeps every sequence in time order.
+            order = np.argsort(user_rows, kind="stable")
+            user_rows, item_indices = user_rows[order], item_indices[order]
+        counts = np.bincount(user_rows, minlength=n_users)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Prepared(
+            user_encoder=self.user_encoder,
+            item_encoder=self.item_encoder,
+            user_table=self.user_table,
+            item_table=self.item_table,
+            user_features=self.user_features,
+            item_features=self.item_features,
+            sequences=Sequences(indptr, item_indices),
+            popularity=self.popularity,
+            dropped_interactions=0,
+        )
+
+
+def open_prepared(root: Path) -> PreparedShards:
+    """Open ``root`` written by ``recsys prepare``; a missing or foreign directory is an InputError
+    naming the file."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{manifest_path}: not found (is {root} a directory written by `recsys prepare`?)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise InputError(
+            f"{manifest_path}: format {manifest.get('format')!r} version {manifest.get('version')!r}, "
+            f"expected {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    for shard in range(int(manifest["shards"])):
+        if not (root / "shards" / shard_name(shard)).is_file():
+            raise InputError(f"{root / 'shards' / shard_name(shard)}: missing shard")
+    user_table = pl.read_parquet(root / "users.parquet")
+    item_table = pl.read_parquet(root / "items.parquet")
+    user_encoder = _encoder(root, "user", user_table.get_column("user_id"))
+    item_encoder = _encoder(root, "item", item_table.get_column("item_id"))
+    popularity = np.load(root / "popularity.npy").astype(np.int64)
+    if len(popularity) != item_table.height:
+        raise InputError(
+            f"{root / 'popularity.npy'}: {len(popularity)} items, items.parquet has {item_table.height}"
+        )
+    return PreparedShards(
+        root=root,
+        manifest=manifest,
+        user_encoder=user_encoder,
+        item_encoder=item_encoder,
+        user_table=user_table,
+        item_table=item_table,
+        user_features=user_encoder.transform(user_table),
+        item_features=item_encoder.transform(item_table),
+        popularity=popularity,
+    )
+
+
+def _encoder(root: Path, name: str, ids: pl.Series) -> EntityEncoder:
+    description = json.loads((root / f"{name}_encoder.json").read_text())
+    vocabularies = pl.read_parquet(root / f"{name}_vocab.parquet")
+    return EntityEncoder.from_data(description, vocabularies, ids)

@@ -1,0 +1,418 @@
+"""Data-parallel training over user shards: one process per rank, ``torch.distributed`` underneath.
+
+Contract (what every rank does, :class:`ShardedTraining`):
+
+* **Data**: rank ``r`` of ``W`` reads shards ``r, r + W, ...`` of a prepared directory, one shard at a
+  time (:meth:`training.data.shards.PreparedShards.prepared`), so its memory is bounded by one shard
+  plus the per-user and per-item arrays. A task (the same ``InteractionTask`` / ``SequenceTask`` as
+  single-process training) is re-pointed at each shard (:func:`bind_shard`) and cuts it into steps.
+* **Global batch**: each rank's step is ``1/W`` of the configured ``batch_size`` /
+  ``window_batch_size``, so W ranks take the same global batch and learning rate as one process.
+  Before each step the ranks agree (one all-reduce) that all of them still have a batch; the epoch
+  ends for all at the first rank out of data (ranks never wait for each other in a collective).
+* **Gradients**: the loss runs inside :class:`~torch.nn.parallel.DistributedDataParallel`'s forward,
+  so backward averages the gradients over ranks (gloo on CPU, NCCL on GPUs).
+* **Negatives cross the ranks**: for the ``interaction`` objective the step's item embeddings (and
+  ids, logQ corrections and uniform negatives) are all-gathered with autograd
+  (:func:`torch.distributed.nn.functional.all_gather`), so each rank's softmax is over the global
+  batch; with DDP's averaging the gradient is the single-process gradient of the global batch
+  (:func:`interaction_loss`, checked by tests/test_distributed.py). With the exact softmax (catalogue
+  no larger than ``uniform_negatives``) every rank already scores every item. Sequence objectives
+  weight each rank's mean by its share of the step's loss rows, so the average over ranks is the
+  global mean; their uniform negatives are drawn per rank (not gathered).
+* **Schedule**: ``train.epochs`` epochs, a linear warm-up over the first epoch then a cosine decay
+  per epoch (no validation split in the sharded path: early stopping and ``auto`` need one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from serving.model.features import FIRST_TOKEN_INDEX
+from serving.model.towers import Inputs, TwoTowerModel
+from training.config import Config
+from training.data.shards import PreparedShards
+from training.features import Prepared
+from training.fit.auto import with_overrides
+from training.fit.interaction_task import ExampleBatcher, InteractionTask
+from training.fit.losses import full_softmax_loss
+from training.fit.sequence_task import SequenceTask
+from training.fit.trainer import Task, make_task
+
+log = logging.getLogger(__name__)
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = RankInfo(rank=0, world_size=1, local_rank=0)
+
+
+def rank_from_env() -> RankInfo:
+    """This process's rank as torchrun sets it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); rank 0 of 1
+    outside torchrun."""
+    return RankInfo(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def device_for(config: Config, info: RankInfo) -> str:
+    """``cuda:LOCAL_RANK`` when training on GPUs (one GPU per rank), else ``cpu``."""
+    wanted = config.train.device
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        return f"cuda:{info.local_rank}"
+    return "cpu"
+
+
+@contextmanager
+def process_group(info: RankInfo, device: str) -> Iterator[None]:
+    """The default process group for ``info`` (NCCL on GPUs, gloo on CPU); none for one rank."""
+    if info.world_size == 1 or dist.is_initialized():
+        yield
+        return
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shards_of(info: RankInfo, shards: int) -> list[int]:
+    """The shards rank ``info.rank`` reads: every ``world_size``-th from its rank."""
+    if shards < info.world_size:
+        raise ValueError(
+            f"{shards} shard(s) for {info.world_size} ranks: prepare at least one shard per rank (--shards)"
+        )
+    return list(range(info.rank, shards, info.world_size))
+
+
+def per_rank_config(config: Config, world_size: int) -> Config:
+    """``config`` with the step sizes split over the ranks (the global batch stays the configured one)."""
+    train = config.train
+    return with_overrides(
+        config,
+        {
+            "train": {
+                "batch_size": max(train.batch_size // world_size, 2),
+                "window_batch_size": max(train.window_batch_size // world_size, 1),
+            }
+        },
+    )
+
+
+def bind_shard(task: Task, prepared: Prepared) -> None:
+    """Point ``task`` at the examples of ``prepared`` (one shard), keeping its model, optimizer and
+    random state. The global per-item arrays (features, popularity) are the same in every shard."""
+    if isinstance(task, InteractionTask):
+        spec, cfg = task.spec, task.config
+        task.batcher = ExampleBatcher(
+            prepared, spec.history_length, cfg.model.id_dropout, task.rng, cfg.train.others_history_share
+        )
+        task.negatives.batcher = task.batcher
+    elif isinstance(task, SequenceTask):
+        from training.fit.sequences import sequence_windows
+
+        task.prepared = prepared
+        task.windows = sequence_windows(prepared.sequences, task.spec.history_length)
+    else:
+        raise TypeError(f"no shard binding for {type(task).__name__}")
+
+
+def _global_log_expected(task: InteractionTask, popularity: IntArray, total: int, world_size: int) -> None:
+    """logQ of the *global* step: ``W * per-rank batch`` draws by popularity over every event (a shard
+    alone would misjudge the share), plus the uniform draws of every rank."""
+    negatives = task.negatives
+    share = popularity.astype(np.float64) / max(total, 1)
+    expected = world_size * (
+        task.config.train.batch_size * share + negatives.uniform / max(negatives.n_items, 1)
+    )
+    negatives.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(task.device)
+
+
+def gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """All ranks' ``tensor`` concatenated in rank order; gradients flow back to each rank's part."""
+    if world_size == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor))  # type: ignore[no-untyped-call]
+
+
+def gather_plain(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """All ranks' ``tensor`` concatenated in rank order (no gradient)."""
+    if world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def global_softmax_loss(
+    users: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    positive_ids: torch.Tensor,
+    offset: int,
+    temperature: float,
+    corrections: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mean cross-entropy of local row i against column ``offset + i`` of the global candidates.
+
+    The same as :func:`training.fit.losses.sampled_softmax_loss` on the global batch, read at this
+    rank's rows: candidates equal to a row's positive id (other than its own column) are masked.
+    """
+    logits = users @ candidates.T / temperature
+    if corrections is not None:
+        logits = logits - corrections.unsqueeze(0)
+    rows = torch.arange(users.shape[0], device=users.device)
+    own = offset + rows
+    false_negative = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)
+    false_negative[rows, own] = False
+    logits = logits.masked_fill(false_negative, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, own)
+
+
+def interaction_loss(
+    task: InteractionTask, batch: tuple[Inputs, Inputs, torch.Tensor], info: RankInfo
+) -> torch.Tensor:
+    """The interaction objective over the global batch (module docstring); ``info.world_size == 1``
+    is :class:`~training.fit.interaction_task.NegativeSampler`'s loss."""
+    model, negatives = task.model, task.negatives
+    user_inputs, item_inputs, item_ids = batch
+    users = model.user_embedding(user_inputs)
+    if negatives.exact:
+        every = negatives._items(model, np.arange(negatives.n_items, dtype=np.int64))
+        return full_softmax_loss(users, every, item_ids - FIRST_TOKEN_INDEX, negatives.temperature)
+    world = info.world_size
+    items = model.item_embedding(item_inputs)
+    candidates = [gather_with_grad(items, world)]
+    ids = [gather_plain(item_ids, world)]
+    log_q = negatives.log_expected[item_ids - FIRST_TOKEN_INDEX] if negatives.correct else None
+    corrections = [gather_plain(log_q, world)] if log_q is not None else []
+    if negatives.uniform > 0:
+        rows = task.rng.choice(negatives.n_items, size=negatives.uniform, replace=False).astype(np.int64)
+        row_tensor = torch.from_numpy(rows).to(task.device)
+        candidates.append(gather_with_grad(negatives._items(model, rows), world))
+        ids.append(gather_plain(row_tensor + FIRST_TOKEN_INDEX, world))
+        if log_q is not None:
+            corrections.append(gather_plain(negatives.log_expected[row_tensor], world))
+    return global_softmax_loss(
+        users,
+        torch.cat(candidates),
+        torch.cat(ids),
+        item_ids,
+        info.rank * users.shape[0],
+        negatives.temperature,
+        torch.cat(corrections) if corrections else None,
+    )
+
+
+class _StepLoss(nn.Module):
+    """The task's loss as a module forward, so that DDP sees (and syncs) the whole step."""
+
+    def __init__(self, task: Task, info: RankInfo) -> None:
+        super().__init__()
+        self.model: TwoTowerModel = task.model
+        self.task = task
+        self.info = info
+
+    def forward(self, batch: Any, weight: torch.Tensor) -> torch.Tensor:
+        task = self.task
+        if isinstance(task, InteractionTask):
+            loss = interaction_loss(task, batch, self.info)
+        elif isinstance(task, SequenceTask):
+            loss = task.loss(batch)
+        else:
+            raise TypeError(f"no distributed loss for {type(task).__name__}")
+        if not loss.requires_grad:
+            # No loss rows here: still a graph over every parameter, so all ranks run the same backward.
+            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters())
+        return loss * weight
+
+
+@dataclass
+class ShardedResult:
+    model: TwoTowerModel
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    rows: int = 0
+    """Loss rows this rank trained on, over every epoch."""
+    rank_samples_per_second: list[float] = field(default_factory=list)
+    """Per rank (index = rank), every rank's figure (gathered)."""
+    rank_peak_rss_mb: list[float] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return float(sum(self.rank_samples_per_second))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class ShardedTraining:
+    """One rank's share of data-parallel training over a prepared directory (module docstring)."""
+
+    def __init__(self, data: PreparedShards, config: Config, info: RankInfo, device: str) -> None:
+        self.data, self.info = data, info
+        self.config = config
+        if config.train.objective == "auto":
+            raise ValueError(
+                "train.objective = 'auto' needs a validation split, which the sharded path does not carve: "
+                "set a concrete objective (interaction, sequence, bag or mixed), e.g. "
+                "--set train.objective=interaction"
+            )
+        rank_config = per_rank_config(with_overrides(config, {"train": {"device": device}}), info.world_size)
+        self.shards = shards_of(info, data.shards)
+        # The model and optimizer are built on an empty shard set; bind_shard brings the examples.
+        self.task = make_task(data.prepared([]), rank_config)
+        # Each rank its own stream (shuffles, uniform negatives, id dropout); the same init weights
+        # everywhere (seeded before the rng; DDP broadcasts rank 0's anyway).
+        self.task.rng = np.random.default_rng([config.train.seed, info.rank])
+        if isinstance(self.task, InteractionTask):
+            self.task.batcher.rng = self.task.rng
+            _global_log_expected(self.task, data.popularity, data.interactions, info.world_size)
+        self.step_loss: nn.Module = _StepLoss(self.task, info)
+        if info.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(device).index] if device.startswith("cuda") else None
+            self.step_loss = DistributedDataParallel(
+                self.step_loss, device_ids=ids, find_unused_parameters=True
+            )
+        self.batch_rows = rank_config.train.batch_size
+        self.device = torch.device(device)
+
+    def _positions(self) -> Iterator[IntArray]:
+        """Example positions of each step of one epoch on this rank, shard after shard (shuffled)."""
+        task = self.task
+        for shard in task.rng.permutation(np.asarray(self.shards, dtype=np.int64)):
+            bind_shard(task, self.data.prepared([int(shard)]))
+            n = len(task)
+            for positions in task.batches(task.rng.permutation(n).astype(np.int64)):
+                if isinstance(task, InteractionTask) and len(positions) != self.batch_rows:
+                    continue  # all-gathered steps need one size on every rank
+                yield positions
+
+    def _steps_per_epoch(self) -> int:
+        """Global steps of an epoch, estimated from the manifest alone (every rank gets the same figure,
+        so every rank sets the same learning rate): the length of the first epoch's warm-up."""
+        cfg, data = self.config.train, self.data
+        if isinstance(self.task, SequenceTask):
+            windows = data.interactions / max(self.task.spec.history_length, 1) + int(data.manifest["users"])
+            return max(int(windows // max(cfg.window_batch_size, 1)), 1)
+        return max(data.interactions // max(cfg.batch_size, 1), 1)
+
+    def _agree(self, has_batch: bool, rows: int) -> tuple[bool, int]:
+        """(every rank has a batch, loss rows of the global step): one small all-reduce."""
+        if self.info.world_size == 1:
+            return has_batch, rows
+        flags = torch.tensor([int(has_batch), rows], dtype=torch.int64)
+        if self.device.type == "cuda":
+            flags = flags.to(self.device)
+        dist.all_reduce(flags)
+        return int(flags[0]) == self.info.world_size, int(flags[1])
+
+    def run(self, max_steps: int | None = None) -> ShardedResult:
+        """Train ``train.epochs`` epochs (each at most ``max_steps`` steps); collective on every rank."""
+        cfg, task, world = self.config.train, self.task, self.info.world_size
+        epochs = cfg.epochs
+        estimated = self._steps_per_epoch()
+        result = ShardedResult(model=task.model)
+        started = time.perf_counter()
+        for epoch in range(epochs):
+            rate = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+            total, steps = 0.0, 0
+            batches = self._positions()
+            while max_steps is None or steps < max_steps:
+                positions = next(batches, None)
+                batch = task.build(positions) if positions is not None else None
+                rows = _rows(batch, positions) if batch is not None and positions is not None else 0
+                everyone, global_rows = self._agree(batch is not None, rows)
+                if not everyone or batch is None:
+                    break
+                warm = min((steps + 1) / estimated, 1.0) if epoch == 0 else 1.0
+                for group in task.optimizer.param_groups:
+                    group["lr"] = rate * warm
+                # Sequence objectives: this rank's mean counts by its share of the global rows.
+                weight = world * rows / global_rows if isinstance(task, SequenceTask) and global_rows else 1.0
+                task.model.train()
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    loss = self.step_loss(batch, torch.tensor(weight, device=self.device))
+                task.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                task.optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+                result.rows += rows
+            result.steps += steps
+            mean = self._mean(total / max(steps, 1))
+            result.epoch_losses.append(mean)
+            log.info(
+                "rank %d epoch %d/%d: %d steps, loss %.4f, peak RSS %.0f MiB",
+                self.info.rank,
+                epoch + 1,
+                epochs,
+                steps,
+                mean,
+                peak_rss_mb(),
+            )
+        result.seconds = time.perf_counter() - started
+        mine = torch.tensor([result.rows / max(result.seconds, 1e-9), peak_rss_mb()], dtype=torch.float64)
+        every = self._gather_floats(mine)
+        result.rank_samples_per_second = [float(r[0]) for r in every]
+        result.rank_peak_rss_mb = [float(r[1]) for r in every]
+        task.model.eval()
+        return result
+
+    def _mean(self, value: float) -> float:
+        if self.info.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL: device tensors
+        dist.all_reduce(tensor)
+        return float(tensor[0]) / self.info.world_size
+
+    def _gather_floats(self, values: torch.Tensor) -> list[torch.Tensor]:
+        if self.info.world_size == 1:
+            return [values]
+        parts = [torch.empty_like(values) for _ in range(self.info.world_size)]
+        if self.device.type == "cuda":
+            moved = [p.to(self.device) for p in parts]
+            dist.all_gather(moved, values.to(self.device))
+            return [p.cpu() for p in moved]
+        dist.all_gather(parts, values)
+        return parts
+
+
+def _rows(batch: Any, positions: IntArray) -> int:
+    rows = getattr(batch, "rows", None)
+    return int(rows) if rows is not None else len(positions)
