@@ -171,6 +171,13 @@ def test_sharded_training_refuses_auto(tmp_path: Path) -> None:
         launch_training(load_config(None, []), ShardedInputs(prepared=tmp_path), tmp_path / "b", nproc=2)
 
 
+@pytest.mark.parametrize("objective", ["linear", "mf"])
+def test_sharded_training_refuses_the_closed_forms(tmp_path: Path, objective: str) -> None:
+    config = load_config(None, [f"train.objective={objective}"])
+    with pytest.raises(ValueError, match=rf"train\.objective = '{objective}' is a closed form"):
+        launch_training(config, ShardedInputs(prepared=tmp_path), tmp_path / "b", nproc=2)
+
+
 if __name__ == "__main__":
     # One rank of the gradient test: python tests/test_distributed.py RANK WORLD PORT OUT
     import torch.distributed as dist

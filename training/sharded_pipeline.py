@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import Config, to_toml
+from training.config import CLOSED_FORM_OBJECTIVES, Config, to_toml
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ def check_config(config: Config) -> None:
         raise ValueError(
             "train.objective = 'auto' is single-process (it trains candidates on a validation split): "
             "with --nproc/--prepared set a concrete objective, e.g. --set train.objective=interaction"
+        )
+    if config.train.objective in CLOSED_FORM_OBJECTIVES:
+        raise ValueError(
+            f"train.objective = {config.train.objective!r} is a closed form over every interaction at "
+            "once (one process, items x items memory): with --nproc/--prepared set an iterative "
+            "objective (interaction, sequence, bag or mixed)"
         )
     if config.privacy.pseudonymise_user_ids:
         raise ValueError(
