@@ -25,24 +25,17 @@ scores it once, and a refit replays that one epoch on all the training data.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import time
 import weakref
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.linalg
-import torch
 
-from serving.model.features import FIRST_TOKEN_INDEX
-from serving.model.towers import TwoTowerModel
 from training.config import Config
 from training.evaluation.baselines import EASE
 from training.features import Prepared
-from training.fit.setup import model_spec, resolve_device, seed_everything
-
-log = logging.getLogger(__name__)
+from training.fit.closed_form import ClosedFormTask, write_linear
+from training.fit.setup import model_spec
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -134,20 +127,14 @@ def fit_factors(prepared: Prepared, config: Config) -> tuple[FloatArray, FloatAr
     return factors
 
 
-class LinearTask:
-    """The trainer's task protocol around a closed-form fit: one epoch of one step that fits it."""
-
-    closed_form = True
+class LinearTask(ClosedFormTask):
+    """EASE fitted and written into linear towers (module docstring)."""
 
     def __init__(self, prepared: Prepared, config: Config) -> None:
-        seed_everything(config.train.seed)
-        self.config = config
-        self.prepared = prepared
-        self.device = resolve_device(config.train.device)
         dim = closed_form_dim(prepared.n_items, config)
         # The towers' shape follows from the fit (rank + 1, linear, a history table of their own),
         # whatever the [model] section says; the bundle stores this spec, so serving builds the same.
-        self.spec = dataclasses.replace(
+        spec = dataclasses.replace(
             model_spec(prepared, config),
             embedding_dim=dim,
             output_dim=dim,
@@ -156,48 +143,12 @@ class LinearTask:
             user_id_embedding=False,
             shared_history_embedding=False,
         )
-        self.model = TwoTowerModel(self.spec).to(self.device)
-        # The trainer sets learning rates on an optimizer each step; nothing is learned by gradient.
-        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.train.learning_rate
-        )
-        self.rng = np.random.default_rng(config.train.seed)
+        super().__init__(prepared, config, spec)
 
-    def __len__(self) -> int:
-        return 1
-
-    def batches(self, order: npt.NDArray[np.int64]) -> list[npt.NDArray[np.int64]]:
-        return [order]
-
-    def build(self, positions: npt.NDArray[np.int64]) -> None:
-        return None
-
-    def step(self, batch: Any) -> torch.Tensor:
-        """Fit ``B`` on every interaction of the prepared data and write it into the towers."""
-        started = time.perf_counter()
+    def fit(self) -> str:
+        """History rows (rank d) into the user tower's own table, unit target rows (d + 1) into the
+        item tower's."""
         history, targets = fit_factors(self.prepared, self.config)
-        self._write(history, targets)
-        log.info(
-            "linear: %d items, rank %d, fitted in %.1f s",
-            self.prepared.n_items,
-            history.shape[1],
-            time.perf_counter() - started,
-        )
-        return torch.zeros(())
-
-    @torch.no_grad()
-    def _write(self, history: FloatArray, targets: FloatArray) -> None:
-        """History rows (rank d) into the user tower's table, unit target rows (d + 1) into the item
-        tower's; both towers' linear layers become the identity on that part and zero elsewhere."""
-        dim = targets.shape[1]
-        n = history.shape[0]
         user, item = self.model.user_tower, self.model.item_tower
-        for table, rows in ((user.item_ids, history), (item.item_ids, targets)):
-            table.weight.zero_()
-            table.weight[FIRST_TOKEN_INDEX : FIRST_TOKEN_INDEX + n, : rows.shape[1]] = torch.from_numpy(rows)
-        for mlp in (user.mlp, item.mlp):
-            layer = mlp[0]
-            assert isinstance(layer, torch.nn.Linear)
-            layer.weight.zero_()
-            layer.weight[:, :dim] = torch.eye(dim)
-            layer.bias.zero_()
+        write_linear(self.model, [(user.item_ids, history), (item.item_ids, targets)], targets.shape[1])
+        return f"linear: {self.prepared.n_items} items, rank {history.shape[1]}"
