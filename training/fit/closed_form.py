@@ -9,6 +9,7 @@ layer) so that the identity on the id part and zero on the rest pass the fitted 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -21,11 +22,25 @@ from serving.model.features import FIRST_TOKEN_INDEX
 from serving.model.towers import TwoTowerModel, TwoTowerSpec
 from training.config import Config
 from training.features import Prepared
-from training.fit.setup import resolve_device, seed_everything
+from training.fit.setup import model_spec, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
+
+
+def linear_tower_spec(prepared: Prepared, config: Config, dim: int, **flags: Any) -> TwoTowerSpec:
+    """The spec of linear towers ``dim`` wide over ``prepared`` (no hidden layer, mean history): the
+    shape follows from the fit, whatever the ``[model]`` section says; the bundle stores this spec, so
+    serving builds the same. ``flags``: the other spec fields the fit decides (which tables it fills)."""
+    return dataclasses.replace(
+        model_spec(prepared, config),
+        embedding_dim=dim,
+        output_dim=dim,
+        hidden_dims=(),
+        history_encoder="mean",
+        **flags,
+    )
 
 
 class ClosedFormTask:

@@ -13,31 +13,23 @@ serving's fallback. Like :class:`~training.fit.linear_task.LinearTask`, a one-st
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from training.config import Config
 from training.evaluation.baselines import IALS
 from training.features import Prepared
-from training.fit.closed_form import ClosedFormTask, write_linear
+from training.fit.closed_form import ClosedFormTask, linear_tower_spec, write_linear
 from training.fit.linear_task import to_unit_targets
-from training.fit.setup import model_spec
 
 
 class FactorTask(ClosedFormTask):
     """iALS fitted and written into linear towers (module docstring)."""
 
     def __init__(self, prepared: Prepared, config: Config) -> None:
-        dim = config.train.mf_factors + 1
-        # The towers' shape follows from the fit (factors + 1, linear, the user-id table), whatever
-        # the [model] section says; the bundle stores this spec, so serving builds the same.
-        spec = dataclasses.replace(
-            model_spec(prepared, config),
-            embedding_dim=dim,
-            output_dim=dim,
-            hidden_dims=(),
-            history_encoder="mean",
+        spec = linear_tower_spec(
+            prepared,
+            config,
+            config.train.mf_factors + 1,
             user_id_embedding=True,
             shared_history_embedding=True,
             history_decay=0.0,

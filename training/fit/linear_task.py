@@ -24,7 +24,6 @@ scores it once, and a refit replays that one epoch on all the training data.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 
 import numpy as np
@@ -34,8 +33,7 @@ import scipy.linalg
 from training.config import Config
 from training.evaluation.baselines import EASE
 from training.features import Prepared
-from training.fit.closed_form import ClosedFormTask, write_linear
-from training.fit.setup import model_spec
+from training.fit.closed_form import ClosedFormTask, linear_tower_spec, write_linear
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -131,15 +129,10 @@ class LinearTask(ClosedFormTask):
     """EASE fitted and written into linear towers (module docstring)."""
 
     def __init__(self, prepared: Prepared, config: Config) -> None:
-        dim = closed_form_dim(prepared.n_items, config)
-        # The towers' shape follows from the fit (rank + 1, linear, a history table of their own),
-        # whatever the [model] section says; the bundle stores this spec, so serving builds the same.
-        spec = dataclasses.replace(
-            model_spec(prepared, config),
-            embedding_dim=dim,
-            output_dim=dim,
-            hidden_dims=(),
-            history_encoder="mean",
+        spec = linear_tower_spec(
+            prepared,
+            config,
+            closed_form_dim(prepared.n_items, config),
             user_id_embedding=False,
             shared_history_embedding=False,
         )
