@@ -101,6 +101,10 @@ def process_group(info: RankInfo, device: str) -> Iterator[None]:
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         yield
+        # Every rank past its last collective before any tears the group down (a rank whose gloo
+        # threads were still joinable at teardown aborted with exit -6 in a test). Skipped when the
+        # body raised: a dead peer would leave the barrier waiting.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
