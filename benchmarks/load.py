@@ -115,14 +115,19 @@ class Startup:
     seconds_to_serving: float  # process start to health SERVING (bundle loaded and verified)
     rss_at_serving_mib: float
     peak_rss_at_serving_mib: float  # VmHWM: the kernel's high-water mark, as /usr/bin/time -v
+    # RssFile: the part of RSS that is file pages mapped into the process (memory-mapped
+    # bundle files), which the kernel can drop and re-read; the rest is the process's own.
+    file_rss_at_serving_mib: float = math.nan
     rss_after_runs_mib: float = math.nan
     peak_rss_after_runs_mib: float = math.nan
+    file_rss_after_runs_mib: float = math.nan
 
     def describe(self) -> str:
         return (
             f"server start-up to SERVING {self.seconds_to_serving:.2f} s; RSS at SERVING "
-            f"{self.rss_at_serving_mib:,.0f} MiB (peak {self.peak_rss_at_serving_mib:,.0f}), after the "
-            f"runs {self.rss_after_runs_mib:,.0f} MiB (peak {self.peak_rss_after_runs_mib:,.0f})"
+            f"{self.rss_at_serving_mib:,.0f} MiB (peak {self.peak_rss_at_serving_mib:,.0f}, file-backed "
+            f"{self.file_rss_at_serving_mib:,.0f}), after the runs {self.rss_after_runs_mib:,.0f} MiB "
+            f"(peak {self.peak_rss_after_runs_mib:,.0f}, file-backed {self.file_rss_after_runs_mib:,.0f})"
         )
 
 
@@ -174,19 +179,21 @@ class Process:
             self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
         return self
 
-    def memory_mib(self) -> tuple[float, float]:
-        """(resident, peak resident) MiB of the process and its children (``--workers``),
-        from psutil: RSS now and the kernel's high-water mark (``VmHWM``, what
-        ``/usr/bin/time -v`` reports as maximum resident set size)."""
+    def memory_mib(self) -> tuple[float, float, float]:
+        """(resident, peak resident, file-backed resident) MiB of the process and its children
+        (``--workers``), from psutil and /proc: RSS now, the kernel's high-water mark
+        (``VmHWM``, what ``/usr/bin/time -v`` reports as maximum resident set size) and
+        ``RssFile`` (mapped file pages, part of RSS)."""
         import psutil  # a dev dependency, like h2load a benchmark-only tool
 
         assert self._proc is not None
         root = psutil.Process(self._proc.pid)
-        rss = peak = 0.0
+        rss = peak = file = 0.0
         for process in [root, *root.children(recursive=True)]:
             rss += process.memory_info().rss
-            peak += _peak_rss_bytes(process.pid)
-        return rss / 2**20, peak / 2**20
+            peak += _status_bytes(process.pid, "VmHWM")
+            file += _status_bytes(process.pid, "RssFile")
+        return rss / 2**20, peak / 2**20, file / 2**20
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -203,11 +210,12 @@ class Process:
                 self._proc.wait()
 
 
-def _peak_rss_bytes(pid: int) -> float:
-    """``VmHWM`` of ``pid`` in bytes (0 where /proc does not have it)."""
+def _status_bytes(pid: int, field: str) -> float:
+    """``field`` (a kB line such as ``VmHWM``) of ``pid``'s /proc status in bytes (0 where
+    /proc does not have it)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return float(line.split()[1]) * 1024
     except OSError:
         pass
@@ -722,8 +730,9 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                             security=security,
                         )
                     )
-                rss, peak = server.memory_mib()
+                rss, peak, file = server.memory_mib()
                 startup = replace(startup, rss_after_runs_mib=rss, peak_rss_after_runs_mib=peak)
+                startup = replace(startup, file_rss_after_runs_mib=file)
         except Exception:
             sys.stderr.write(log.read_text() if log.exists() else "")
             raise

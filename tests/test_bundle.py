@@ -136,7 +136,7 @@ def test_index_vectors_equal_the_reloaded_item_tower(
     assert bundle.index.d == bundle.spec.output_dim
     assert bundle.index.metric_type == faiss.METRIC_INNER_PRODUCT
     stored = bundle.index.reconstruct_n(0, bundle.index.ntotal)
-    reloaded = embed_items(bundle.model, bundle.item_features)
+    reloaded = embed_items(bundle.model, bundle.item_features())
     np.testing.assert_allclose(stored, reloaded, atol=1e-5, rtol=0)
     np.testing.assert_allclose(stored, embed_items(result.model, prepared.item_features), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
@@ -170,8 +170,9 @@ def test_rewriting_a_loaded_bundle_round_trips(engine: TwoTowerEngine, tmp_path:
     assert again.model_version == "v-again"
     assert again.users.equals(engine.bundle.users)
     assert again.items.equals(engine.bundle.items)
-    for name, values in engine.bundle.item_features.items():
-        np.testing.assert_array_equal(again.item_features[name], values, err_msg=name)
+    encoded_again = again.item_features()
+    for name, values in engine.bundle.item_features().items():
+        np.testing.assert_array_equal(encoded_again[name], values, err_msg=name)
     rows = np.arange(5, dtype=np.int64)
     np.testing.assert_allclose(TwoTowerEngine(again).embed_rows(rows), engine.embed_rows(rows), atol=1e-6)
 
@@ -377,6 +378,6 @@ def test_attribute_named_like_a_bundle_column_survives(tmp_path: Path) -> None:
         ),
     )
     bundle = load_bundle(out)
-    np.testing.assert_array_equal(bundle.item_features["popularity"], prepared.item_features["popularity"])
+    np.testing.assert_array_equal(bundle.item_features()["popularity"], prepared.item_features["popularity"])
     stored = bundle.index.reconstruct_n(0, bundle.index.ntotal)
-    np.testing.assert_allclose(embed_items(bundle.model, bundle.item_features), stored, atol=1e-5)
+    np.testing.assert_allclose(embed_items(bundle.model, bundle.item_features()), stored, atol=1e-5)

@@ -21,6 +21,7 @@ from serving.model.features import (
     EntityEncoder,
     FeatureSpec,
     Vocabulary,
+    vocabulary,
 )
 from serving.model.features.privacy import personal_columns
 from serving.model.history import Sequences, append_recent, last_items, windows
@@ -112,6 +113,25 @@ def test_vocabulary_dict_path_equals_polars_path(dtype: Any) -> None:
     np.testing.assert_array_equal(large, chunks)
     assert large[10] == OOV_INDEX
     assert set(np.unique(large)) - {OOV_INDEX} <= set(range(FIRST_TOKEN_INDEX, vocab.cardinality))
+
+
+@pytest.mark.parametrize("colliding", [False, True])
+def test_big_vocabularies_look_up_through_sorted_hashes(
+    monkeypatch: pytest.MonkeyPatch, colliding: bool
+) -> None:
+    # Above _DICT_MAX_TOKENS single look-ups use sorted hashes, not a dict; with a hash
+    # that collides for every token of one length the token compare must still decide.
+    monkeypatch.setattr(vocabulary, "_DICT_MAX_TOKENS", 10)
+    if colliding:
+        monkeypatch.setattr(vocabulary, "_token_hash", len)
+    tokens = pl.Series([f"t{i}" for i in range(300)])
+    vocab = Vocabulary(tokens)
+    assert all(vocab.index_of(f"t{i}") == i + FIRST_TOKEN_INDEX for i in range(300))
+    for unknown in ("t300", "", "x1"):
+        assert vocab.index_of(unknown) is None
+    assert isinstance(vocab._lookup, vocabulary._HashedTokens)
+    values = pl.Series(["t5", None, "t299", "nope", "t0"])
+    np.testing.assert_array_equal(vocab.encode(values), [7, OOV_INDEX, 301, OOV_INDEX, 2])
 
 
 # ------------------------------------------------------------------ fitting

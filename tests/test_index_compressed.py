@@ -41,6 +41,7 @@ from serving.bundle.index_calibration import (
     resolve_type,
 )
 from serving.bundle.index_options import GIB, IndexOptions
+from serving.bundle.quantized_vectors import QuantizedVectors
 from serving.errors import BundleError
 from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import ItemFilter, RecommendQuery
@@ -244,3 +245,28 @@ def test_config_section_takes_the_budget_settings() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, [override])
+
+
+def test_request_path_reads_the_index_codes_not_the_mapped_vectors(
+    bundle: tuple[Path, TwoTowerEngine],
+) -> None:
+    # Explanations, re-ranking and subset search read the refine step's SQ8 codes (in memory,
+    # the index's own scores), so serving never pages in the exact float32 file.
+    _, engine = bundle
+    index = engine.bundle.index
+    served = engine.retriever.vectors
+    assert isinstance(served, QuantizedVectors)
+    refine = faiss.downcast_index(index.refine_index)
+    rows = np.array([0, 5, N - 1, 5], dtype=np.int64)
+    np.testing.assert_allclose(served[rows], refine.reconstruct_batch(rows), atol=1e-6, rtol=0)
+    assert served[rows.reshape(2, 2)].shape == (2, 2, DIM)
+    assert served[3:5].shape == (2, DIM)
+    # The scores served are inner products with those decoded vectors.
+    user = engine.bundle.users.get_column("user_id")[0]
+    answer = engine.recommend(RecommendQuery(user, 10))
+    ids = engine.bundle.item_ids.to_list()
+    row = engine.user_row(user)
+    assert row is not None
+    query = engine.embed_rows(np.array([row], dtype=np.int64))[0]
+    for item in answer.items:
+        assert item.score == pytest.approx(float(served[ids.index(item.item_id)] @ query), abs=1e-4)

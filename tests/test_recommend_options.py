@@ -250,7 +250,8 @@ def test_stored_attributes_given_again_change_nothing_and_overrides_apply(
 def test_multi_valued_attributes_are_comma_separated(engine: TwoTowerEngine) -> None:
     # The bundle's users have no list attribute; its items do, and the encoding path is the same.
     bundle = engine.bundle
-    profiles = RequestAttributes(bundle.item_encoder, bundle.items, bundle.item_features)
+    item_features = bundle.item_features()
+    profiles = RequestAttributes(bundle.item_encoder, bundle.items, item_features)
     row = 3
     stored = bundle.items.row(row, named=True)
     given = {
@@ -260,7 +261,7 @@ def test_multi_valued_attributes_are_comma_separated(engine: TwoTowerEngine) -> 
     }
     encoded = profiles.encode(stored["item_id"], None, given)
     for name in given:
-        np.testing.assert_array_equal(encoded[name][0], bundle.item_features[name][row])
+        np.testing.assert_array_equal(encoded[name][0], item_features[name][row])
 
 
 def test_bad_attribute_and_filter_names_are_invalid_arguments(client: RecommenderClient) -> None:

@@ -49,6 +49,7 @@ import torch
 from serving.audiences.search import UserIndex
 from serving.bundle.index import IndexSpec, configure, read_index
 from serving.bundle.index_calibration import BuiltIndex, build_calibrated_index
+from serving.bundle.paged_tables import page_big_tables
 from serving.errors import BundleError
 from serving.model.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
 from serving.model.history import Sequences
@@ -120,7 +121,6 @@ class Bundle:
     users: pl.DataFrame
     items: pl.DataFrame
     user_features: EncodedFeatures
-    item_features: EncodedFeatures
     sequences: Sequences
     popularity: npt.NDArray[np.int64]
     index: faiss.Index
@@ -133,6 +133,12 @@ class Bundle:
     @property
     def model_version(self) -> str:
         return str(self.manifest["model_version"])
+
+    def item_features(self) -> EncodedFeatures:
+        """The item tower's encoded inputs, row r = item row r, encoded on each call: serving
+        never needs them (item vectors are in the index), and at 10M items they are ~10 int64
+        arrays of 10M rows."""
+        return self.item_encoder.transform(self.items)
 
     @property
     def item_ids(self) -> pl.Series:
@@ -314,6 +320,11 @@ def load_bundle(path: Path) -> Bundle:
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, OSError, ValueError) as exc:
         raise BundleError(f"{path / TOWERS}: weights do not match the manifest's model spec: {exc}") from exc
+    try:
+        # Mapped rows stay resident (64 KB per row read): above 256 MiB a table is read per row.
+        page_big_tables(model, path / TOWERS)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path / TOWERS}: cannot read its big tables by row: {exc}") from exc
     model.eval()
 
     users = _read_parquet(path / USERS)
@@ -365,7 +376,6 @@ def load_bundle(path: Path) -> Bundle:
         users=users,
         items=items,
         user_features=user_encoder.transform(users),
-        item_features=item_encoder.transform(items),
         sequences=sequences,
         popularity=items.get_column(POPULARITY).to_numpy().astype(np.int64),
         index=index,

@@ -35,6 +35,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from serving.bundle.quantized_vectors import RowVectors
 from serving.storage import atomic_write
 
 FloatArray = npt.NDArray[np.float32]
@@ -422,7 +423,7 @@ def exact_subset_limit(index: faiss.Index) -> int:
 
 
 def search_subset(
-    vectors: FloatArray, rows: IntArray, queries: FloatArray, k: int
+    vectors: RowVectors, rows: IntArray, queries: FloatArray, k: int
 ) -> tuple[FloatArray, IntArray]:
     """Exact top-k among ``rows`` of ``vectors`` (inner product): (scores, rows), (B, k),
     best first, ties in row order; -1 (score -inf) pads when fewer than k rows exist.

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from serving.bundle.quantized_vectors import RowVectors
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
@@ -15,7 +17,7 @@ EXPLAINED_HISTORY = 100
 windows: the most recent last). "Because you viewed X" names something the member remembers."""
 
 
-def explain(vectors: FloatArray, recommended: Sequence[IntArray], histories: IntArray) -> list[IntArray]:
+def explain(vectors: RowVectors, recommended: Sequence[IntArray], histories: IntArray) -> list[IntArray]:
     """For each query i and each of its ``recommended[i]`` item rows, the row among the last
     :data:`EXPLAINED_HISTORY` of ``histories[i]`` with the highest cosine similarity (the earliest
     position on ties).

@@ -33,6 +33,7 @@ from serving.bundle.index import (
     search_subset,
     top_positions,
 )
+from serving.bundle.quantized_vectors import RowVectors
 from serving.recommend.diversity import candidate_count, rerank
 from serving.recommend.filters import AllowedRows
 from serving.recommend.types import NO_DIVERSITY, Diversity
@@ -66,7 +67,7 @@ class Wanted:
 class Retriever:
     """Searches one index; ``vectors`` are its item vectors (row r = index row r)."""
 
-    def __init__(self, index: faiss.Index, vectors: FloatArray) -> None:
+    def __init__(self, index: faiss.Index, vectors: RowVectors) -> None:
         self.index = index
         self.vectors = vectors
         self._subset_limit = exact_subset_limit(index)
@@ -127,6 +128,8 @@ class Retriever:
         large per query; masking and one ``argpartition`` cost a fraction of that. The
         scores are the same inner products the flat index computes.
         """
+        if not isinstance(self.vectors, np.ndarray):  # an exact index is never compressed
+            raise TypeError("the score matrix needs the exact vectors")
         scores = np.ascontiguousarray(queries, dtype=np.float32) @ self.vectors.T
         if allowed is not None:
             scores[:, ~allowed.mask] = -np.inf

@@ -52,31 +52,30 @@ class PreparedShards:
         return self.root / "shards" / shard_name(shard)
 
     def prepared(self, shards: Sequence[int]) -> Prepared:
-        """The events of ``shards`` as a Prepared (global encoders, features and popularity)."""
-        users: list[npt.NDArray[np.int64]] = []
-        items: list[npt.NDArray[np.int64]] = []
+        """The events of ``shards`` as a Prepared (global encoders, features and popularity).
+
+        Two passes over the shards: per-user counts, then each shard's events written straight
+        into their users' slots. Users are disjoint across shards and time-ordered within one,
+        so a stable sort inside a shard keeps every sequence in time order, and memory holds
+        the result plus one shard (not the result three times over, as a global sort would).
+        """
         for shard in shards:
             if not 0 <= shard < self.shards:
                 raise ValueError(f"{self.root}: shard {shard} does not exist ({self.shards} shards)")
-            path = self.shard_path(shard)
-            try:
-                frame = pl.read_parquet(path, columns=["user_index", "item_index"])
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise InputError(f"{path}: cannot be read: {exc}") from exc
-            users.append(frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX)
-            items.append(frame.get_column("item_index").to_numpy().astype(np.int64))
-        user_rows = np.concatenate(users) if users else np.zeros(0, dtype=np.int64)
-        item_indices = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
         n_users = self.user_table.height
-        if len(user_rows) and (user_rows.min() < 0 or user_rows.max() >= n_users):
-            raise InputError(f"{self.root}: shards hold user indices outside the vocabulary")
-        if len(shards) > 1:
-            # Users are disjoint across shards and time-ordered within one: a stable sort by user
-            # keeps every sequence in time order.
-            order = np.argsort(user_rows, kind="stable")
-            user_rows, item_indices = user_rows[order], item_indices[order]
-        counts = np.bincount(user_rows, minlength=n_users)
+        counts = np.zeros(n_users, dtype=np.int64)
+        for shard in shards:
+            user_rows, _ = self._read_shard(shard, columns=("user_index",))
+            counts += np.bincount(user_rows, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        item_indices = np.empty(int(indptr[-1]), dtype=np.int64)
+        for shard in shards:
+            user_rows, items = self._read_shard(shard, columns=("user_index", "item_index"))
+            order = np.argsort(user_rows, kind="stable")
+            user_rows, items = user_rows[order], items[order]
+            starts = np.flatnonzero(np.r_[True, user_rows[1:] != user_rows[:-1]]) if len(user_rows) else order
+            rank = np.arange(len(user_rows)) - np.repeat(starts, np.diff(np.r_[starts, len(user_rows)]))
+            item_indices[indptr[user_rows] + rank] = items
         return Prepared(
             user_encoder=self.user_encoder,
             item_encoder=self.item_encoder,
@@ -88,6 +87,25 @@ class PreparedShards:
             popularity=self.popularity,
             dropped_interactions=0,
         )
+
+    def _read_shard(
+        self, shard: int, columns: tuple[str, ...]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(user rows, item indices) of one shard; item indices are empty unless asked for."""
+        path = self.shard_path(shard)
+        try:
+            frame = pl.read_parquet(path, columns=list(columns))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise InputError(f"{path}: cannot be read: {exc}") from exc
+        users = frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX
+        if len(users) and (users.min() < 0 or users.max() >= self.user_table.height):
+            raise InputError(f"{path}: holds user indices outside the vocabulary")
+        items = (
+            frame.get_column("item_index").to_numpy().astype(np.int64)
+            if "item_index" in columns
+            else np.zeros(0, dtype=np.int64)
+        )
+        return users, items
 
 
 def open_prepared(root: Path) -> PreparedShards:

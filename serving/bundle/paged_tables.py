@@ -1,0 +1,119 @@
+"""Big embedding tables read row by row from the weights file instead of memory-mapped.
+
+A 10M-item catalogue's item-id table is 10M x 64 float32 = 2.56 GB. Memory-mapped (as
+``torch.load(mmap=True)`` leaves it), every row a request reads maps the kernel's whole
+fault-around window (64 KB, 256 rows of 256 B) into the process, so a few hundred thousand
+history look-ups make the whole table resident: RSS grows with traffic until it holds the
+table. :class:`FileRowsEmbedding` reads just the rows asked for with ``pread`` from the same
+file at the same offset: the bytes come from the page cache (shared by every replica on the
+node and reclaimable by the kernel), and the process keeps none of them.
+
+:func:`page_big_tables` swaps every embedding table of a loaded model above a size for one
+of these, in place, keeping the same weights (the mapped tensor stays the module's
+``weight``, so ``state_dict`` round-trips; nothing reads it on the request path). Smaller
+tables stay as they are: reading them whole is cheaper than a system call per row.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["PAGED_TABLE_MIN_BYTES", "FileRowsEmbedding", "page_big_tables"]
+
+PAGED_TABLE_MIN_BYTES = 256 << 20
+"""Tables of at least this many bytes are read row by row (256 MiB: 1M x 64 float32)."""
+
+
+class FileRowsEmbedding(nn.Module):
+    """``nn.Embedding``'s forward (no gradient) over ``weight``, whose bytes lie in ``path`` at
+    ``offset`` (row-major, C-contiguous); rows are read with ``pread`` per call.
+
+    ``weight`` must be that file's content at that offset (checked on the first and last row).
+    Thread-safe: ``pread`` has no shared file position. The file is opened per call (a few
+    microseconds), so the module holds no descriptor across forks, copies or swaps.
+    """
+
+    def __init__(self, weight: torch.Tensor, path: Path, offset: int) -> None:
+        super().__init__()
+        if weight.dim() != 2 or not weight.is_contiguous():
+            raise ValueError(f"expected a contiguous 2-d table, got shape {tuple(weight.shape)}")
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.num_embeddings, self.embedding_dim = (int(n) for n in weight.shape)
+        self._row_bytes = self.embedding_dim * weight.element_size()
+        self._path = path
+        self._offset = offset
+        for row in (0, self.num_embeddings - 1):
+            if self._read([row]) != weight[row].numpy().tobytes():
+                raise ValueError(f"{path} at offset {offset}: row {row} differs from the loaded table")
+
+    def _read(self, rows: list[int]) -> bytes:
+        size, base = self._row_bytes, self._offset
+        fd = os.open(self._path, os.O_RDONLY)
+        try:
+            return b"".join([os.pread(fd, size, base + row * size) for row in rows])
+        finally:
+            os.close(fd)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        if flat.numel() == 0:
+            return self.weight.new_zeros((*ids.shape, self.embedding_dim))
+        low, high = int(flat.min()), int(flat.max())
+        if low < 0 or high >= self.num_embeddings:
+            raise IndexError(f"index out of range in self: {low}..{high} for {self.num_embeddings} rows")
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        data = bytearray(self._read(unique.tolist()))
+        rows = torch.frombuffer(data, dtype=self.weight.dtype).view(len(unique), self.embedding_dim)
+        return rows[inverse].view(*ids.shape, self.embedding_dim)
+
+
+def page_big_tables(model: nn.Module, path: Path, min_bytes: int | None = None) -> list[str]:
+    """Replace each ``nn.Embedding`` of ``model`` whose weight (memory-mapped from ``path``) is
+    at least ``min_bytes`` by a :class:`FileRowsEmbedding` over the same bytes, everywhere
+    it is referenced (the item-id table is shared by both towers). Returns the replaced
+    modules' names. A table whose file offset cannot be found (not mapped from ``path``,
+    e.g. on a system without ``/proc/self/maps``) stays memory-mapped. ``min_bytes`` defaults
+    to :data:`PAGED_TABLE_MIN_BYTES`, read at call time.
+    """
+    if min_bytes is None:
+        min_bytes = PAGED_TABLE_MIN_BYTES
+    real = os.path.realpath(path)
+    replaced: dict[int, FileRowsEmbedding] = {}
+    names: list[str] = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Embedding) or id(module) in replaced:
+            continue
+        weight = module.weight.detach()
+        if weight.numel() * weight.element_size() < min_bytes or not weight.is_contiguous():
+            continue
+        offset = _mapped_file_offset(weight.data_ptr(), real)
+        if offset is None:
+            continue
+        replaced[id(module)] = FileRowsEmbedding(weight, Path(real), offset)
+        names.append(name)
+    if replaced:
+        for parent in model.modules():
+            for child_name, child in list(parent.named_children()):
+                if id(child) in replaced:
+                    setattr(parent, child_name, replaced[id(child)])
+    return names
+
+
+def _mapped_file_offset(address: int, real_path: str) -> int | None:
+    """Offset in ``real_path`` of the byte mapped at ``address`` in this process, or None."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or fields[5].rstrip("\n") != real_path:
+                    continue
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                if start <= address < end:
+                    return address - start + int(fields[2], 16)
+    except OSError:
+        return None
+    return None
