@@ -6,6 +6,9 @@ same code path as a 10M-item table, on a real bundle, compared with the mapped t
 
 from __future__ import annotations
 
+import copy
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +70,24 @@ def test_rows_equal_the_table_for_any_shape_and_bad_indices_fail(tmp_path: Path)
         paged_table(torch.tensor([3000]))
     with pytest.raises(ValueError, match="differs from the loaded table"):
         FileRowsEmbedding(table.weight.detach(), path, 0)  # the zip header is not the table
+
+
+def test_a_replaced_bundle_directory_keeps_serving_the_loaded_weights(
+    trained: TrainedBundle, engine: TwoTowerEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `recsys train --overwrite` swaps a new directory in under the serving one: the paged table
+    # must keep reading the file it verified, not whatever now lies at its path and offset.
+    bundle = Path(shutil.copytree(trained.bundle, tmp_path / "bundle"))
+    monkeypatch.setattr(paged_tables, "PAGED_TABLE_MIN_BYTES", 1024)
+    served = TwoTowerEngine.load(bundle)
+    shutil.rmtree(bundle)
+    bundle.mkdir()
+    (bundle / "towers.pt").write_bytes(b"\xff" * (1 << 20))
+    rows = np.arange(len(served.bundle.users), dtype=np.int64)  # none embedded before the swap
+    np.testing.assert_allclose(served.embed_rows(rows), engine.embed_rows(rows), atol=1e-6, rtol=0)
+    table = served.bundle.model.user_tower.item_ids
+    twin = copy.deepcopy(table)  # its own descriptor, to the same (deleted) file
+    ids = torch.tensor([[3, 1, 0]])
+    assert torch.equal(twin(ids), table(ids))
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(table)

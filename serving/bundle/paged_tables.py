@@ -17,7 +17,9 @@ tables stay as they are: reading them whole is cheaper than a system call per ro
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +35,11 @@ class FileRowsEmbedding(nn.Module):
     ``offset`` (row-major, C-contiguous); rows are read with ``pread`` per call.
 
     ``weight`` must be that file's content at that offset (checked on the first and last row).
-    Thread-safe: ``pread`` has no shared file position. The file is opened per call (a few
-    microseconds), so the module holds no descriptor across forks, copies or swaps.
+    Thread-safe: ``pread`` has no shared file position. The file is opened once and held: a
+    bundle directory replaced or deleted while this model serves (``--overwrite``, a cache
+    eviction) keeps its old bytes readable, as a mapping would, instead of reading another
+    file's bytes at this offset. Forked workers share the descriptor (``pread`` needs no
+    position); a deep copy opens its own (``/proc/self/fd``); pickling is refused.
     """
 
     def __init__(self, weight: torch.Tensor, path: Path, offset: int) -> None:
@@ -44,19 +49,22 @@ class FileRowsEmbedding(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.num_embeddings, self.embedding_dim = (int(n) for n in weight.shape)
         self._row_bytes = self.embedding_dim * weight.element_size()
-        self._path = path
         self._offset = offset
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
         for row in (0, self.num_embeddings - 1):
             if self._read([row]) != weight[row].numpy().tobytes():
                 raise ValueError(f"{path} at offset {offset}: row {row} differs from the loaded table")
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> FileRowsEmbedding:
+        return FileRowsEmbedding(self.weight.detach(), Path(f"/proc/self/fd/{self._fd}"), self._offset)
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("FileRowsEmbedding reads a file by descriptor and cannot be pickled; save its weight")
+
     def _read(self, rows: list[int]) -> bytes:
-        size, base = self._row_bytes, self._offset
-        fd = os.open(self._path, os.O_RDONLY)
-        try:
-            return b"".join([os.pread(fd, size, base + row * size) for row in rows])
-        finally:
-            os.close(fd)
+        size, base, fd = self._row_bytes, self._offset, self._fd
+        return b"".join([os.pread(fd, size, base + row * size) for row in rows])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
