@@ -102,3 +102,26 @@ def test_prepare_names_the_bad_column_and_leaves_nothing(tmp_path: Path) -> None
     with pytest.raises(InputError, match="not found"):
         open_prepared(tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
+
+
+def test_sequences_of_some_shards_are_whole_and_a_shard_named_twice_is_refused(
+    synth: Path, tmp_path: Path
+) -> None:
+    prepare_shards(
+        synth / "interactions.parquet",
+        synth / "users.parquet",
+        synth / "items.parquet",
+        tmp_path / "p",
+        DataConfig(),
+        shards=4,
+    )
+    shards = open_prepared(tmp_path / "p")
+    whole = shards.prepared(range(4))
+    some = shards.prepared([2, 0])
+    frames = [pl.read_parquet(shards.shard_path(s)) for s in (0, 2)]
+    held = set(pl.concat(frames).get_column("user_index").to_list())
+    for user in range(whole.sequences.rows):
+        expected = whole.sequences.row(user) if user + 2 in held else np.zeros(0, dtype=np.int64)
+        np.testing.assert_array_equal(some.sequences.row(user), expected)
+    with pytest.raises(ValueError, match="name a shard twice"):
+        shards.prepared([1, 1])

@@ -253,12 +253,9 @@ def _sequence_column(sequences: Sequences) -> pl.Series:
     (Per-row arrays would not do either: Polars turns equal-length rows into a fixed-size
     Array column, which the loader rejects.)
     """
-    items = sequences.items
-    if len(items) >= 2**31:
-        raise ValueError(f"{len(items)} sequence items exceed one Arrow list column's int32 offsets")
-    offsets = pa.array(sequences.indptr.astype(np.int32), type=pa.int32())
-    values = pa.array(items.astype(np.int32), type=pa.int32())
-    return pl.Series(SEQUENCE, pa.ListArray.from_arrays(offsets, values)).cast(pl.List(pl.Int32))
+    offsets = pa.array(sequences.indptr.astype(np.int64), type=pa.int64())  # no 2**31-item limit
+    values = pa.array(sequences.items.astype(np.int32), type=pa.int32())
+    return pl.Series(SEQUENCE, pa.LargeListArray.from_arrays(offsets, values)).cast(pl.List(pl.Int32))
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -315,8 +312,8 @@ def load_bundle(path: Path) -> Bundle:
     try:
         # Memory-mapped (copy-on-write) and assigned into a model built without storage, not
         # copied into a randomly initialised one: at 10M items the item-id table alone is
-        # 2.56 GB, which then costs neither an initialisation nor a second copy, and only the
-        # rows requests read (history items) become resident.
+        # 2.56 GB, which then costs neither an initialisation nor a second copy (and, read by
+        # row below, never becomes resident).
         state = torch.load(path / TOWERS, map_location="cpu", weights_only=True, mmap=True)
         with torch.device("meta"):
             model = TwoTowerModel(spec)
@@ -326,7 +323,7 @@ def load_bundle(path: Path) -> Bundle:
     try:
         # Mapped rows stay resident (64 KB per row read): above 256 MiB a table is read per row.
         page_big_tables(model, path / TOWERS)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise BundleError(f"{path / TOWERS}: cannot read its big tables by row: {exc}") from exc
     model.eval()
 

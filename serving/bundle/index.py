@@ -425,8 +425,11 @@ def exact_subset_limit(index: faiss.Index) -> int:
 def search_subset(
     vectors: RowVectors, rows: IntArray, queries: FloatArray, k: int
 ) -> tuple[FloatArray, IntArray]:
-    """Exact top-k among ``rows`` of ``vectors`` (inner product): (scores, rows), (B, k),
-    best first, ties in row order; -1 (score -inf) pads when fewer than k rows exist.
+    """Top-k among ``rows`` of ``vectors`` by exact inner product with those vectors: (scores,
+    rows), (B, k), best first, ties in row order; -1 (score -inf) pads when fewer than k rows
+    exist. For a compressed index the request path passes the SQ8-decoded vectors
+    (:class:`serving.bundle.quantized_vectors.QuantizedVectors`), the ones its refine step
+    scores with, so the ranking is exact over those, not over the float32 embeddings.
 
     The result has the shape and meaning of :func:`search` with a selector over ``rows``.
     Memory: the selected vectors plus one (256, len(rows)) score block at a time.

@@ -16,6 +16,7 @@ tables stay as they are: reading them whole is cheaper than a system call per ro
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from pathlib import Path
@@ -28,18 +29,22 @@ __all__ = ["PAGED_TABLE_MIN_BYTES", "FileRowsEmbedding", "page_big_tables"]
 
 PAGED_TABLE_MIN_BYTES = 256 << 20
 """Tables of at least this many bytes are read row by row (256 MiB: 1M x 64 float32)."""
+_CHECKED_ROWS = 17
+logger = logging.getLogger(__name__)
 
 
 class FileRowsEmbedding(nn.Module):
     """``nn.Embedding``'s forward (no gradient) over ``weight``, whose bytes lie in ``path`` at
     ``offset`` (row-major, C-contiguous); rows are read with ``pread`` per call.
 
-    ``weight`` must be that file's content at that offset (checked on the first and last row).
+    ``weight`` must be that file's content at that offset (checked on a spread of rows: the
+    first is the padding row, all zeros in every table).
     Thread-safe: ``pread`` has no shared file position. The file is opened once and held: a
     bundle directory replaced or deleted while this model serves (``--overwrite``, a cache
     eviction) keeps its old bytes readable, as a mapping would, instead of reading another
-    file's bytes at this offset. Forked workers share the descriptor (``pread`` needs no
-    position); a deep copy opens its own (``/proc/self/fd``); pickling is refused.
+    file's bytes at this offset. A deep copy opens its own descriptor (``/proc/self/fd``);
+    pickling is refused (``recsys serve --workers`` spawns workers that load the bundle
+    themselves).
     """
 
     def __init__(self, weight: torch.Tensor, path: Path, offset: int) -> None:
@@ -52,7 +57,7 @@ class FileRowsEmbedding(nn.Module):
         self._offset = offset
         self._fd = os.open(path, os.O_RDONLY)
         weakref.finalize(self, os.close, self._fd)
-        for row in (0, self.num_embeddings - 1):
+        for row in sorted({int(r) for r in torch.linspace(0, self.num_embeddings - 1, _CHECKED_ROWS)}):
             if self._read([row]) != weight[row].numpy().tobytes():
                 raise ValueError(f"{path} at offset {offset}: row {row} differs from the loaded table")
 
@@ -84,24 +89,32 @@ def page_big_tables(model: nn.Module, path: Path, min_bytes: int | None = None) 
     at least ``min_bytes`` by a :class:`FileRowsEmbedding` over the same bytes, everywhere
     it is referenced (the item-id table is shared by both towers). Returns the replaced
     modules' names. A table whose file offset cannot be found (not mapped from ``path``,
-    e.g. on a system without ``/proc/self/maps``) stays memory-mapped. ``min_bytes`` defaults
+    e.g. on a system without ``/proc/self/maps``) stays as it is, with a warning. ``min_bytes`` defaults
     to :data:`PAGED_TABLE_MIN_BYTES`, read at call time.
     """
     if min_bytes is None:
         min_bytes = PAGED_TABLE_MIN_BYTES
-    real = os.path.realpath(path)
+    stat = os.stat(path)
     replaced: dict[int, FileRowsEmbedding] = {}
     names: list[str] = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Embedding) or id(module) in replaced:
             continue
         weight = module.weight.detach()
-        if weight.numel() * weight.element_size() < min_bytes or not weight.is_contiguous():
+        if weight.numel() * weight.element_size() < min_bytes:
             continue
-        offset = _mapped_file_offset(weight.data_ptr(), real)
+        offset = _mapped_file_offset(weight.data_ptr(), stat) if weight.is_contiguous() else None
         if offset is None:
+            # Still correct, but the memory problem this module exists for comes back.
+            logger.warning(
+                "%s: table %s (%d MiB) is not mapped from the file; it stays in memory and its rows "
+                "become resident as requests read them",
+                path,
+                name,
+                weight.numel() * weight.element_size() >> 20,
+            )
             continue
-        replaced[id(module)] = FileRowsEmbedding(weight, Path(real), offset)
+        replaced[id(module)] = FileRowsEmbedding(weight, Path(path), offset)
         names.append(name)
     if replaced:
         for parent in model.modules():
@@ -111,13 +124,16 @@ def page_big_tables(model: nn.Module, path: Path, min_bytes: int | None = None) 
     return names
 
 
-def _mapped_file_offset(address: int, real_path: str) -> int | None:
-    """Offset in ``real_path`` of the byte mapped at ``address`` in this process, or None."""
+def _mapped_file_offset(address: int, stat: os.stat_result) -> int | None:
+    """Offset in the file of ``stat`` (matched by device and inode, not by path: symlinks and
+    a path replaced since do not fool it) of the byte mapped at ``address`` in this process,
+    or None when no mapping of that file holds it."""
+    device = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}"
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) < 6 or fields[5].rstrip("\n") != real_path:
+                if len(fields) < 5 or fields[4] != str(stat.st_ino) or fields[3] != device:
                     continue
                 start, end = (int(bound, 16) for bound in fields[0].split("-"))
                 if start <= address < end:

@@ -116,10 +116,16 @@ def warm_up(engine: RecommenderEngine) -> None:
     here rather than in a request."""
     from serving.recommend.engine import TwoTowerEngine
 
-    users = [WARM_UP_USER]
+    queries = [RecommendQuery(WARM_UP_USER, 10)]
     if isinstance(engine, TwoTowerEngine) and engine.bundle.users.height:
-        users.append(str(engine.bundle.users.get_column("user_id")[0]))
-    engine.recommend_many([RecommendQuery(user, 10) for user in users])
+        user = str(engine.bundle.users.get_column("user_id")[0])
+        queries.append(RecommendQuery(user, 10))
+        if engine.bundle.items.height:
+            # A recent item: builds the item id look-up (seconds at 10M items) and runs the
+            # request-time tower path once, before any caller waits on either.
+            item = str(engine.bundle.item_ids[0])
+            queries.append(RecommendQuery(user, 10, recent_item_ids=(item,)))
+    engine.recommend_many(queries)
 
 
 def load_bundle_engine(path: Path) -> RecommenderEngine:

@@ -24,11 +24,11 @@ import numpy.typing as npt
 import polars as pl
 
 from serving.audiences.search import Audience, SimilarUsersQuery, UserAudiences, stored_mean
-from serving.bundle.format import Bundle, load_bundle
+from serving.bundle.format import INDEX, Bundle, load_bundle
 from serving.bundle.index import item_vectors, search
 from serving.bundle.quantized_vectors import QuantizedVectors, RowVectors
 from serving.bundle.user_vectors import StoredUserVectors
-from serving.errors import InvalidArgumentError, NotFoundError
+from serving.errors import BundleError, InvalidArgumentError, NotFoundError
 from serving.model.embedding import embed_user_inputs, embed_users
 from serving.model.features import FIRST_TOKEN_INDEX, PAD_INDEX, EncodedFeatures
 from serving.model.history import append_recent, last_items
@@ -98,9 +98,12 @@ class TwoTowerEngine:
         # What the request path reads (explanations, re-ranking, subset search): a compressed
         # index's own SQ8 codes, decoded per read, so that no page of the mapped exact file
         # becomes resident; otherwise the exact vectors.
-        self._row_vectors: RowVectors = (
-            QuantizedVectors(bundle.index) if bundle.item_vectors is not None else self.item_vectors
-        )
+        self._row_vectors: RowVectors = self.item_vectors
+        if bundle.item_vectors is not None:
+            try:
+                self._row_vectors = QuantizedVectors(bundle.index)
+            except ValueError as exc:
+                raise BundleError(f"{bundle.path / INDEX}: cannot read its refine codes: {exc}") from exc
         attributes = [c for c in bundle.item_encoder.attribute_columns if c in bundle.items.columns]
         self.filters = ItemFilters(bundle.items, attributes)
         self.categories = Categories(bundle.items, bundle.item_encoder, attributes)

@@ -62,6 +62,8 @@ class PreparedShards:
         for shard in shards:
             if not 0 <= shard < self.shards:
                 raise ValueError(f"{self.root}: shard {shard} does not exist ({self.shards} shards)")
+        if len(set(shards)) != len(shards):
+            raise ValueError(f"{self.root}: shards {list(shards)} name a shard twice")
         n_users = self.user_table.height
         counts = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
@@ -69,13 +71,19 @@ class PreparedShards:
             counts += np.bincount(user_rows, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         item_indices = np.empty(int(indptr[-1]), dtype=np.int64)
+        # Per-user write cursor: a user found in two shards (which `recsys prepare` never writes)
+        # would still get every event, in shard order, rather than overwritten or unset slots.
+        filled = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
             user_rows, items = self._read_shard(shard, columns=("user_index", "item_index"))
             order = np.argsort(user_rows, kind="stable")
             user_rows, items = user_rows[order], items[order]
             starts = np.flatnonzero(np.r_[True, user_rows[1:] != user_rows[:-1]]) if len(user_rows) else order
             rank = np.arange(len(user_rows)) - np.repeat(starts, np.diff(np.r_[starts, len(user_rows)]))
-            item_indices[indptr[user_rows] + rank] = items
+            item_indices[indptr[user_rows] + filled[user_rows] + rank] = items
+            filled += np.bincount(user_rows, minlength=n_users)
+        if not np.array_equal(filled, counts):  # the shards changed between the two passes
+            raise InputError(f"{self.root}: shards changed while being read")
         return Prepared(
             user_encoder=self.user_encoder,
             item_encoder=self.item_encoder,
