@@ -59,7 +59,7 @@ def test_streamed_prepare_equals_the_in_memory_pass(synth: Path, tmp_path: Path)
     for name, values in reference.item_features.items():
         np.testing.assert_array_equal(streamed.item_features[name], values)
     # No personal data in the prepared directory: only feature columns are copied.
-    assert set(shards.user_table.columns) == {"user_id", *reference.user_encoder.attribute_columns}
+    assert set(shards.entities.user_table.columns) == {"user_id", *reference.user_encoder.attribute_columns}
 
     # Every user lives in exactly one shard, and each shard is time-ordered per user.
     owners: dict[int, int] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from serving.model.features import FIRST_TOKEN_INDEX, EncodedFeatures, EntityEncoder
+from serving.model.features import FIRST_TOKEN_INDEX, EntityEncoder
 from serving.model.history import Sequences
 from training.data.io import InputError
 from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
@@ -28,17 +28,13 @@ from training.features import Prepared
 
 @dataclass(frozen=True)
 class PreparedShards:
-    """A prepared directory, opened. Row r of the user/item arrays is index r + 2, as in Prepared."""
+    """A prepared directory, opened."""
 
     root: Path
     manifest: dict[str, Any]
-    user_encoder: EntityEncoder
-    item_encoder: EntityEncoder
-    user_table: pl.DataFrame
-    item_table: pl.DataFrame
-    user_features: EncodedFeatures
-    item_features: EncodedFeatures
-    popularity: npt.NDArray[np.int64]
+    entities: Prepared
+    """Encoders, tables, encoded features and popularity of every user and item, no events
+    (every sequence empty): what :meth:`prepared` completes with some shards' sequences."""
 
     @property
     def shards(self) -> int:
@@ -64,7 +60,7 @@ class PreparedShards:
                 raise ValueError(f"{self.root}: shard {shard} does not exist ({self.shards} shards)")
         if len(set(shards)) != len(shards):
             raise ValueError(f"{self.root}: shards {list(shards)} name a shard twice")
-        n_users = self.user_table.height
+        n_users = self.entities.n_users
         counts = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
             user_rows, _ = self._read_shard(shard, columns=("user_index",))
@@ -84,17 +80,7 @@ class PreparedShards:
             filled += np.bincount(user_rows, minlength=n_users)
         if not np.array_equal(filled, counts):  # the shards changed between the two passes
             raise InputError(f"{self.root}: shards changed while being read")
-        return Prepared(
-            user_encoder=self.user_encoder,
-            item_encoder=self.item_encoder,
-            user_table=self.user_table,
-            item_table=self.item_table,
-            user_features=self.user_features,
-            item_features=self.item_features,
-            sequences=Sequences(indptr, item_indices),
-            popularity=self.popularity,
-            dropped_interactions=0,
-        )
+        return replace(self.entities, sequences=Sequences(indptr, item_indices))
 
     def _read_shard(
         self, shard: int, columns: tuple[str, ...]
@@ -106,7 +92,7 @@ class PreparedShards:
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputError(f"{path}: cannot be read: {exc}") from exc
         users = frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX
-        if len(users) and (users.min() < 0 or users.max() >= self.user_table.height):
+        if len(users) and (users.min() < 0 or users.max() >= self.entities.n_users):
             raise InputError(f"{path}: holds user indices outside the vocabulary")
         items = (
             frame.get_column("item_index").to_numpy().astype(np.int64)
@@ -141,17 +127,19 @@ def open_prepared(root: Path) -> PreparedShards:
         raise InputError(
             f"{root / 'popularity.npy'}: {len(popularity)} items, items.parquet has {item_table.height}"
         )
-    return PreparedShards(
-        root=root,
-        manifest=manifest,
+    no_events = Sequences(np.zeros(user_table.height + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    entities = Prepared(
         user_encoder=user_encoder,
         item_encoder=item_encoder,
         user_table=user_table,
         item_table=item_table,
         user_features=user_encoder.transform(user_table),
         item_features=item_encoder.transform(item_table),
+        sequences=no_events,
         popularity=popularity,
+        dropped_interactions=0,
     )
+    return PreparedShards(root=root, manifest=manifest, entities=entities)
 
 
 def _encoder(root: Path, name: str, ids: pl.Series) -> EntityEncoder:

@@ -298,13 +298,13 @@ class ShardedTraining:
         rank_config = per_rank_config(with_overrides(config, {"train": {"device": device}}), info.world_size)
         self.shards = shards_of(info, data.shards)
         # The model and optimizer are built on an empty shard set; bind_shard brings the examples.
-        self.task = make_task(data.prepared([]), rank_config)
+        self.task = make_task(data.entities, rank_config)
         # Each rank its own stream (shuffles, uniform negatives, id dropout); the same init weights
         # everywhere (seeded before the rng; DDP broadcasts rank 0's anyway).
         self.task.rng = np.random.default_rng([config.train.seed, info.rank])
         if isinstance(self.task, InteractionTask):
             self.task.batcher.rng = self.task.rng
-            _global_log_expected(self.task, data.popularity, data.interactions, info.world_size)
+            _global_log_expected(self.task, data.entities.popularity, data.interactions, info.world_size)
         self.step_loss: nn.Module = _StepLoss(self.task, info)
         if info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
