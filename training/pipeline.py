@@ -22,19 +22,21 @@ import json
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from serving.audiences.search import build_user_index
+from serving.audiences.search import UserIndex, build_user_index
 from serving.bundle.format import BundleContents, write_bundle
 from serving.bundle.index import EXACT_INNER_PRODUCT
 from serving.bundle.index_calibration import BuiltIndex, build_calibrated_index, resolve_type
 from serving.model.embedding import embed_items, embed_users
+from serving.model.towers import TwoTowerModel
 from training.config import Config, IndexConfig
 from training.data.io import Dataset, load_dataset
 from training.data.pseudonymise import pseudonymise_dataset
@@ -95,6 +97,62 @@ def build_item_index(
     n_users = len(user_embeddings)
     rows = np.sort(rng.choice(n_users, size=min(n_users, options.sample_queries), replace=False))
     return build_calibrated_index(item_embeddings, options, user_embeddings[rows])
+
+
+@dataclass(frozen=True)
+class AssembledBundle:
+    """What :func:`bundle_contents` returns."""
+
+    contents: BundleContents
+    """Without profiles and privacy (the caller's to add)."""
+    user_embeddings: npt.NDArray[np.float32]
+    index: BuiltIndex
+    """``contents.index`` and ``contents.user_index``, typed as present."""
+    user_index: UserIndex
+
+
+def bundle_contents(
+    model: TwoTowerModel,
+    data: Prepared,
+    options: IndexConfig,
+    *,
+    config: dict[str, Any],
+    metrics: dict[str, float],
+    info: dict[str, Any],
+) -> AssembledBundle:
+    """The bundle of ``model`` (moved to the CPU, eval mode) trained on ``data``: its weights
+    and version, every item's and user's embedding, the calibrated item and user indexes, and
+    ``data``'s encoders and tables.
+
+    The user embeddings are computed once and serve as the item index's calibration queries,
+    the lookalike index (serving.audiences.search) and the profiles' embedding segments.
+    """
+    model = model.cpu().eval()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    version = model_version_of(state)
+    item_embeddings = embed_items(model, data.item_features)
+    user_rows = np.arange(data.sequences.rows, dtype=np.int64)
+    user_embeddings = embed_users(model, data.user_features, data.sequences, user_rows)
+    index = build_item_index(item_embeddings, user_embeddings, options)
+    user_index = build_user_index(user_embeddings, options)
+    contents = BundleContents(
+        model_version=version,
+        config=config,
+        spec=model.spec,
+        state_dict=state,
+        user_encoder=data.user_encoder,
+        item_encoder=data.item_encoder,
+        user_table=data.user_table,
+        item_table=data.item_table,
+        sequences=data.sequences,
+        popularity=data.popularity,
+        item_embeddings=item_embeddings,
+        metrics=metrics,
+        info=info,
+        index=index,
+        user_index=user_index,
+    )
+    return AssembledBundle(contents, user_embeddings, index, user_index)
 
 
 def log_index_calibration(tracker: Tracker, built: BuiltIndex) -> None:
@@ -210,20 +268,31 @@ def train(
             )
             final = eval_result
 
-        model = final.model.cpu().eval()
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        version = model_version_of(state)
-        item_embeddings = embed_items(model, final_data.item_features)
-        # Every user's embedding, computed once: calibration queries for the item index, the
-        # lookalike index (serving.audiences.search) and the profiles' embedding segments.
-        user_rows = np.arange(final_data.sequences.rows, dtype=np.int64)
-        user_embeddings = embed_users(model, final_data.user_features, final_data.sequences, user_rows)
-        built_index = build_item_index(item_embeddings, user_embeddings, config.index)
-        log_index_calibration(tracker, built_index)
-        user_index = build_user_index(user_embeddings, config.index)
-        tracker.log_params({"user_index.type": user_index.built.spec.type})
+        info = {
+            "protocol": config.eval.protocol,
+            "objective": selection.manifest(),
+            "epoch_losses": final.epoch_losses,
+            "train_seconds": round(final.seconds, 3),
+            "inputs": {
+                "interactions": str(interactions),
+                "users": str(users) if users else None,
+                "items": str(items) if items else None,
+            },
+            "input_counts": counts,
+        }
+        assembled = bundle_contents(
+            final.model,
+            final_data,
+            config.index,
+            config=selection.config.to_dict(),
+            metrics=metrics,
+            info=info,
+        )
+        version = assembled.contents.model_version
+        log_index_calibration(tracker, assembled.index)
+        tracker.log_params({"user_index.type": assembled.user_index.built.spec.type})
         profiles = profiles_for_bundle(
-            config.profiles, frame, data.users, data.items, final_data, user_embeddings, tracker
+            config.profiles, frame, data.users, data.items, final_data, assembled.user_embeddings, tracker
         )
         summary = TrainSummary(
             bundle=Path(out),
@@ -233,35 +302,10 @@ def train(
             samples_per_second=final.samples_per_second,
             counts=counts,
         )
-        contents = BundleContents(
-            model_version=version,
-            config=selection.config.to_dict(),
-            spec=model.spec,
-            state_dict=state,
-            user_encoder=final_data.user_encoder,
-            item_encoder=final_data.item_encoder,
-            user_table=final_data.user_table,
-            item_table=final_data.item_table,
-            sequences=final_data.sequences,
-            popularity=final_data.popularity,
-            item_embeddings=item_embeddings,
-            metrics=metrics,
-            info={
-                "protocol": config.eval.protocol,
-                "objective": selection.manifest(),
-                "epoch_losses": final.epoch_losses,
-                "train_seconds": round(final.seconds, 3),
-                "inputs": {
-                    "interactions": str(interactions),
-                    "users": str(users) if users else None,
-                    "items": str(items) if items else None,
-                },
-                "input_counts": counts,
-            },
-            index=built_index,
+        contents = replace(
+            assembled.contents,
             profiles=profiles.frame if profiles is not None else None,
             profiles_manifest=profiles.manifest if profiles is not None else {},
-            user_index=user_index,
             privacy=privacy,
         )
         write_bundle(Path(out), contents, overwrite=overwrite)

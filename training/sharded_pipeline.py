@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from training.config import CLOSED_FORM_OBJECTIVES, Config, to_toml
 
 log = logging.getLogger(__name__)
@@ -238,22 +236,37 @@ def _write_outputs(
     config: Config, data: Any, result: Any, out: Path, overwrite: bool, world_size: int
 ) -> ShardedSummary:
     """Rank 0: the bundle over every shard, the MLflow run and the registered version."""
-    from serving.audiences.search import build_user_index
-    from serving.bundle.format import BundleContents, write_bundle
-    from serving.model.embedding import embed_items, embed_users
-    from training.fit.setup import model_spec
-    from training.pipeline import BUNDLE_ARTIFACT, build_item_index, log_index_calibration, model_version_of
+    from serving.bundle.format import write_bundle
+    from training.pipeline import BUNDLE_ARTIFACT, bundle_contents, log_index_calibration
     from training.tracking import flatten, start_run
 
-    model = result.model.cpu().eval()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    version = model_version_of(state)
-    everything = data.prepared(range(data.shards))
-    item_embeddings = embed_items(model, everything.item_features)
-    user_rows = np.arange(everything.sequences.rows, dtype=np.int64)
-    user_embeddings = embed_users(model, everything.user_features, everything.sequences, user_rows)
-    built_index = build_item_index(item_embeddings, user_embeddings, config.index)
-    user_index = build_user_index(user_embeddings, config.index)
+    counts = {k: int(data.manifest[k]) for k in ("interactions", "users", "items", "duplicates_dropped")}
+    distributed = {
+        "world_size": world_size,
+        "rank_samples_per_second": [round(r, 1) for r in result.rank_samples_per_second],
+        "rank_peak_rss_mb": [round(m, 1) for m in result.rank_peak_rss_mb],
+        "prepared": str(data.root),
+        "shards": data.shards,
+        "steps": result.steps,
+    }
+    info = {
+        "protocol": "none",
+        "objective": {"chosen": config.train.objective, "epochs": config.train.epochs, "candidates": []},
+        "epoch_losses": result.epoch_losses,
+        "train_seconds": round(result.seconds, 3),
+        "inputs": data.manifest.get("inputs", {}),
+        "input_counts": counts,
+        "distributed": distributed,
+    }
+    assembled = bundle_contents(
+        result.model,
+        data.prepared(range(data.shards)),
+        config.index,
+        config=config.to_dict(),
+        metrics={},
+        info=info,
+    )
+    contents, version = assembled.contents, assembled.contents.model_version
     summary = ShardedSummary(
         bundle=out,
         model_version=version,
@@ -264,42 +277,6 @@ def _write_outputs(
         rank_peak_rss_mb=result.rank_peak_rss_mb,
         epoch_losses=result.epoch_losses,
         prepared=str(data.root),
-    )
-    counts = {k: int(data.manifest[k]) for k in ("interactions", "users", "items", "duplicates_dropped")}
-    distributed = {
-        "world_size": world_size,
-        "rank_samples_per_second": [round(r, 1) for r in result.rank_samples_per_second],
-        "rank_peak_rss_mb": [round(m, 1) for m in result.rank_peak_rss_mb],
-        "prepared": str(data.root),
-        "shards": data.shards,
-        "steps": result.steps,
-    }
-    contents = BundleContents(
-        model_version=version,
-        config=config.to_dict(),
-        spec=model_spec(everything, config),
-        state_dict=state,
-        user_encoder=everything.user_encoder,
-        item_encoder=everything.item_encoder,
-        user_table=everything.user_table,
-        item_table=everything.item_table,
-        sequences=everything.sequences,
-        popularity=everything.popularity,
-        item_embeddings=item_embeddings,
-        metrics={},
-        info={
-            "protocol": "none",
-            "objective": {"chosen": config.train.objective, "epochs": config.train.epochs, "candidates": []},
-            "epoch_losses": result.epoch_losses,
-            "train_seconds": round(result.seconds, 3),
-            "inputs": data.manifest.get("inputs", {}),
-            "input_counts": counts,
-            "distributed": distributed,
-        },
-        index=built_index,
-        profiles=None,
-        profiles_manifest={},
-        user_index=user_index,
     )
     started = time.perf_counter()
     run_name = f"train-{datetime.now(UTC):%Y%m%dT%H%M%S}-x{world_size}"
@@ -319,7 +296,7 @@ def _write_outputs(
                 **{f"rank{r}_peak_rss_mb": v for r, v in enumerate(result.rank_peak_rss_mb)},
             }
         )
-        log_index_calibration(tracker, built_index)
+        log_index_calibration(tracker, assembled.index)
         write_bundle(out, contents, overwrite=overwrite)
         log.info(
             "bundle %s written to %s (%.1f s after training)", version, out, time.perf_counter() - started
