@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import resource
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
-from training.fit.trainer import TrainResult
+from training.fit.trainer import TrainResult, peak_rss_mb
 from training.profiles.build import profiles_for_bundle
 from training.tracking import Tracker, flatten, start_run
 
@@ -64,11 +63,6 @@ class TrainSummary:
     run_id: str | None = None
     registered_version: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def model_version_of(state_dict: dict[str, torch.Tensor]) -> str:

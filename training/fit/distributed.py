@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +51,7 @@ from training.fit.auto import with_overrides
 from training.fit.interaction_task import ExampleBatcher, InteractionTask
 from training.fit.losses import full_softmax_loss
 from training.fit.sequence_task import SequenceTask
-from training.fit.trainer import Task, make_task
+from training.fit.trainer import Task, make_task, peak_rss_mb
 
 log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
@@ -279,10 +278,6 @@ class ShardedResult:
         return float(sum(self.rank_samples_per_second))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 class ShardedTraining:
     """One rank's share of data-parallel training over a prepared directory (module docstring)."""
 
@@ -392,7 +387,7 @@ class ShardedTraining:
             )
         result.seconds = time.perf_counter() - started
         mine = torch.tensor([result.rows / max(result.seconds, 1e-9), peak_rss_mb()], dtype=torch.float64)
-        every = self._gather_floats(mine)
+        every = gather_plain(mine.to(self.device), self.info.world_size).cpu().view(self.info.world_size, -1)
         result.rank_samples_per_second = [float(r[0]) for r in every]
         result.rank_peak_rss_mb = [float(r[1]) for r in every]
         task.model.eval()
@@ -404,17 +399,6 @@ class ShardedTraining:
         tensor = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL: device tensors
         dist.all_reduce(tensor)
         return float(tensor[0]) / self.info.world_size
-
-    def _gather_floats(self, values: torch.Tensor) -> list[torch.Tensor]:
-        if self.info.world_size == 1:
-            return [values]
-        parts = [torch.empty_like(values) for _ in range(self.info.world_size)]
-        if self.device.type == "cuda":
-            moved = [p.to(self.device) for p in parts]
-            dist.all_gather(moved, values.to(self.device))
-            return [p.cpu() for p in moved]
-        dist.all_gather(parts, values)
-        return parts
 
 
 def _rows(batch: Any, positions: IntArray) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ from training.fit.sequence_task import SequenceTask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass
