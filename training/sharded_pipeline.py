@@ -106,7 +106,7 @@ def launch_training(
     max_steps: int | None = None,
 ) -> ShardedSummary:
     """Prepare (unless given), start ``nproc`` workers, return rank 0's summary (module docstring)."""
-    from training.data.shards import open_prepared
+    from training.data.shards import read_prepared_manifest
     from training.data.stream_prepare import prepare_shards
 
     check_config(config)
@@ -126,10 +126,10 @@ def launch_training(
             inputs.items,
             prepared,
             config.data,
-            shards=inputs.shards if inputs.shards is not None else None,
+            shards=inputs.shards,
             overwrite=True,
         )
-    shards = open_prepared(prepared).shards
+    shards = int(read_prepared_manifest(prepared)["shards"])
     if shards < nproc:
         raise ValueError(f"{prepared}: {shards} shard(s) for {nproc} ranks; prepare with --shards >= {nproc}")
     with tempfile.TemporaryDirectory(prefix="recsys-train-") as scratch:

@@ -102,9 +102,10 @@ class PreparedShards:
         return users, items
 
 
-def open_prepared(root: Path) -> PreparedShards:
-    """Open ``root`` written by ``recsys prepare``; a missing or foreign directory is an InputError
-    naming the file."""
+def read_prepared_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of ``root`` written by ``recsys prepare``, with every shard file it names
+    present; a missing or foreign directory is an InputError naming the file. Reads nothing
+    else (no tables, no encoders): enough to plan ranks over the shards."""
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
@@ -118,6 +119,15 @@ def open_prepared(root: Path) -> PreparedShards:
     for shard in range(int(manifest["shards"])):
         if not (root / "shards" / shard_name(shard)).is_file():
             raise InputError(f"{root / 'shards' / shard_name(shard)}: missing shard")
+    return dict(manifest)
+
+
+def open_prepared(root: Path) -> PreparedShards:
+    """Open ``root`` written by ``recsys prepare``: :func:`read_prepared_manifest`, then the
+    tables, encoders and popularity; a missing or foreign directory is an InputError naming
+    the file."""
+    root = Path(root)
+    manifest = read_prepared_manifest(root)
     user_table = pl.read_parquet(root / "users.parquet")
     item_table = pl.read_parquet(root / "items.parquet")
     user_encoder = _encoder(root, "user", user_table.get_column("user_id"))
