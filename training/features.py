@@ -54,7 +54,7 @@ def encoder_options(config: DataConfig) -> EncoderOptions:
     )
 
 
-def _aligned(ids: pl.Series, id_column: str, table: pl.DataFrame | None) -> pl.DataFrame:
+def aligned_table(ids: pl.Series, id_column: str, table: pl.DataFrame | None) -> pl.DataFrame:
     """The attribute table in vocabulary order (entities without a row get nulls)."""
     frame = ids.rename(id_column).to_frame()
     if table is None:
@@ -105,8 +105,8 @@ def prepare(
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     popularity = np.bincount(item_indices - FIRST_TOKEN_INDEX, minlength=n_items).astype(np.int64)
 
-    user_table = _aligned(user_encoder.ids.tokens, "user_id", users)
-    item_table = _aligned(item_encoder.ids.tokens, "item_id", items)
+    user_table = aligned_table(user_encoder.ids.tokens, "user_id", users)
+    item_table = aligned_table(item_encoder.ids.tokens, "item_id", items)
     return Prepared(
         user_encoder=user_encoder,
         item_encoder=item_encoder,

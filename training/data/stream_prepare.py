@@ -44,7 +44,7 @@ import polars as pl
 from serving.model.features import FIRST_TOKEN_INDEX, EntityEncoder
 from training.config import DataConfig
 from training.data.io import DEFAULT_EVENT_TYPE, InputError, load_entities, timestamp_seconds
-from training.features import encoder_options
+from training.features import aligned_table, encoder_options
 
 log = logging.getLogger(__name__)
 
@@ -357,11 +357,8 @@ def _read_raw_shard(raw: Path, shard: int) -> pl.DataFrame:
 def _aligned_table(encoder: EntityEncoder, table: pl.DataFrame | None) -> pl.DataFrame:
     """Id + attribute feature columns in vocabulary order; columns that are not features (personal
     data, free text) are not copied."""
-    frame = encoder.ids.tokens.rename(encoder.id_column).to_frame()
-    if table is None:
-        return frame
-    kept = table.select(encoder.id_column, *encoder.attribute_columns)
-    return frame.join(kept, on=encoder.id_column, how="left", maintain_order="left")
+    kept = None if table is None else table.select(encoder.id_column, *encoder.attribute_columns)
+    return aligned_table(encoder.ids.tokens, encoder.id_column, kept)
 
 
 def _write_entities(folder: Path, name: str, encoder: EntityEncoder) -> None:
