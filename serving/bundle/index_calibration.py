@@ -242,18 +242,7 @@ def build_calibrated_index(
     chosen, met = choose(curve, options.recall_target)
     spec = IndexSpec(kind, base.params, dict(chosen.setting))
     configure(index, spec)
-    setting = ", ".join(f"{name}={value}" for name, value in chosen.setting.items())
-    if met:
-        reason = (
-            f"cheapest setting with recall@{k} >= {options.recall_target}: {setting} "
-            f"(recall {chosen.recall:.4f})"
-        )
-    else:
-        reason = (
-            f"no setting reached recall@{k} >= {options.recall_target}; best is {setting} "
-            f"(recall {chosen.recall:.4f})"
-        )
-        log.warning("index calibration: %s", reason)
+    reason = _chosen_reason(chosen, met, k, options.recall_target)
     log.info("index %s over %d items: %s", kind, n, reason)
     return BuiltIndex(
         index=index,
@@ -326,14 +315,7 @@ def _build_compressed(
     calibration_seconds = time.perf_counter() - started
     spec = IndexSpec(IVF_PQ_REFINE_INNER_PRODUCT, params, dict(chosen.setting))
     configure(index, spec)
-    setting = ", ".join(f"{name}={value}" for name, value in chosen.setting.items())
-    why = _budget_reason(n, d, options)
-    recall = f"(recall {chosen.recall:.4f})"
-    if met:
-        reason = f"{why}; cheapest setting with recall@{k} >= {target}: {setting} {recall}"
-    else:
-        reason = f"{why}; no setting reached recall@{k} >= {target}; best is {setting} {recall}"
-        log.warning("index calibration: %s", reason)
+    reason = _chosen_reason(chosen, met, k, target, why=_budget_reason(n, d, options))
     log.info("index %s over %d items: %s", spec.factory, n, reason)
     return BuiltIndex(
         index=index,
@@ -351,6 +333,21 @@ def _build_compressed(
         calibration_seconds=calibration_seconds,
         memory_budget_bytes=options.memory_budget_bytes,
     )
+
+
+def _chosen_reason(chosen: CalibrationPoint, met: bool, k: int, target: float, why: str = "") -> str:
+    """The manifest's ``chosen_reason`` (prefixed by ``why`` and "; " when given); logged as a
+    warning when the target was missed."""
+    setting = ", ".join(f"{name}={value}" for name, value in chosen.setting.items())
+    recall = f"(recall {chosen.recall:.4f})"
+    if met:
+        reason = f"cheapest setting with recall@{k} >= {target}: {setting} {recall}"
+    else:
+        reason = f"no setting reached recall@{k} >= {target}; best is {setting} {recall}"
+    reason = f"{why}; {reason}" if why else reason
+    if not met:
+        log.warning("index calibration: %s", reason)
+    return reason
 
 
 def choose(curve: list[CalibrationPoint], target: float) -> tuple[CalibrationPoint, bool]:
