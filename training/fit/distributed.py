@@ -40,7 +40,6 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from serving.model.features import FIRST_TOKEN_INDEX
 from serving.model.towers import Inputs, TwoTowerModel
@@ -49,7 +48,7 @@ from training.data.shards import PreparedShards
 from training.features import Prepared
 from training.fit.auto import with_overrides
 from training.fit.interaction_task import ExampleBatcher, InteractionTask
-from training.fit.losses import full_softmax_loss
+from training.fit.losses import full_softmax_loss, sampled_softmax_loss
 from training.fit.sequence_task import SequenceTask
 from training.fit.trainer import Task, make_task, peak_rss_mb
 
@@ -178,31 +177,6 @@ def gather_plain(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def global_softmax_loss(
-    users: torch.Tensor,
-    candidates: torch.Tensor,
-    candidate_ids: torch.Tensor,
-    positive_ids: torch.Tensor,
-    offset: int,
-    temperature: float,
-    corrections: torch.Tensor | None,
-) -> torch.Tensor:
-    """Mean cross-entropy of local row i against column ``offset + i`` of the global candidates.
-
-    The same as :func:`training.fit.losses.sampled_softmax_loss` on the global batch, read at this
-    rank's rows: candidates equal to a row's positive id (other than its own column) are masked.
-    """
-    logits = users @ candidates.T / temperature
-    if corrections is not None:
-        logits = logits - corrections.unsqueeze(0)
-    rows = torch.arange(users.shape[0], device=users.device)
-    own = offset + rows
-    false_negative = positive_ids.unsqueeze(1) == candidate_ids.unsqueeze(0)
-    false_negative[rows, own] = False
-    logits = logits.masked_fill(false_negative, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits, own)
-
-
 def interaction_loss(
     task: InteractionTask, batch: tuple[Inputs, Inputs, torch.Tensor], info: RankInfo
 ) -> torch.Tensor:
@@ -215,26 +189,28 @@ def interaction_loss(
         every = negatives._items(model, np.arange(negatives.n_items, dtype=np.int64))
         return full_softmax_loss(users, every, item_ids - FIRST_TOKEN_INDEX, negatives.temperature)
     world = info.world_size
-    items = model.item_embedding(item_inputs)
-    candidates = [gather_with_grad(items, world)]
-    ids = [gather_plain(item_ids, world)]
-    log_q = negatives.log_expected[item_ids - FIRST_TOKEN_INDEX] if negatives.correct else None
-    corrections = [gather_plain(log_q, world)] if log_q is not None else []
+    items = gather_with_grad(model.item_embedding(item_inputs), world)
+    ids = gather_plain(item_ids, world)
+    local_log_q = negatives.log_expected[item_ids - FIRST_TOKEN_INDEX] if negatives.correct else None
+    log_q = gather_plain(local_log_q, world) if local_log_q is not None else None
+    extra_items = extra_ids = extra_log_q = None
     if negatives.uniform > 0:
         rows = task.rng.choice(negatives.n_items, size=negatives.uniform, replace=False).astype(np.int64)
         row_tensor = torch.from_numpy(rows).to(task.device)
-        candidates.append(gather_with_grad(negatives._items(model, rows), world))
-        ids.append(gather_plain(row_tensor + FIRST_TOKEN_INDEX, world))
+        extra_items = gather_with_grad(negatives._items(model, rows), world)
+        extra_ids = gather_plain(row_tensor + FIRST_TOKEN_INDEX, world)
         if log_q is not None:
-            corrections.append(gather_plain(negatives.log_expected[row_tensor], world))
-    return global_softmax_loss(
+            extra_log_q = gather_plain(negatives.log_expected[row_tensor], world)
+    return sampled_softmax_loss(
         users,
-        torch.cat(candidates),
-        torch.cat(ids),
-        item_ids,
-        info.rank * users.shape[0],
+        items,
+        ids,
         negatives.temperature,
-        torch.cat(corrections) if corrections else None,
+        log_q,
+        extra_items,
+        extra_ids,
+        extra_log_q,
+        offset=info.rank * users.shape[0],
     )
 
 

@@ -43,13 +43,17 @@ def sampled_softmax_loss(
     extra_items: Tensor | None = None,
     extra_ids: Tensor | None = None,
     extra_log_q: Tensor | None = None,
+    offset: int = 0,
 ) -> Tensor:
-    """Softmax of each row's positive (column i) against the in-batch items and ``extra_items``.
+    """Softmax of each row's positive (column ``offset + i``) against the in-batch items and
+    ``extra_items``.
 
     ``extra_items`` (M, D) with ``extra_ids`` (M,) are additional negatives (e.g. sampled
     uniformly); ``extra_log_q`` (M,) their log expected counts. Any candidate whose id
     equals the row's positive id (other than the positive itself) is masked: it is not
-    a negative.
+    a negative. ``offset``: ``users`` are rows ``offset ..`` of the batch whose items are
+    ``items`` (a data-parallel rank's share of the all-gathered global batch); 0 when
+    ``users`` and ``items`` are the same rows.
     """
     candidates, ids, corrections = items, item_ids, log_q
     if extra_items is not None and extra_ids is not None:
@@ -60,12 +64,12 @@ def sampled_softmax_loss(
     logits = users @ candidates.T / temperature
     if corrections is not None:
         logits = logits - corrections.unsqueeze(0)
-    batch = users.shape[0]
-    false_negative = item_ids.unsqueeze(1) == ids.unsqueeze(0)
-    false_negative[:, :batch].fill_diagonal_(False)
+    rows = torch.arange(users.shape[0], device=users.device)
+    own = offset + rows
+    false_negative = item_ids[own].unsqueeze(1) == ids.unsqueeze(0)
+    false_negative[rows, own] = False
     logits = logits.masked_fill(false_negative, torch.finfo(logits.dtype).min)
-    labels = torch.arange(batch, device=users.device)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, own)
 
 
 def full_softmax_loss(users: Tensor, all_items: Tensor, target_rows: Tensor, temperature: float) -> Tensor:
