@@ -26,7 +26,7 @@ from training.config import Config, DataConfig, load_config
 from training.data.stream_prepare import prepare_shards
 from training.data.synth import SynthConfig, synthesize
 from training.features import Prepared, prepare
-from training.fit.distributed import RankInfo, _global_log_expected, _StepLoss, per_rank_config
+from training.fit.distributed import RankInfo, _StepLoss, per_rank_config
 from training.fit.interaction_task import InteractionTask
 from training.sharded_pipeline import DistributedTrainingError, ShardedInputs, launch_training
 
@@ -74,7 +74,7 @@ def _gradients(info: RankInfo) -> dict[str, torch.Tensor]:
     prepared, config = _tiny()
     rank_config = per_rank_config(config, info.world_size)
     task = InteractionTask(prepared, rank_config)
-    _global_log_expected(task, prepared.popularity, len(task), info.world_size)
+    task.negatives.expect_draws(prepared.popularity, len(task), info.world_size)
     size = GLOBAL_BATCH // info.world_size
     positions = np.arange(info.rank * size, (info.rank + 1) * size, dtype=np.int64)
     module: torch.nn.Module = _StepLoss(task, info)

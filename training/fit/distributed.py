@@ -148,17 +148,6 @@ def bind_shard(task: Task, prepared: Prepared) -> None:
         raise TypeError(f"no shard binding for {type(task).__name__}")
 
 
-def _global_log_expected(task: InteractionTask, popularity: IntArray, total: int, world_size: int) -> None:
-    """logQ of the *global* step: ``W * per-rank batch`` draws by popularity over every event (a shard
-    alone would misjudge the share), plus the uniform draws of every rank."""
-    negatives = task.negatives
-    share = popularity.astype(np.float64) / max(total, 1)
-    expected = world_size * (
-        task.config.train.batch_size * share + negatives.uniform / max(negatives.n_items, 1)
-    )
-    negatives.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(task.device)
-
-
 def gather_with_grad(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """All ranks' ``tensor`` concatenated in rank order; gradients flow back to each rank's part."""
     if world_size == 1:
@@ -275,7 +264,7 @@ class ShardedTraining:
         self.task.rng = np.random.default_rng([config.train.seed, info.rank])
         if isinstance(self.task, InteractionTask):
             self.task.batcher.rng = self.task.rng
-            _global_log_expected(self.task, data.entities.popularity, data.interactions, info.world_size)
+            self.task.negatives.expect_draws(data.entities.popularity, data.interactions, info.world_size)
         self.step_loss: nn.Module = _StepLoss(self.task, info)
         if info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

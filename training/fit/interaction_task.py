@@ -112,9 +112,18 @@ class NegativeSampler:
         self.uniform = min(cfg.uniform_negatives, self.n_items)
         self.exact = cfg.uniform_negatives >= self.n_items
         self.correct = cfg.logq_correction
-        share = prepared.popularity.astype(np.float64) / max(len(batcher), 1)
-        expected = cfg.batch_size * share + self.uniform / max(self.n_items, 1)
-        self.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(device)
+        self.batch_size = cfg.batch_size
+        self.expect_draws(prepared.popularity, len(batcher))
+
+    def expect_draws(self, popularity: npt.NDArray[np.int64], total: int, ranks: int = 1) -> None:
+        """Set ``log_expected``, each item's log expected count among one step's candidates:
+        ``ranks`` x (``batch_size`` positives drawn by popularity, ``popularity / total``, plus
+        the uniform draws). A data-parallel rank passes the global popularity, event count and
+        world size: its softmax sees every rank's candidates (a shard alone would misjudge the
+        share)."""
+        share = popularity.astype(np.float64) / max(total, 1)
+        expected = ranks * (self.batch_size * share + self.uniform / max(self.n_items, 1))
+        self.log_expected = torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float().to(self.device)
 
     def _items(self, model: TwoTowerModel, rows: npt.NDArray[np.int64]) -> torch.Tensor:
         features = self.batcher._drop_ids(gather(self.batcher.prepared.item_features, rows))
