@@ -22,6 +22,7 @@ there is no held-out evaluation (no split is carved from shards): ``recsys bench
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -220,6 +221,11 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
         data = open_prepared(prepared)
         training = ShardedTraining(data, config, info, device)
         result = training.run(max_steps)
+        # DDP's reducer holds the process group: released here, the group is torn down whole by
+        # process_group, not by interpreter exit with its threads still joinable (a rank then
+        # aborted, exit -6, in tests).
+        del training
+        gc.collect()
     if not info.is_main:
         return  # only rank 0 writes
     summary = _write_outputs(config, data, result, out, overwrite, info.world_size)
