@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pytest
 import torch
@@ -28,10 +29,10 @@ from serving.model.towers import (
 from training.config import CLOSED_FORM_OBJECTIVES, ConfigError, load_config
 from training.data.synth import SynthSummary
 from training.evaluation import split_for
-from training.evaluation.baselines import EASE, IALS, baseline_scores
-from training.evaluation.evaluate import evaluate, rank_test_users, two_tower_scores
+from training.evaluation.baselines import EASE, IALS, baseline_scores, interaction_matrix
+from training.evaluation.evaluate import batched, evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
-from training.fit.auto import CANDIDATES, candidates_of, fit_selected, select_objective
+from training.fit.auto import CANDIDATES, Selection, candidates_of, fit_selected, select_objective
 from training.fit.linear_task import factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
@@ -193,7 +194,14 @@ def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
     assert [c.name for c in selection.candidates] == [name for name, _ in CANDIDATES]
     best = max(selection.candidates, key=lambda c: c.validation_ndcg)
     assert selection.name == best.name
-    assert selection.config == candidates_of(config)[[n for n, _ in CANDIDATES].index(best.name)][1]
+    expected = candidates_of(config)[[n for n, _ in CANDIDATES].index(best.name)][1]
+    if expected.train.objective == "linear":  # the winner's served width is chosen after the comparison
+        chosen = selection.config.train.linear_tower_rank
+        assert chosen in [rank for rank, _ in selection.tower_ranks]
+        expected = dataclasses.replace(
+            expected, train=dataclasses.replace(expected.train, linear_tower_rank=chosen)
+        )
+    assert selection.config == expected
     assert selection.epochs == best.best_epoch
     assert json.loads(json.dumps(selection.manifest()))["chosen"] == best.name
     final = fit_selected(prepare(interactions, None, None, config.data), selection)
@@ -361,17 +369,102 @@ def test_history_decay_round_trips_and_is_refused_where_it_has_no_meaning() -> N
         load_config(None, ["model.history_decay=-1"])
 
 
-def test_the_mf_objective_ranks_like_ials(interactions: pl.DataFrame) -> None:
-    """iALS's factors in the user-id and item-id tables: the towers rank as the factorisation does."""
-    config = tiny_config("train.objective=mf", "train.mf_factors=8")
+def test_the_mf_objective_ranks_as_the_ials_fold_in_of_the_history(interactions: pl.DataFrame) -> None:
+    """The user tower folds iALS's item factors in from the history: it ranks as the ridge fold-in
+    ``(Y^T Y + reg I)^-1 Y^T p_u`` does, and about as well as iALS's own user factors."""
+    config = tiny_config("train.objective=mf", "train.mf_factors=8", "data.history_length=1000")
     parts = split_for(interactions, "rand", 3)
     train_part = prepare(parts.train, None, None, config.data)
     result = train_model(train_part, config)
     assert len(result.epoch_losses) == 1
     assert result.model.spec.output_dim == 9
-    assert result.model.spec.user_id_embedding
+    assert not result.model.spec.user_id_embedding  # nothing per user: recent items and new users work
     als = IALS(factors=8, regularization=config.train.mf_regularization, seed=config.train.seed)
     als.fit(train_part)
+    assert als.item_factors is not None
+    y = als.item_factors.astype(np.float64)
+    x = interaction_matrix(train_part, np.float64)
+    folded = np.linalg.solve(y.T @ y + config.train.mf_regularization * np.eye(8), (x @ y).T).T
+
+    def fold_in_scores(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        scores: npt.NDArray[np.float64] = folded[rows] @ y.T
+        return scores
+
     ours = rank_test_users(two_tower_scores(result.model, train_part), train_part, parts.test, 10)
+    fold_in = rank_test_users(batched(fold_in_scores), train_part, parts.test, 10)
+    assert (ours.topk == fold_in.topk).mean() > 0.99
     theirs = rank_test_users(baseline_scores(als), train_part, parts.test, 10)
-    assert (ours.topk == theirs.topk).mean() > 0.99
+    assert ours.metrics(10)["ndcg@10"] >= 0.9 * theirs.metrics(10)["ndcg@10"]
+
+
+def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp_path: Path) -> None:
+    """Recent items move a known user's list; an unknown user with recent items gets a list made from
+    them (not the fallback, not all-zero scores, different for different items)."""
+    from serving.recommend.engine import TwoTowerEngine
+    from serving.recommend.types import RecommendQuery
+    from training.pipeline import train
+
+    config = tiny_config(
+        "train.objective=mf",
+        "train.mf_factors=8",
+        # At the default ridge of 10 the 60-item synthetic catalogue's factors collapse to one
+        # (popularity) direction, and every history folds in to the same list.
+        "train.mf_regularization=0.5",
+        "data.history_length=1000",
+        "eval.protocol=none",
+        "tracking.enabled=false",
+        "profiles.enabled=false",
+    )
+    train(config, synth_data.interactions_path, None, None, tmp_path / "bundle")
+    engine = TwoTowerEngine.load(tmp_path / "bundle")
+    users = engine.bundle.users.get_column("user_id").to_list()[:40]
+    items = engine.bundle.item_encoder.ids.tokens.to_list()
+    rng = np.random.default_rng(0)
+    moved = 0
+    for user in users:
+        recent = tuple(items[i] for i in rng.choice(len(items), 5, replace=False))
+        before = [i.item_id for i in engine.recommend(RecommendQuery(user, 10)).items]
+        after = [i.item_id for i in engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent)).items]
+        moved += before != after
+    assert moved >= 0.5 * len(
+        users
+    )  # long synthetic histories: 5 items among hundreds (ml-100k: BENCHMARKS.md)
+    lists = set()
+    for start in range(0, 50, 10):
+        answer = engine.recommend(
+            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 3]))
+        )
+        assert answer.fallback_reason is None
+        assert any(item.score != 0.0 for item in answer.items)
+        lists.add(tuple(item.item_id for item in answer.items))
+    assert len(lists) >= 4
+
+
+def test_the_linear_towers_keep_the_narrowest_rank_that_holds_the_validation_figure(
+    interactions: pl.DataFrame,
+) -> None:
+    def select(keep: float) -> Selection:
+        config = tiny_config("train.objective=linear", "train.patience=1", f"train.linear_rank_keep={keep}")
+        return select_objective(interactions, None, None, config, "llo")
+
+    lenient, strict = select(0.5), select(1.0)
+    *narrower, (full, reference) = lenient.tower_ranks
+    assert narrower, "the tiny catalogue has room for at least one narrower rank"
+    assert [r for r, _ in narrower] == [32 * 2**i for i in range(len(narrower))]
+    assert lenient.config.train.linear_tower_rank in dict(lenient.tower_ranks)
+    # Asking to keep more never chooses a narrower rank (same data, same fit, same validation).
+    assert lenient.config.train.linear_tower_rank <= strict.config.train.linear_tower_rank
+    manifest = json.loads(json.dumps(lenient.manifest()))
+    assert manifest["tower_ranks"][-1] == {"rank": full, "validation_ndcg": reference}
+    final = fit_selected(prepare(interactions, None, None, lenient.config.data), lenient).model
+    assert final.spec.output_dim == lenient.config.train.linear_tower_rank + 1  # plus the unit coordinate
+
+
+def test_a_tower_rank_keeps_the_leading_columns_of_the_same_factorisation(prepared: Prepared) -> None:
+    wide = tiny_config("train.objective=linear", "train.linear_rank=48")
+    narrow = tiny_config("train.objective=linear", "train.linear_rank=48", "train.linear_tower_rank=16")
+    wide_model, narrow_model = train_model(prepared, wide).model, train_model(prepared, narrow).model
+    assert (wide_model.spec.output_dim, narrow_model.spec.output_dim) == (49, 17)
+    wide_rows = wide_model.user_tower.item_ids.weight.detach().numpy()
+    narrow_rows = narrow_model.user_tower.item_ids.weight.detach().numpy()
+    np.testing.assert_allclose(narrow_rows[:, :16], wide_rows[:, :16], rtol=1e-6)

@@ -132,8 +132,17 @@ class TrainConfig:
     linear_l2: float = 500.0
     """``linear``: the ridge ``lambda`` of the closed form (Steck's range is 100-1000)."""
     linear_rank: int = 2048
-    """``linear``: rank of the factorised item-item weights (exact for smaller catalogues); the
-    towers are this wide plus one. Larger keeps more of the closed form, costs index memory."""
+    """``linear``: rank of the factorised item-item weights (exact for smaller catalogues). The
+    towers are ``linear_tower_rank`` (or this) wide plus one."""
+    linear_tower_rank: int = 0
+    """``linear``: how many of the factorisation's leading components the towers keep (every served
+    vector is this wide plus one: index search, explanations and re-ranking cost grow with it).
+    0: chosen on the validation split, as the narrowest of 32, 64, 128, ... (below ``linear_rank``)
+    whose validation NDCG@k keeps ``linear_rank_keep`` of the full factorisation's, and written here
+    in the resolved configuration of the bundle; ``linear_rank`` without a validation split."""
+    linear_rank_keep: float = 0.99
+    """``linear``: share of the full factorisation's validation NDCG@k the chosen tower rank keeps
+    (1: the narrowest rank that loses nothing measurable)."""
     linear_max_items: int = 30_000
     """``linear``: larger catalogues are refused (the closed form holds an items x items matrix:
     3.4 GiB at 30,000 items); ``auto`` skips the candidate above it."""
@@ -359,6 +368,8 @@ def validate(config: Config) -> None:
         (config.train.auto_budget_s > 0, "train.auto_budget_s: must be > 0"),
         (config.train.linear_l2 > 0, "train.linear_l2: must be > 0"),
         (config.train.linear_rank >= 1, "train.linear_rank: must be >= 1"),
+        (config.train.linear_tower_rank >= 0, "train.linear_tower_rank: must be >= 0 (0: chosen)"),
+        (0 < config.train.linear_rank_keep <= 1, "train.linear_rank_keep: must be in (0, 1]"),
         (config.train.linear_max_items >= 1, "train.linear_max_items: must be >= 1"),
         (config.train.mf_factors >= 1, "train.mf_factors: must be >= 1"),
         (

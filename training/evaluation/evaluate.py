@@ -21,6 +21,7 @@ from serving.model.features import FIRST_TOKEN_INDEX
 from serving.model.history import Sequences
 from serving.model.towers import TwoTowerModel
 from training.evaluation import ranking_metrics, top_k_excluding, truth_csr
+from training.evaluation.metrics import per_user_ndcg
 from training.features import Prepared
 
 __all__ = [
@@ -64,6 +65,10 @@ class Ranking:
     def metrics(self, k: int) -> dict[str, float]:
         """:func:`training.evaluation.ranking_metrics` of this ranking at cut-off ``k``."""
         return ranking_metrics(self.topk, self.truth.indptr, self.truth.items, self.n_items, k)
+
+    def per_user_ndcg(self, k: int) -> npt.NDArray[np.float64]:
+        """NDCG@``k`` of each ranked user (``user_rows`` order): :meth:`metrics`' mean, per user."""
+        return per_user_ndcg(self.topk, self.truth.indptr, self.truth.items, self.n_items, k)
 
 
 def rank_test_users(score_batches: ScoreBatches, train: Prepared, test: pl.DataFrame, k: int) -> Ranking:

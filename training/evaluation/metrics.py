@@ -148,18 +148,7 @@ def ranking_metrics(
     if np.any((sorted_rows[:, 1:] == sorted_rows[:, :-1]) & (sorted_rows[:, 1:] >= 0)):
         raise ValueError("a topk row recommends the same item more than once")
 
-    # Encode (row, item) pairs as one int64 key so membership is a single np.isin over the whole batch.
-    # -1 slots map to keys no truth pair can have (items are >= 0), so they never hit.
-    if n_users * n_items >= 2**62:
-        raise ValueError(f"n_users * n_items = {n_users * n_items} is too large for int64 pair keys")
-    rows = np.arange(n_users, dtype=np.int64)
-    truth_rows = np.repeat(rows, np.diff(indptr))
-    truth_keys = truth_rows * n_items + indices
-    if np.unique(truth_keys).shape[0] != truth_keys.shape[0]:
-        raise ValueError("truth CSR contains a duplicate item within a row; build it with truth_csr()")
-    top_keys = np.where(top >= 0, rows[:, None] * n_items + top, -1)
-    hits = np.isin(top_keys, truth_keys) & (top >= 0)
-
+    hits = _hits(top, indptr, indices, n_items)
     n_relevant = np.diff(indptr)
     evaluated = n_relevant > 0
     n_eval = int(evaluated.sum())
@@ -173,15 +162,12 @@ def ranking_metrics(
         hits_e = hits[evaluated]
         rel_e = n_relevant[evaluated]
         n_hits = hits_e.sum(axis=1)
-        discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))  # slot r (1-based) -> 1/log2(r+1)
-        dcg = hits_e.astype(np.float64) @ discounts
-        idcg = np.cumsum(discounts)[np.minimum(rel_e, k) - 1]
         any_hit = n_hits > 0
         first_rank = np.argmax(hits_e, axis=1) + 1  # argmax finds the first True; only used where any_hit
         rr = np.where(any_hit, 1.0 / first_rank, 0.0)
         values = (
             (n_hits / rel_e).mean(),
-            (dcg / idcg).mean(),
+            _ndcg_rows(hits_e, rel_e, k).mean(),
             any_hit.mean(),
             rr.mean(),
             (n_hits / k).mean(),
@@ -189,6 +175,55 @@ def ranking_metrics(
         result = {name: float(v) for name, v in zip(names, values, strict=True)}
     result[f"coverage@{k}"] = coverage
     result["users"] = float(n_eval)
+    return result
+
+
+def per_user_ndcg(
+    topk: npt.NDArray[np.integer[Any]],
+    truth_indptr: npt.NDArray[np.integer[Any]],
+    truth_indices: npt.NDArray[np.integer[Any]],
+    n_items: int,
+    k: int,
+) -> npt.NDArray[np.float64]:
+    """NDCG@``k`` of each user with at least one relevant item (in row order): the values whose mean is
+    :func:`ranking_metrics`' ``ndcg@k``, for paired comparisons of two rankings of the same users.
+    Arguments as in :func:`ranking_metrics` (validated there; call it first on untrusted input)."""
+    indptr = np.asarray(truth_indptr, dtype=np.int64)
+    top = np.asarray(topk)[:, :k].astype(np.int64, copy=False)
+    hits = _hits(top, indptr, np.asarray(truth_indices, dtype=np.int64), n_items)
+    n_relevant = np.diff(indptr)
+    evaluated = n_relevant > 0
+    return _ndcg_rows(hits[evaluated], n_relevant[evaluated], k)
+
+
+def _hits(
+    top: npt.NDArray[np.int64], indptr: npt.NDArray[np.int64], indices: npt.NDArray[np.int64], n_items: int
+) -> npt.NDArray[np.bool_]:
+    """``(n_users, k)``: whether each recommended slot is one of its user's relevant items."""
+    n_users = top.shape[0]
+    # Encode (row, item) pairs as one int64 key so membership is a single np.isin over the whole batch.
+    # -1 slots map to keys no truth pair can have (items are >= 0), so they never hit.
+    if n_users * n_items >= 2**62:
+        raise ValueError(f"n_users * n_items = {n_users * n_items} is too large for int64 pair keys")
+    rows = np.arange(n_users, dtype=np.int64)
+    truth_rows = np.repeat(rows, np.diff(indptr))
+    truth_keys = truth_rows * n_items + indices
+    if np.unique(truth_keys).shape[0] != truth_keys.shape[0]:
+        raise ValueError("truth CSR contains a duplicate item within a row; build it with truth_csr()")
+    top_keys = np.where(top >= 0, rows[:, None] * n_items + top, -1)
+    hits: npt.NDArray[np.bool_] = np.isin(top_keys, truth_keys) & (top >= 0)
+    return hits
+
+
+def _ndcg_rows(
+    hits: npt.NDArray[np.bool_], relevant: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.float64]:
+    """Per row: DCG of ``hits`` (slot r, 1-based, weighs 1/log2(r+1)) over the ideal DCG of
+    ``min(relevant, k)`` hits; rows need ``relevant >= 1``."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+    dcg = hits.astype(np.float64) @ discounts
+    idcg = np.cumsum(discounts)[np.minimum(relevant, k) - 1]
+    result: npt.NDArray[np.float64] = dcg / idcg
     return result
 
 

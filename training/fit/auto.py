@@ -30,6 +30,7 @@ import polars as pl
 from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
 from training.features import Prepared, prepare
+from training.fit.linear_task import choose_tower_rank
 from training.fit.trainer import TrainingRun, TrainResult, train_model
 from training.tracking import flatten, start_run
 
@@ -55,7 +56,7 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
         "linear-decay-0.5",
         {"train": {"objective": "linear"}, "data": {"history_length": 1000}, "model": {"history_decay": 0.5}},
     ),
-    ("mf", {"train": {"objective": "mf"}}),
+    ("mf", {"train": {"objective": "mf"}, "data": {"history_length": 1000}}),
 )
 """What ``auto`` tries: the set objective (random splits, whole-taste data; small steps, the last
 200 items, three in four hidden and no user-id table measured best on ml-100k rand), one example
@@ -102,6 +103,9 @@ class Selection:
     split up to its best epoch); None: ``train.epochs`` of the one-cycle schedule."""
     candidates: list[CandidateResult] = field(default_factory=list)
     protocol: str = ""
+    tower_ranks: list[tuple[int, float]] = field(default_factory=list)
+    """``linear`` winner: (tower rank, validation NDCG) of each rank tried for the served width (the
+    full factorisation last); the chosen one is ``config.train.linear_tower_rank``."""
 
     @property
     def epochs(self) -> int:
@@ -115,6 +119,7 @@ class Selection:
             "schedule": self.schedule,
             "validation_protocol": self.protocol,
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
+            "tower_ranks": [{"rank": rank, "validation_ndcg": score} for rank, score in self.tower_ranks],
         }
 
 
@@ -193,12 +198,18 @@ def select_objective(
         best_name,
         ", ".join(f"{r.name}={r.validation_ndcg:.4f}" for r, _ in results),
     )
+    tower_ranks: list[tuple[int, float]] = []
+    if best_config.train.objective == "linear" and best_config.train.linear_tower_rank == 0:
+        rank, tower_ranks = choose_tower_rank(prepared, best_config, validation)
+        best_config = with_overrides(best_config, {"train": {"linear_tower_rank": rank}})
+        log.info("linear tower rank: %d (validation ndcg per rank %s)", rank, tower_ranks)
     return Selection(
         config=best_config,
         name=best_name,
         schedule=best_run.result.schedule,
         candidates=[r for r, _ in results],
         protocol=protocol,
+        tower_ranks=tower_ranks,
     )
 
 
