@@ -8,7 +8,7 @@ Splits the interactions by the protocol, carves the validation split out of the 
 prints one JSON line: the overrides, the best validation NDCG@10, the best epoch, the epochs run,
 seconds per epoch and the validation curve. ``--test`` also refits on the whole training part with the
 same per-epoch learning rates and scores the protocol's test part, as ``recsys benchmark`` does. One
-change at a time against the defaults is the ablation in BENCHMARKS.md ("Issue 13").
+change at a time against the defaults is the ablation in docs/benchmarks/issue-13-auto-objective.md.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_security_arguments(parser: argparse.ArgumentParser) -> None:
-    """TLS, tokens, exposure and input-size flags of ``recsys serve`` (README "Running securely")."""
+    """TLS, tokens, exposure and input-size flags of ``recsys serve`` (docs/security.md)."""
     group = parser.add_argument_group("security")
     group.add_argument(
         "--tls-cert", type=Path, metavar="PEM", help="TLS certificate chain (PEM) of the server"

@@ -180,7 +180,7 @@ class TrainConfig:
     """Share of training examples whose history is a random sample of the user's other
     items (any time) instead of the items just before the target. 0 trains only "what
     comes next"; more whole-taste examples help random and time splits and hurt sequential
-    e-commerce data (BENCHMARKS.md, "One knob measured across protocols"): 0.25 is the
+    e-commerce data (docs/benchmarks/2026-11-23-previous-defaults.md, "One knob"): 0.25 is the
     setting with the smallest worst-case shortfall against the best baseline over the
     four measured data set / protocol pairs."""
     seed: int = 42

@@ -10,7 +10,7 @@ in filters and diversity options are refused the same way: every comparison with
 false, so a NaN bound would silently let everything (or nothing) through.
 
 The bounds are part of the contract: each is documented next to its field in
-``protos/recsys/v1/*.proto`` and in the README ("Bounded input"). Invalid UTF-8 never gets
+``protos/recsys/v1/*.proto`` and in docs/security.md ("Bounded input"). Invalid UTF-8 never gets
 this far: it is refused when the request is parsed (:mod:`serving.api.decode`). The whole
 message is bounded first by the server's maximum receive size (``--max-receive-bytes``).
 

@@ -7,7 +7,7 @@ index: exact below ``index.exact_threshold`` users, IVF above), so serving never
 the whole user base at load; only the seeds go through the user tower per request.
 
 Seed scoring (:class:`SeedScoring`), measured on ml-100k with ``benchmarks.lookalike_lift``
-(BENCHMARKS.md, "Lookalike audiences"):
+(docs/benchmarks/lookalike.md):
 
 * ``contrast`` (the default): candidates ranked by cosine to the direction from the
   average member to the seeds, ``mean(seeds) - mean(all users)`` (both of unit vectors;

@@ -30,7 +30,7 @@ class IndexOptions:
     IVF is the default approximate index below the budget because on a small CPU box it builds
     several times faster than HNSW, needs a fraction of its memory (no graph) and keeps
     filtered searches complete (a short filtered answer is re-searched with more lists,
-    up to an exhaustive scan). See the README's bundle section for the measurements.
+    up to an exhaustive scan). Measurements: docs/training.md, the item index.
 
     Calibration: ``sample_queries`` queries (user embeddings when the builder has them,
     else a sample of item vectors) are searched exactly and with every setting of the

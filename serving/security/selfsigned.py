@@ -3,7 +3,7 @@
 ``python -m serving.security.selfsigned --out DIR`` writes ``ca.pem``, ``server.pem`` /
 ``server.key`` (for ``localhost`` and ``127.0.0.1``) and ``client.pem`` / ``client.key``
 signed by that CA, keys readable by the owner only. Production certificates come from the
-organisation's CA (README "Running securely"); nothing here is meant to replace it.
+organisation's CA (docs/security.md); nothing here is meant to replace it.
 """
 
 from __future__ import annotations
