@@ -5,6 +5,7 @@ two replicas sharing a real ``redis-server`` (skipped, saying why, when it is no
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -24,14 +25,22 @@ from serving._proto.recsys.v1 import profiles_pb2 as pb2
 from serving._proto.recsys.v1 import profiles_pb2_grpc as pb2_grpc
 from serving.api.background import BackgroundServer
 from serving.api.profiles import ProfileStores
-from serving.api.server import ServerOptions
+from serving.api.server import ServerOptions, _open_live_feed
 from serving.bundle.format import MANIFEST, load_bundle
+from serving.cli import add_serve_arguments, serve_command
 from serving.events.log import EventLog
-from serving.profiles.behaviour import DAY_SECONDS, activity, append_activity, day_activity
+from serving.profiles.behaviour import (
+    DAY_SECONDS,
+    activity,
+    activity_from_days,
+    append_activity,
+    day_activity,
+)
 from serving.profiles.build import row_rules
 from serving.profiles.live.feed import LiveFeed
 from serving.profiles.live.profiles import LiveProfiles
 from serving.profiles.live.redis_store import ProfileStoreConfigError, check_url
+from serving.profiles.live.spec import LiveSpec
 from serving.profiles.live.stores import EmbeddedDeltaStore
 from serving.profiles.rfm import segment
 from serving.recommend.engine import TwoTowerEngine
@@ -119,8 +128,6 @@ def test_snapshot_extended_by_later_events_equals_the_profile_of_all_events(trai
     after = interactions.filter(pl.col("timestamp") > cut)
     # The later events arrive in two batches (partials of the same day merged by the store's rule).
     store = EmbeddedDeltaStore()
-    from serving.profiles.live.spec import LiveSpec
-
     spec = LiveSpec.of(section)
     store.register(spec)
     halves = after.collect().sample(fraction=1.0, shuffle=True, seed=3)
@@ -128,8 +135,6 @@ def test_snapshot_extended_by_later_events_equals_the_profile_of_all_events(trai
         store.add(spec, day_activity(half.lazy(), types, value_rows, monetary_rows).collect())
     users = after.select("user_id").unique().collect().get_column("user_id").to_list()
     later = pl.concat([store.read(spec, u).parts for u in users])
-    from serving.profiles.behaviour import activity_from_days
-
     live = append_activity(
         activity(before, types, value_rows, monetary_rows),
         activity_from_days(later.lazy(), types),
@@ -312,3 +317,28 @@ def test_an_event_sent_to_one_replica_shows_on_the_other(
     # A replica restarted against the same Redis finds the partials there (not rebuilt, not doubled).
     with BackgroundServer(_options(tmp_path / "a", redis_server.url), load, start_timeout=30) as a:
         assert _profile(a.address, user).live_events == 2
+
+
+def test_workers_default_to_snapshot_profiles_and_refuse_an_embedded_store(tmp_path: Path) -> None:
+    """With --workers N an in-process store per worker would diverge: the default is off (a
+    warning says so) and an explicit embedded store is refused."""
+    event_log = EventLog.open(tmp_path / "events")
+    try:
+        worker = ServerOptions(events_dir=tmp_path / "events", reuse_port=True)
+        assert _open_live_feed(worker, event_log) is None
+        single = _open_live_feed(ServerOptions(events_dir=tmp_path / "events"), event_log)
+        assert single is not None
+        single.close()
+        assert (
+            _open_live_feed(ServerOptions(events_dir=tmp_path / "events", profile_store="off"), event_log)
+            is None
+        )
+    finally:
+        event_log.close()
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(
+        ["--bundle", str(tmp_path), "--workers", "2", "--port", "1", "--profile-store", "embedded"]
+    )
+    with pytest.raises(ValueError, match="--profile-store embedded"):
+        serve_command(args)

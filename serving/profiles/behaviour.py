@@ -83,8 +83,8 @@ DAY_MERGE: dict[str, str] = {
     "orders": "sum",
     "monetary_value": "sum",
 }
-"""How two partials of the same (user, day) combine, per column (``events.<type>``: sum).
-The one rule shared by every store of partials (:func:`merge_days`, the live delta stores)."""
+"""How two partials of the same (user, day) combine, per column (``events.<type>``: sum):
+the one rule every store of live partials applies (:mod:`serving.profiles.live.stores`)."""
 
 
 def merge_rule(column: str) -> str:
@@ -99,7 +99,7 @@ def day_activity(
 
     ``day`` = UTC day number (timestamp // 86400); columns of :data:`DAY_MERGE` plus
     ``events.<type>``. Partials of the same (user, day) from different batches of events
-    combine column by column (:func:`merge_days`), so a profile can be kept up to date one
+    combine column by column (:func:`merge_rule`), so a profile can be kept up to date one
     batch at a time and still equal the profile of all the events at once.
     """
     ts = pl.col("timestamp")
@@ -115,24 +115,12 @@ def day_activity(
     )
 
 
-def _merged(column: str) -> pl.Expr:
-    rule = merge_rule(column)
-    expr = pl.col(column)
-    return (expr.min() if rule == "min" else expr.max() if rule == "max" else expr.sum()).alias(column)
-
-
-def merge_days(parts: pl.LazyFrame) -> pl.LazyFrame:
-    """Stacked (user, day) partials (several rows per pair allowed) -> one row per pair."""
-    columns = [c for c in parts.collect_schema().names() if c not in ("user_id", "day")]
-    return parts.group_by("user_id", "day").agg(*[_merged(c) for c in columns])
-
-
 def _average(total: pl.Expr, count: pl.Expr) -> pl.Expr:
     return pl.when(count > 0).then(total / count).otherwise(None).alias("average_value")
 
 
 def activity_from_days(days: pl.LazyFrame, types: Sequence[str]) -> pl.LazyFrame:
-    """(user, day) partials (one row per pair, see :func:`merge_days`) -> :func:`activity`'s columns."""
+    """(user, day) partials (one row per pair) -> :func:`activity`'s columns."""
     return days.group_by("user_id").agg(
         pl.col("first_activity").min(),
         pl.col("last_activity").max(),
