@@ -129,7 +129,7 @@ def test_snapshot_extended_by_later_events_equals_the_profile_of_all_events(trai
     # The later events arrive in two batches (partials of the same day merged by the store's rule).
     store = EmbeddedDeltaStore()
     spec = LiveSpec.of(section)
-    store.register(spec)
+    store.register(spec, "test-log")
     halves = after.collect().sample(fraction=1.0, shuffle=True, seed=3)
     for half in (halves.head(halves.height // 2), halves.tail(halves.height - halves.height // 2)):
         store.add(spec, day_activity(half.lazy(), types, value_rows, monetary_rows).collect())
@@ -317,6 +317,28 @@ def test_an_event_sent_to_one_replica_shows_on_the_other(
     # A replica restarted against the same Redis finds the partials there (not rebuilt, not doubled).
     with BackgroundServer(_options(tmp_path / "a", redis_server.url), load, start_timeout=30) as a:
         assert _profile(a.address, user).live_events == 2
+
+
+def test_a_new_snapshot_gets_the_events_every_replica_logged_before_it_was_registered(
+    trained: TrainedBundle, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Replicas keep separate event logs: events B accepted after the snapshot's clock but
+    before any replica registered the snapshot reach it when B joins (B adds its own log)."""
+    user = _lapsed_user(trained)
+    clock = int(trained.manifest["profiles"]["clock"])
+    load = lambda: TwoTowerEngine.load(trained.bundle)  # noqa: E731
+    with (
+        BackgroundServer(_options(tmp_path / "a", redis_server.url), load, start_timeout=30) as a,
+        BackgroundServer(_options(tmp_path / "b", redis_server.url), load, start_timeout=30) as b,
+    ):
+        _log(b.address, _purchases(user, [clock + 100, clock + 200]))  # nobody follows the snapshot yet
+        _log(a.address, _purchases(user, [clock + 300]))
+        seen = _until(lambda: _profile(a.address, user), lambda p: p.live_events == 3)
+        assert seen.live_events == 3
+        assert seen.as_of == clock + 300
+        on_b = _profile(b.address, user)
+        assert on_b.live_events == 3  # B's own profile request adds nothing twice
+        assert on_b.behaviour == seen.behaviour
 
 
 def test_workers_default_to_snapshot_profiles_and_refuse_an_embedded_store(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,7 @@ from serving.storage import fsync_dir
 log = logging.getLogger(__name__)
 
 WAL_DIRNAME: Final = "_wal"
+LOG_ID_NAME: Final = "_log_id"
 _LOCK_NAME: Final = "LOCK"
 _SEGMENT = re.compile(r"segment-(\d{8})\.wal")
 
@@ -112,6 +114,27 @@ def _remove_writer_dir(root: Path, directory: Path, lock: IO[bytes]) -> None:
     lock.close()
     shutil.rmtree(directory, ignore_errors=True)
     fsync_dir(directory.parent)
+
+
+def directory_id(root: Path) -> str:
+    """A random id of the event-log directory ``root``, made by the first process that asks and
+    the same for every writer of the directory afterwards (created with ``link``: exclusive)."""
+    path = root / LOG_ID_NAME
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".log_id.", suffix=".tmp", dir=root)
+        try:
+            os.write(fd, os.urandom(8).hex().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+            fsync_dir(root)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the id
+        finally:
+            os.unlink(tmp)
+    return path.read_text(encoding="utf-8").strip()
 
 
 def recover_orphans(root: Path, *, skip: str = "") -> int:
@@ -172,6 +195,8 @@ class EventLog:
         self._compactor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recsys-events-compact")
         self._writer = threading.Thread(target=self._run, name="recsys-events-wal", daemon=True)
         self._pseudonymiser: Pseudonymiser | None = None
+        self.directory_id = ""
+        """:func:`directory_id` of ``root``: the same for every writer of the directory."""
 
     @classmethod
     def open(cls, root: Path, options: EventLogOptions | None = None) -> EventLog:
@@ -198,6 +223,7 @@ class EventLog:
         recover_orphans(root, skip=writer_id)
         event_log = cls(root, options, writer_id, lock)
         event_log._pseudonymiser = pseudonymiser
+        event_log.directory_id = directory_id(root)
         event_log._writer.start()
         log.info("event log at %s (writer %s)", root, writer_id)
         return event_log

@@ -5,8 +5,12 @@ writer thread (:meth:`serving.events.log.EventLog.add_listener`), which only que
 feed's own thread decodes it (the log's own row conversion), computes its (user, day)
 partials per registered spec and adds them to the store.
 
-Building a spec (:meth:`LiveFeed.attach`: a start, or a hot swap to a new bundle) without
-losing or double-counting an event of this process:
+A spec is *joined* when this process first needs it (:meth:`LiveFeed.attach`: the first
+profile request of a bundle, at start or after a hot swap) or first sees it registered in a
+shared store by another replica (checked with every batch and every second). Joining adds the
+partials of this process's durable event log, once per log directory and spec (the store
+says whether another process of the same directory did), without losing or double-counting
+an event of this process:
 
 1. the spec is registered and its new batches are *held*, each with its WAL segment number;
 2. :meth:`EventLog.flush` compacts everything durable so far into Parquet and returns the
@@ -17,7 +21,7 @@ losing or double-counting an event of this process:
 4. held batches of segments above ``S`` are applied (those up to ``S`` were in step 3), and
    the spec is applied directly from then on.
 
-The state therefore never depends on memory alone: it is the durable log plus the batches
+The state therefore never depends on memory alone: it is the durable logs plus the batches
 made durable since.
 """
 
@@ -41,7 +45,9 @@ from serving.profiles.live.stores import ProfileDeltaStore
 log = logging.getLogger(__name__)
 
 ADD_CHUNK_ROWS = 5_000
-"""Partial rows per store call during a build (bounds one Redis script call)."""
+"""Partial rows per store call while adding a log (bounds one Redis script call)."""
+DISCOVER_S = 1.0
+"""Seconds between checks for specs registered by other replicas when no batch arrives."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class LiveFeed:
         self.event_log = event_log
         self.store = store
         self._lock = threading.Lock()
+        self._joined: dict[LiveSpec, threading.Event] = {}
         self._holding: dict[LiveSpec, list[tuple[int, pl.DataFrame]]] = {}
         self._queue: queue.SimpleQueue[_Batch | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="recsys-live-profiles", daemon=True)
@@ -70,22 +77,31 @@ class LiveFeed:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=DISCOVER_S)
+            except queue.Empty:
+                item = self._discover
             if item is None:
                 return
-            if callable(item):
-                item()
-                continue
             try:
-                self._apply_batch(item)
+                if callable(item):
+                    item()
+                else:
+                    self._apply_batch(item)
             except Exception:
-                # The events are durable: a rebuild (restart, swap) recovers them.
-                log.exception("live profiles: a batch of %d requests was not applied", len(item.payloads))
+                # The events are durable: a restart (or another replica's join) recovers them.
+                log.exception("live profiles: applying the event log failed")
+
+    def _discover(self) -> None:
+        with self._lock:
+            for spec in self.store.specs():
+                self._join_locked(spec)
 
     def _apply_batch(self, batch: _Batch) -> None:
         frame = events_frame(decode_records(batch.payloads))
         with self._lock:
             for spec in self.store.specs():
+                self._join_locked(spec)
                 held = self._holding.get(spec)
                 if held is not None:
                     held.append((batch.segment, frame))
@@ -103,38 +119,56 @@ class LiveFeed:
         if not done.wait(timeout):
             raise TimeoutError("live profiles: the feed did not catch up in time")
 
-    # --- building a spec --------------------------------------------------------------
+    # --- joining a spec ---------------------------------------------------------------
 
-    def attach(self, spec: LiveSpec) -> None:
-        """Register ``spec`` and, when it is new to the store, build its partials from the
-        durable event log (module docstring). Blocking (file I/O): not on the event loop."""
+    def attach(self, spec: LiveSpec, timeout: float | None = None) -> None:
+        """Join ``spec`` (module docstring) and wait until this log's partials are in the store.
+        Blocking (file I/O): not on the event loop."""
         with self._lock:
-            build = self.store.register(spec)
-            if build:
-                self._holding[spec] = []
-        if not build:
-            log.info("live profiles: partials of snapshot %s already in the store", spec.key)
-            return
+            joined = self._join_locked(spec)
+        if not joined.wait(timeout):
+            raise TimeoutError(f"live profiles: snapshot {spec.key} not built in time")
+
+    def _join_locked(self, spec: LiveSpec) -> threading.Event:
+        """Register ``spec`` once; when this log's partials must be added, hold its batches and
+        add them on a helper thread. Returns the event set once they are in."""
+        joined = self._joined.get(spec)
+        if joined is not None:
+            return joined
+        joined = threading.Event()
+        self._joined[spec] = joined
+        if not self.store.register(spec, self.event_log.directory_id):
+            joined.set()  # this directory's log is in already (another process of it, or earlier)
+            return joined
+        self._holding[spec] = []
+        worker = threading.Thread(
+            target=self._add_log, args=(spec, joined), name="recsys-live-profiles-join", daemon=True
+        )
+        worker.start()
+        return joined
+
+    def _add_log(self, spec: LiveSpec, joined: threading.Event) -> None:
+        last: int | None = None
         try:
             last = self.event_log.flush()
             self.sync()
             skip = _later_files(self.event_log.root, self.event_log.writer_id, last)
             self._add(spec, logged_partials(self.event_log.root, spec, skip))
-        except BaseException:
+            log.info("live profiles: snapshot %s (clock %d): event log added", spec.key, spec.clock)
+        except Exception:
+            log.exception("live profiles: snapshot %s: adding the event log failed", spec.key)
+        finally:
             with self._lock:
-                self._holding.pop(spec, None)
-            self.store.release(spec)
-            raise
-        with self._lock:
-            held = self._holding.pop(spec)
-            for segment, frame in held:
-                if segment > last:
-                    self._add(spec, partials(frame.lazy(), spec))
-        self.store.mark_built(spec)
-        log.info("live profiles: snapshot %s (clock %d) built from the event log", spec.key, spec.clock)
+                for segment, frame in self._holding.pop(spec, []):
+                    if last is None or segment > last:
+                        self._add(spec, partials(frame.lazy(), spec))
+            joined.set()
 
     def detach(self, spec: LiveSpec) -> None:
-        self.store.release(spec)
+        """This process no longer serves ``spec`` (an engine was collected)."""
+        with self._lock:
+            if self.store.release(spec):
+                self._joined.pop(spec, None)
 
     def close(self) -> None:
         """Stop following the log (its batches so far applied) and close the store."""

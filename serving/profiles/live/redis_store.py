@@ -6,13 +6,14 @@ in the profile any replica answers. Keys (``P`` = ``recsys:profiles``, ``K`` = t
 
 * ``P:specs``: set of registered spec keys; ``P:K:spec``: the spec (JSON);
 * ``P:K:u:<user id>``: hash of the user's cells ``"<day>:<column>"`` (sum / min / max);
-* ``P:K:as_of``: latest event time applied; ``P:K:built``: the build from the log finished;
-  ``P:K:lock``: held (``SET NX EX``) by the one replica building it.
+* ``P:K:as_of``: latest event time applied;
+* ``P:K:logs``: the ids of the event-log directories whose durable events were added: each
+  replica adds its own log once per spec (the first process of that directory to register).
 
 Every cell update of a batch runs in one Lua script (atomic, one round trip). Keys expire
 after :data:`KEY_TTL_S` without writes, so the partials of an old snapshot go away by
-themselves. If Redis loses a spec (restarted without persistence, evicted), the next replica
-that needs it finds it missing and builds it again from its durable event log.
+themselves. If Redis loses a spec (restarted without persistence, evicted), the replicas find
+it missing and add their durable event logs again.
 
 Credentials never come from the command line: the URL must not hold any; the password is
 read from ``$RECSYS_PROFILE_STORE_PASSWORD`` or the file named by
@@ -38,8 +39,6 @@ from serving.profiles.live.stores import UserDelta, cells, latest_event, parts_o
 PREFIX = "recsys:profiles"
 KEY_TTL_S = 14 * 86_400
 """Seconds a spec's keys live after their last write."""
-BUILD_LOCK_S = 600
-"""Seconds a replica may take to build a spec before another may try."""
 PASSWORD_ENV = "RECSYS_PROFILE_STORE_PASSWORD"
 PASSWORD_FILE_ENV = "RECSYS_PROFILE_STORE_PASSWORD_FILE"
 USERNAME_ENV = "RECSYS_PROFILE_STORE_USERNAME"
@@ -47,12 +46,9 @@ USERNAME_ENV = "RECSYS_PROFILE_STORE_USERNAME"
 _REGISTER = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
-  return 0
-end
-if redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[4]) then return 1 end
-return 0
+local added = redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return added
 """
 
 # KEYS[1] = as_of, KEYS[2..] = user hashes; ARGV = ttl, latest, then (key index, field, rule, value)*.
@@ -166,11 +162,11 @@ class RedisDeltaStore:
     def _key(self, spec: LiveSpec, name: str) -> str:
         return f"{PREFIX}:{spec.key}:{name}"
 
-    def register(self, spec: LiveSpec) -> bool:
-        keys = [f"{PREFIX}:specs", self._key(spec, "spec"), self._key(spec, "built"), self._key(spec, "lock")]
+    def register(self, spec: LiveSpec, log_id: str) -> bool:
+        keys = [f"{PREFIX}:specs", self._key(spec, "spec"), self._key(spec, "logs")]
         with self._lock:
             self._known[spec.key] = spec
-        return bool(self._register(keys=keys, args=[spec.key, spec.to_json(), KEY_TTL_S, BUILD_LOCK_S]))
+        return bool(self._register(keys=keys, args=[spec.key, spec.to_json(), KEY_TTL_S, log_id]))
 
     def specs(self) -> list[LiveSpec]:
         keys = sorted(k.decode() for k in self._client.smembers(f"{PREFIX}:specs"))
@@ -201,15 +197,6 @@ class RedisDeltaStore:
         keys = [self._key(spec, "as_of"), *[self._key(spec, f"u:{u}") for u in users]]
         self._add(keys=keys, args=args)
 
-    def mark_built(self, spec: LiveSpec) -> None:
-        pipe = self._client.pipeline()
-        pipe.set(self._key(spec, "built"), "1", ex=KEY_TTL_S)
-        pipe.delete(self._key(spec, "lock"))
-        pipe.execute()
-
-    def built(self, spec: LiveSpec) -> bool:
-        return bool(self._client.exists(self._key(spec, "built")))
-
     def read(self, spec: LiveSpec, user_id: str) -> UserDelta:
         pipe = self._client.pipeline(transaction=False)
         pipe.hgetall(self._key(spec, f"u:{user_id}"))
@@ -218,8 +205,9 @@ class RedisDeltaStore:
         cells_of = {k.decode(): float(v) for k, v in values.items()}
         return UserDelta(parts_of(user_id, cells_of, spec), int(as_of) if as_of is not None else None)
 
-    def release(self, spec: LiveSpec) -> None:
+    def release(self, spec: LiveSpec) -> bool:
         """Kept: other replicas may serve it; its keys expire after :data:`KEY_TTL_S` unused."""
+        return False
 
     def close(self) -> None:
         self._client.close()

@@ -36,9 +36,10 @@ class UserDelta:
 class ProfileDeltaStore(Protocol):
     """Live partials per snapshot spec; safe to call from any thread."""
 
-    def register(self, spec: LiveSpec) -> bool:
-        """Have partials of ``spec`` kept from now on. True: the caller must build them from the
-        durable event log (new here); False: already built, or being built by another process."""
+    def register(self, spec: LiveSpec, log_id: str) -> bool:
+        """Have partials of ``spec`` kept from now on. True: the caller must add the partials of
+        its durable event log (``log_id``: the log directory's id) because no process has added
+        that log's yet; False: already done (or being done) by another process."""
         ...
 
     def specs(self) -> list[LiveSpec]:
@@ -49,16 +50,13 @@ class ProfileDeltaStore(Protocol):
         """Combine ``parts`` ((user, day) partials of events after ``spec.clock``) into the store."""
         ...
 
-    def mark_built(self, spec: LiveSpec) -> None:
-        """The build from the event log is complete."""
-        ...
-
     def read(self, spec: LiveSpec, user_id: str) -> UserDelta:
         """``user_id``'s partials under ``spec``."""
         ...
 
-    def release(self, spec: LiveSpec) -> None:
-        """This process no longer serves ``spec`` (a store shared by replicas may keep it)."""
+    def release(self, spec: LiveSpec) -> bool:
+        """This process no longer serves ``spec``; True when the store dropped it (a store
+        shared by replicas keeps it)."""
         ...
 
     def close(self) -> None: ...
@@ -137,16 +135,16 @@ class _Partials:
 class EmbeddedDeltaStore:
     """:class:`ProfileDeltaStore` in this process's memory (one server process, no server to run).
 
-    Every registration is new (nothing survives the process): the caller builds the partials
-    from the durable event log, so a restart loses nothing. Partials of a spec no process part
-    holds any more are dropped.
+    The first registration of a spec in the process is new (nothing survives the process): the
+    caller adds the partials of the durable event log, so a restart loses nothing. Partials of
+    a spec no part of the process holds any more are dropped.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._specs: dict[LiveSpec, _Partials] = {}
 
-    def register(self, spec: LiveSpec) -> bool:
+    def register(self, spec: LiveSpec, log_id: str) -> bool:
         with self._lock:
             held = self._specs.setdefault(spec, _Partials())
             held.holders += 1
@@ -168,9 +166,6 @@ class EmbeddedDeltaStore:
             if latest is not None and (held.as_of is None or latest > held.as_of):
                 held.as_of = latest
 
-    def mark_built(self, spec: LiveSpec) -> None:
-        """Nothing to record: an embedded build cannot be shared."""
-
     def read(self, spec: LiveSpec, user_id: str) -> UserDelta:
         with self._lock:
             held = self._specs.get(spec)
@@ -178,13 +173,14 @@ class EmbeddedDeltaStore:
             as_of = held.as_of if held is not None else None
         return UserDelta(parts_of(user_id, values, spec), as_of)
 
-    def release(self, spec: LiveSpec) -> None:
+    def release(self, spec: LiveSpec) -> bool:
         with self._lock:
             held = self._specs.get(spec)
             if held is not None:
                 held.holders -= 1
                 if held.holders <= 0:
                     del self._specs[spec]
+            return spec not in self._specs
 
     def close(self) -> None:
         with self._lock:
