@@ -137,6 +137,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="store pseudonymous user ids in the event log, HMAC-keyed by $VAR (the bundle's "
         "privacy.key_env, e.g. RECSYS_ID_KEY); default: ids as sent",
     )
+    parser.add_argument(
+        "--profile-store",
+        default="",
+        metavar="STORE",
+        help="where live member profiles keep the events logged after the bundle's snapshot: "
+        "'embedded' (this process; the default with one process), 'off' (snapshot only; the default "
+        "with --workers N), or redis://HOST:PORT/DB (loopback) / rediss://... shared by every replica; "
+        "password from $RECSYS_PROFILE_STORE_PASSWORD or the file in $RECSYS_PROFILE_STORE_PASSWORD_FILE",
+    )
     add_security_arguments(parser)
 
 
@@ -259,9 +268,15 @@ def serve_command(args: argparse.Namespace) -> None:
         access=access_options(args),
         metrics_host=args.metrics_host,
         max_receive_message_bytes=args.max_receive_bytes,
+        profile_store=args.profile_store,
     )
     if args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
+    if args.workers > 1 and args.profile_store == "embedded":
+        raise ValueError(
+            "--profile-store embedded: with --workers N each process would keep its own live profiles; "
+            "use redis://... to share them, or leave it out (snapshot profiles)"
+        )
     load = engine_source(args)
     if args.workers > 1:
         status = run_workers(

@@ -9,6 +9,10 @@ control, domain errors are raised and mapped by :mod:`serving.api.interceptors` 
 Profiles follow the engine: they are read from the bundle of the engine currently in the
 :class:`~serving.lifecycle.engine_holder.EngineHolder` (on first use, then cached for as long as that
 engine lives), so a hot swap to a new bundle serves that bundle's profiles.
+
+With a :class:`~serving.profiles.live.feed.LiveFeed` (a server with an event log), each
+bundle's profiles are live: its snapshot plus the events logged after it, built from the
+durable event log when the bundle is first asked for a profile (:mod:`serving.profiles.live`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from serving.api.batcher import MicroBatcher
 from serving.api.wire import validate_user_id
 from serving.errors import FeatureUnavailableError
 from serving.lifecycle.engine_holder import EngineHolder
-from serving.profiles.store import ProfileStore
+from serving.profiles.live.feed import LiveFeed
+from serving.profiles.live.profiles import LiveProfiles
+from serving.profiles.live.spec import LiveSpec
+from serving.profiles.store import ProfileRecord, ProfileStore
 from serving.profiles.wire import to_profile
 
 
@@ -50,20 +57,37 @@ class ProfileEngine(Protocol):
     def user_embedding(self, user_id: str) -> npt.NDArray[np.float32]: ...
 
 
+class ProfileSource(Protocol):
+    """Profiles by bundle user id: a :class:`ProfileStore` or :class:`LiveProfiles`."""
+
+    def get(self, user_id: str, shown_id: str | None = None) -> ProfileRecord: ...
+
+
 class ProfileStores:
-    """One :class:`ProfileStore` per engine, opened on first use (thread-safe)."""
+    """One profile source per engine, opened on first use (thread-safe); live ones when a
+    ``feed`` follows the event log (the spec is released when the engine is collected)."""
 
-    def __init__(self) -> None:
+    def __init__(self, feed: LiveFeed | None = None) -> None:
         self._lock = threading.Lock()
-        self._stores: weakref.WeakKeyDictionary[Any, ProfileStore] = weakref.WeakKeyDictionary()
+        self._feed = feed
+        self._stores: weakref.WeakKeyDictionary[Any, ProfileSource] = weakref.WeakKeyDictionary()
 
-    def of(self, engine: ProfileEngine) -> ProfileStore:
+    def of(self, engine: ProfileEngine) -> ProfileSource:
         with self._lock:
             store = self._stores.get(engine)
             if store is None:
-                store = ProfileStore.open(engine.bundle.path, engine.bundle.manifest)
+                store = self._open(engine)
                 self._stores[engine] = store
             return store
+
+    def _open(self, engine: ProfileEngine) -> ProfileSource:
+        snapshot = ProfileStore.open(engine.bundle.path, engine.bundle.manifest)
+        if self._feed is None:
+            return snapshot
+        spec = LiveSpec.of(snapshot.section)
+        self._feed.attach(spec)
+        weakref.finalize(engine, self._feed.detach, spec)
+        return LiveProfiles(snapshot, self._feed.store, spec)
 
 
 def bundle_id_of(engine: object) -> Callable[[str], str]:
@@ -75,10 +99,10 @@ def bundle_id_of(engine: object) -> Callable[[str], str]:
 class MemberProfilesServicer(pb2_grpc.MemberProfilesServicer):
     """Implements ``recsys.v1.MemberProfiles`` on the engine in ``holder``."""
 
-    def __init__(self, holder: EngineHolder, batcher: MicroBatcher) -> None:
+    def __init__(self, holder: EngineHolder, batcher: MicroBatcher, feed: LiveFeed | None = None) -> None:
         self._holder = holder
         self._batcher = batcher
-        self._stores = ProfileStores()
+        self._stores = ProfileStores(feed)
 
     async def GetUserProfile(  # noqa: N802  (name fixed by the generated servicer)
         self, request: pb2.GetUserProfileRequest, context: grpc.aio.ServicerContext

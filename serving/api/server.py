@@ -13,7 +13,8 @@ Lifecycle of :func:`serve`:
    calls: over ``max_pending`` they get ``RESOURCE_EXHAUSTED`` at once), standard health
    checking and server reflection. With ``events_dir`` the feedback event log is opened
    (recovering what a killed process left in its WAL) for ``EventCollector.LogEvents``;
-   it is closed, every event compacted into Parquet, after the graceful shutdown.
+   it is closed, every event compacted into Parquet, after the graceful shutdown. Member
+   profiles then follow the log live (``profile_store``; :mod:`serving.profiles.live`).
 2. Bind ``host:port`` (TLS or mutual TLS when configured; port 0 picks a free port, reported
    through ``on_bound``), start the ``/metrics`` endpoint on ``metrics_host`` (loopback by
    default) when ``metrics_port`` is set, and start. Health reports
@@ -78,6 +79,9 @@ from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.live_models import EngineSource, LiveModels
 from serving.lifecycle.registry_health import REGISTRY_HEALTH_SERVICE
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
+from serving.profiles.live.feed import LiveFeed
+from serving.profiles.live.redis_store import ProfileStoreConfigError, RedisDeltaStore, check_url
+from serving.profiles.live.stores import EmbeddedDeltaStore
 from serving.pseudonym import Pseudonymiser, PseudonymKeyError
 from serving.recommend.types import RecommenderEngine
 from serving.security.access import AccessConfigError, AccessOptions, ServerAccess
@@ -147,6 +151,11 @@ class ServerOptions:
     access: AccessOptions = field(default_factory=AccessOptions)
     # Interface of the /metrics endpoint: loopback unless told otherwise (it is not protected).
     metrics_host: str = "127.0.0.1"
+    # Where live member profiles keep the events logged after the bundle's snapshot
+    # (serving.profiles.live; needs events_dir): "" = in this process when it is the only
+    # one (off with --workers N, where each process would see only its own events),
+    # "embedded", "off", or a redis:// (loopback) / rediss:// URL shared by every replica.
+    profile_store: str = ""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -170,6 +179,8 @@ class ServerOptions:
             raise ValueError(f"health_port: must be in 0..65535, got {self.health_port}")
         _ = self.batch_options  # validates the batching options
         _ = self.event_log_options
+        if self.profile_store not in _LOCAL_PROFILE_STORES:
+            check_url(self.profile_store, insecure=self.access.insecure)
         self.access.check_exposure(self.host)
 
     @property
@@ -193,6 +204,30 @@ class ServerOptions:
         """``host:port`` as gRPC expects it (IPv6 literals bracketed)."""
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
+
+
+_LOCAL_PROFILE_STORES = ("", "embedded", "off")
+
+
+def _open_live_feed(options: ServerOptions, event_log: EventLog | None) -> LiveFeed | None:
+    """The live-profile feed over ``event_log`` and the store ``options.profile_store`` names
+    (blocking: connects to Redis); None when profiles are served as snapshots."""
+    store_name = options.profile_store
+    if event_log is None or store_name == "off":
+        return None
+    if store_name == "" and options.reuse_port:
+        logger.warning(
+            "live profiles off: with --workers N each process sees only the events it accepted; "
+            "profiles are served as of the bundle's snapshot (use --profile-store redis://... to share them)"
+        )
+        return None
+    if store_name in ("", "embedded"):
+        return LiveFeed(event_log, EmbeddedDeltaStore())
+    try:
+        store = RedisDeltaStore.connect(store_name, insecure=options.access.insecure)
+    except ProfileStoreConfigError as exc:
+        raise ServerStartupError(str(exc)) from None
+    return LiveFeed(event_log, store)
 
 
 def _build_server(options: ServerOptions, metrics: ServingMetrics, access: ServerAccess) -> grpc.aio.Server:
@@ -409,12 +444,18 @@ async def serve(
     audiences_pb2_grpc.add_AudiencesServicer_to_server(  # type: ignore[no-untyped-call]
         AudiencesServicer(holder, batcher), server
     )
-    profiles_pb2_grpc.add_MemberProfilesServicer_to_server(  # type: ignore[no-untyped-call]
-        MemberProfilesServicer(holder, batcher), server
-    )
     # The event log does not need the model: it opens (recovering a crashed process's WAL)
     # before the port is bound, and its health entry is SERVING as soon as it is open.
     event_log = await _open_event_log(options)
+    try:
+        feed = await asyncio.to_thread(_open_live_feed, options, event_log)
+    except BaseException:
+        if event_log is not None:
+            await asyncio.to_thread(event_log.close)
+        raise
+    profiles_pb2_grpc.add_MemberProfilesServicer_to_server(  # type: ignore[no-untyped-call]
+        MemberProfilesServicer(holder, batcher, feed), server
+    )
     events_pb2_grpc.add_EventCollectorServicer_to_server(  # type: ignore[no-untyped-call]
         EventCollectorServicer(event_log), server
     )
@@ -514,6 +555,8 @@ async def serve(
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.close)
+        if feed is not None:
+            await asyncio.to_thread(feed.close)
         if event_log is not None:
             # After server.stop: every acknowledged call is in the WAL; compact it all.
             await asyncio.to_thread(event_log.close)

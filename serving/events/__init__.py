@@ -5,6 +5,7 @@ Layout of an event-log directory ``DIR``::
     DIR/date=YYYY-MM-DD/part-<writer>-<segment>.parquet   complete files, what readers see
     DIR/_wal/<writer>/segment-<n>.wal                      write-ahead log of one live process
     DIR/_wal/<writer>/LOCK                                 held (flock) while the writer lives
+    DIR/_log_id                                            random id of the directory, made once
 
 * :mod:`serving.events.validation` checks events one by one;
 * :mod:`serving.events.wal` frames records (length + CRC32) and finds a torn tail;

@@ -14,6 +14,12 @@ its oldest record is ``compact_interval_s`` old, on :meth:`EventLog.flush` and o
 (:mod:`serving.events.compaction`) and deletes it. Readers see events only once they are
 in Parquet.
 
+Listeners. :meth:`EventLog.add_listener` registers a callable that the writer thread calls
+with every batch it made durable (writer id, segment number, the serialized requests), before
+the callers' futures resolve; live member profiles (:mod:`serving.profiles.live`) follow the
+log this way. A batch in segment ``N`` of this writer is in Parquet once :meth:`EventLog.flush`
+returned ``N`` or more.
+
 Recovery. Each process writes under its own ``_wal/<writer>/`` directory and holds an
 exclusive ``flock`` on its ``LOCK`` file for its lifetime (the kernel releases it when
 the process dies, SIGKILL included). :meth:`EventLog.open` compacts the WAL of every
@@ -32,9 +38,10 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -50,8 +57,12 @@ from serving.storage import fsync_dir
 log = logging.getLogger(__name__)
 
 WAL_DIRNAME: Final = "_wal"
+LOG_ID_NAME: Final = "_log_id"
 _LOCK_NAME: Final = "LOCK"
 _SEGMENT = re.compile(r"segment-(\d{8})\.wal")
+
+BatchListener = Callable[[str, int, list[bytes]], None]
+"""Called with (writer id, segment number, serialized ``LogEventsRequest`` payloads) of a durable batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,27 @@ def _remove_writer_dir(root: Path, directory: Path, lock: IO[bytes]) -> None:
     fsync_dir(directory.parent)
 
 
+def directory_id(root: Path) -> str:
+    """A random id of the event-log directory ``root``, made by the first process that asks and
+    the same for every writer of the directory afterwards (created with ``link``: exclusive)."""
+    path = root / LOG_ID_NAME
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=".log_id.", suffix=".tmp", dir=root)
+        try:
+            os.write(fd, os.urandom(8).hex().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+            fsync_dir(root)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the id
+        finally:
+            os.unlink(tmp)
+    return path.read_text(encoding="utf-8").strip()
+
+
 def recover_orphans(root: Path, *, skip: str = "") -> int:
     """Compact the WAL of every writer of ``root`` that is not alive; returns the events recovered."""
     wal_root = root / WAL_DIRNAME
@@ -152,7 +184,8 @@ class EventLog:
         self._lock = lock
         self._cond = threading.Condition()
         self._pending: list[_Batch] = []
-        self._flush_requests: list[concurrent.futures.Future[None]] = []
+        self._flush_requests: list[concurrent.futures.Future[int]] = []
+        self._listeners: tuple[BatchListener, ...] = ()
         self._closing = False
         self._closed = False
         self._segment: SegmentWriter | None = None
@@ -162,6 +195,8 @@ class EventLog:
         self._compactor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recsys-events-compact")
         self._writer = threading.Thread(target=self._run, name="recsys-events-wal", daemon=True)
         self._pseudonymiser: Pseudonymiser | None = None
+        self.directory_id = ""
+        """:func:`directory_id` of ``root``: the same for every writer of the directory."""
 
     @classmethod
     def open(cls, root: Path, options: EventLogOptions | None = None) -> EventLog:
@@ -188,6 +223,7 @@ class EventLog:
         recover_orphans(root, skip=writer_id)
         event_log = cls(root, options, writer_id, lock)
         event_log._pseudonymiser = pseudonymiser
+        event_log.directory_id = directory_id(root)
         event_log._writer.start()
         log.info("event log at %s (writer %s)", root, writer_id)
         return event_log
@@ -228,15 +264,32 @@ class EventLog:
         future = await asyncio.to_thread(self.submit, events)
         await asyncio.wrap_future(future)
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Close the current segment and wait until everything appended so far is in Parquet."""
-        request: concurrent.futures.Future[None] = concurrent.futures.Future()
+    def add_listener(self, listener: BatchListener) -> None:
+        """Call ``listener`` on the writer thread with every batch made durable from now on.
+
+        It must be quick and must not raise (hand the work to another thread); an exception
+        is logged and the write goes on.
+        """
+        with self._cond:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: BatchListener) -> None:
+        with self._cond:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Close the current segment and wait until everything appended so far is in Parquet.
+
+        Returns the number of the last segment of this writer that is now in Parquet (every
+        batch a listener saw with a number up to it is readable).
+        """
+        request: concurrent.futures.Future[int] = concurrent.futures.Future()
         with self._cond:
             if self._closing:
                 raise NotReadyError("event log is shutting down")
             self._flush_requests.append(request)
             self._cond.notify()
-        request.result(timeout)
+        return request.result(timeout)
 
     def close(self) -> None:
         """Write what is queued, compact every segment into Parquet and release the directory.
@@ -291,18 +344,19 @@ class EventLog:
                 taken, self._pending = self._pending, []
                 flushes, self._flush_requests = self._flush_requests, []
                 closing = self._closing
+                listeners = self._listeners
             # A caller that gave up before its batch was taken gets nothing written.
             batches = [b for b in taken if b.future.set_running_or_notify_cancel()]
             if batches:
-                self._write(batches)
+                self._write(batches, listeners)
             if flushes or closing or self._rotation_due(time.monotonic()):
                 done = self._rotate()
                 for request in flushes:
-                    self._chain(done, request)
+                    self._chain(done, request, self._segment_number)
             if closing:
                 return
 
-    def _write(self, batches: list[_Batch]) -> None:
+    def _write(self, batches: list[_Batch], listeners: Sequence[BatchListener] = ()) -> None:
         try:
             if self._segment is None:
                 self._segment_number += 1
@@ -321,6 +375,12 @@ class EventLog:
             # Start afresh: whatever state the file is in, its intact records get compacted.
             self._rotate()
             return
+        payloads = [b.payload for b in batches]
+        for listener in listeners:
+            try:
+                listener(self.writer_id, self._segment_number, payloads)
+            except Exception:
+                log.exception("event log %s: a batch listener failed", self.root)
         for batch in batches:
             batch.future.set_result(None)
 
@@ -354,13 +414,15 @@ class EventLog:
             )
 
     @staticmethod
-    def _chain(source: concurrent.futures.Future[int], target: concurrent.futures.Future[None]) -> None:
+    def _chain(
+        source: concurrent.futures.Future[int], target: concurrent.futures.Future[int], segment: int
+    ) -> None:
         def done(finished: concurrent.futures.Future[int]) -> None:
             exc = finished.exception()
             if exc is not None:
                 target.set_exception(exc)
             else:
-                target.set_result(None)
+                target.set_result(segment)
 
         source.add_done_callback(done)
 

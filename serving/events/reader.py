@@ -8,6 +8,7 @@ after its next compaction (``compact_interval_s``, or on shutdown).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -27,13 +28,14 @@ def is_event_log(path: Path) -> bool:
     return Path(path).is_dir() and bool(event_files(path))
 
 
-def scan_events(root: Path) -> pl.LazyFrame:
+def scan_events(root: Path, files: Sequence[Path] | None = None) -> pl.LazyFrame:
     """All events (:data:`~serving.events.schema.EVENT_SCHEMA` plus the ``date`` partition
     column), one row per non-empty ``event_id`` (the first one kept), lazily.
 
-    An empty or missing log gives an empty frame with the same columns.
+    ``files``: only these of the log's files (default: :func:`event_files`). An empty or
+    missing log gives an empty frame with the same columns.
     """
-    files = event_files(root)
+    files = event_files(root) if files is None else list(files)
     if not files:
         empty = pl.DataFrame(schema={**EVENT_SCHEMA, PARTITION_KEY: pl.Date()})
         return empty.lazy()

@@ -2,7 +2,8 @@
 
 Built at training time from the same inputs as the model (Polars lazy queries in
 :mod:`~serving.profiles.build`), stored in the bundle (``profiles.parquet`` and the
-manifest's ``profiles`` section), served by ``recsys.v1.MemberProfiles``.
+manifest's ``profiles`` section), served by ``recsys.v1.MemberProfiles``, and kept up to
+date by the events logged after the snapshot (:mod:`~serving.profiles.live`).
 """
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "build",
     "churn",
     "lifecycle",
+    "live",
     "lookup",
     "options",
     "rfm",

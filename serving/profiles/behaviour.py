@@ -16,7 +16,11 @@ Output columns (one row per user with at least one interaction):
   value (list attributes: an item counts for each of its values, so shares of one
   attribute may sum above 1);
 * ``average_value``: mean ``value`` of the user's value events (see :func:`value_source`),
-  null without any.
+  null without any; ``value_sum`` and ``value_count`` behind it (to extend it later).
+
+The counts are sums of (user, day) partials (:func:`day_activity`): a live profile adds the
+partials of the events logged after the snapshot (:func:`append_activity`) instead of
+recomputing from every event.
 """
 
 from __future__ import annotations
@@ -70,22 +74,111 @@ def value_events(source: str, monetary_event_types: Sequence[str]) -> pl.Expr:
     return pl.col("value").is_not_null()
 
 
-def activity(
+DAY_MERGE: dict[str, str] = {
+    "first_activity": "min",
+    "last_activity": "max",
+    "events_total": "sum",
+    "value_sum": "sum",
+    "value_count": "sum",
+    "orders": "sum",
+    "monetary_value": "sum",
+}
+"""How two partials of the same (user, day) combine, per column (``events.<type>``: sum):
+the one rule every store of live partials applies (:mod:`serving.profiles.live.stores`)."""
+
+
+def merge_rule(column: str) -> str:
+    """``min``, ``max`` or ``sum``: how ``column`` of two (user, day) partials combines."""
+    return DAY_MERGE.get(column, "sum")
+
+
+def day_activity(
     interactions: pl.LazyFrame, types: Sequence[str], value_rows: pl.Expr, monetary_rows: pl.Expr
 ) -> pl.LazyFrame:
-    """Counts, first/last activity, active days, average value; ``orders`` and ``monetary``
-    (count and sum of value over ``monetary_rows``) for RFM."""
+    """Additive partials of :func:`activity`, one row per (``user_id``, ``day``).
+
+    ``day`` = UTC day number (timestamp // 86400); columns of :data:`DAY_MERGE` plus
+    ``events.<type>``. Partials of the same (user, day) from different batches of events
+    combine column by column (:func:`merge_rule`), so a profile can be kept up to date one
+    batch at a time and still equal the profile of all the events at once.
+    """
     ts = pl.col("timestamp")
-    return interactions.group_by("user_id").agg(
-        ts.min().alias("first_activity"),
-        ts.max().alias("last_activity"),
+    return interactions.group_by("user_id", (ts // DAY_SECONDS).cast(pl.Int64).alias("day")).agg(
+        ts.min().cast(pl.Int64).alias("first_activity"),
+        ts.max().cast(pl.Int64).alias("last_activity"),
         pl.len().cast(pl.Int64).alias("events_total"),
-        (ts // DAY_SECONDS).n_unique().cast(pl.Int64).alias("active_days"),
         *[(pl.col("event_type") == t).sum().cast(pl.Int64).alias(f"{EVENTS_PREFIX}{t}") for t in types],
-        pl.col("value").filter(value_rows).mean().alias("average_value"),
+        pl.col("value").filter(value_rows).sum().cast(pl.Float64).alias("value_sum"),
+        value_rows.sum().cast(pl.Int64).alias("value_count"),
         monetary_rows.sum().cast(pl.Int64).alias("orders"),
         pl.col("value").filter(monetary_rows).sum().cast(pl.Float64).alias("monetary_value"),
     )
+
+
+def _average(total: pl.Expr, count: pl.Expr) -> pl.Expr:
+    return pl.when(count > 0).then(total / count).otherwise(None).alias("average_value")
+
+
+def activity_from_days(days: pl.LazyFrame, types: Sequence[str]) -> pl.LazyFrame:
+    """(user, day) partials (one row per pair) -> :func:`activity`'s columns."""
+    return days.group_by("user_id").agg(
+        pl.col("first_activity").min(),
+        pl.col("last_activity").max(),
+        pl.col("events_total").sum(),
+        pl.len().cast(pl.Int64).alias("active_days"),
+        *[pl.col(f"{EVENTS_PREFIX}{t}").sum() for t in types],
+        _average(pl.col("value_sum").sum(), pl.col("value_count").sum()),
+        pl.col("value_sum").sum(),
+        pl.col("value_count").sum(),
+        pl.col("orders").sum(),
+        pl.col("monetary_value").sum(),
+    )
+
+
+def activity(
+    interactions: pl.LazyFrame, types: Sequence[str], value_rows: pl.Expr, monetary_rows: pl.Expr
+) -> pl.LazyFrame:
+    """Counts, first/last activity, active days, average value (with its ``value_sum`` and
+    ``value_count``); ``orders`` and ``monetary_value`` (count and sum of value over
+    ``monetary_rows``) for RFM. Computed through the (user, day) partials of
+    :func:`day_activity`, the same arithmetic the live profiles apply one batch at a time."""
+    return activity_from_days(day_activity(interactions, types, value_rows, monetary_rows), types)
+
+
+_ADDED = ("events_total", "value_sum", "value_count", "orders", "monetary_value")
+
+
+def append_activity(earlier: pl.LazyFrame, later: pl.LazyFrame, types: Sequence[str]) -> pl.LazyFrame:
+    """:func:`activity` rows of ``earlier`` events extended by those of strictly ``later`` ones.
+
+    Every event behind ``later`` must be after every event behind ``earlier`` (a snapshot
+    and the events logged after its clock): then the two share at most one UTC day, the
+    last of ``earlier`` and the first of ``later``, counted once in ``active_days``. Users
+    of either side are kept; other columns of ``earlier`` (attributes, segments...) pass
+    through, null for users only in ``later``.
+    """
+    added = [*_ADDED, *[f"{EVENTS_PREFIX}{t}" for t in types]]
+    right = later.select(
+        "user_id",
+        *[pl.col(c).alias(f"{c}__later") for c in (*added, "first_activity", "last_activity", "active_days")],
+    )
+    joined = earlier.join(right, on="user_id", how="full", coalesce=True)
+    shared_day = (
+        (pl.col("last_activity") // DAY_SECONDS) == (pl.col("first_activity__later") // DAY_SECONDS)
+    ).fill_null(False)
+    merged = joined.with_columns(
+        *[(pl.col(c).fill_null(0) + pl.col(f"{c}__later").fill_null(0)).alias(c) for c in added],
+        pl.min_horizontal("first_activity", "first_activity__later").alias("first_activity"),
+        pl.max_horizontal("last_activity", "last_activity__later").alias("last_activity"),
+        (
+            pl.col("active_days").fill_null(0)
+            + pl.col("active_days__later").fill_null(0)
+            - shared_day.cast(pl.Int64)
+        ).alias("active_days"),
+    )
+    return merged.with_columns(
+        _average(pl.col("value_sum"), pl.col("value_count")).fill_null(pl.col("average_value"))
+    ).drop([c for c in merged.collect_schema().names() if c.endswith("__later")])
 
 
 def _top_per_user(frame: pl.LazyFrame, key: str, top: int, alias: str) -> pl.LazyFrame:

@@ -64,18 +64,23 @@ def profile_context(inputs: ProfileInputs, options: ProfileOptions) -> ProfileCo
     )
 
 
+def row_rules(monetary_source: str, monetary_event_types: Sequence[str]) -> tuple[pl.Expr, pl.Expr]:
+    """``(value_rows, monetary_rows)``: which interactions are averaged and which are orders
+    (summed into RFM's M), for a data set whose money is ``monetary_source``."""
+    value_rows = value_events(monetary_source, monetary_event_types)
+    monetary_rows = (
+        value_events("monetary", monetary_event_types) if monetary_source == "monetary" else pl.lit(False)
+    )
+    return value_rows, monetary_rows
+
+
 def profile_frame(
     inputs: ProfileInputs, context: ProfileContext, options: ProfileOptions, clock: int | None = None
 ) -> pl.LazyFrame:
     """Profiles from the interactions at or before ``clock`` (default: the data's clock)."""
     now = context.clock if clock is None else clock
     interactions = inputs.interactions.filter(pl.col("timestamp") <= now)
-    value_rows = value_events(context.monetary_source, options.monetary_event_types)
-    monetary_rows = (
-        value_events("monetary", options.monetary_event_types)
-        if context.monetary_source == "monetary"
-        else pl.lit(False)
-    )
+    value_rows, monetary_rows = row_rules(context.monetary_source, options.monetary_event_types)
     frame = behaviour(
         interactions,
         inputs.items,

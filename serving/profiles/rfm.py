@@ -14,6 +14,12 @@ Scores 1..``bins`` are quantile bins over users: ``1 + floor(bins * (rank - 1) /
 purchase gets F = 1 however many such users there are). Higher is better: recent,
 frequent, spending. One user gets 1 everywhere.
 
+A live profile (one member's row updated after the snapshot) is scored against the
+snapshot's population instead (:class:`RfmReference`: the same formula with ``rank`` =
+1 + the number of snapshot users with a smaller value, ``n`` = the snapshot's users), so
+its scores use the bundle's bins and a member whose values did not change keeps the score
+the snapshot gave them.
+
 Named segment from (R, F) rescaled to 1..5 (``round(1 + 4 * (score - 1) / (bins - 1))``;
 identity for quintiles), by the common map:
 
@@ -36,6 +42,8 @@ lost                   1               1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from serving.profiles.behaviour import DAY_SECONDS
@@ -56,11 +64,33 @@ SEGMENTS: tuple[str, ...] = (
 """Named RFM segments, best first (the report's order)."""
 
 
-def quantile_score(values: pl.Expr, bins: int) -> pl.Expr:
-    """1..``bins`` by the minimum rank of ``values`` among all rows (ties share a score)."""
-    rank = values.rank(method="min").cast(pl.Float64)
-    n = pl.len().cast(pl.Float64)
-    return (1 + ((rank - 1) * bins / n).floor()).clip(1, bins).cast(pl.Int8)
+@dataclass(frozen=True)
+class RfmReference:
+    """The snapshot population the R, F and M scores of later rows are binned against:
+    each column's values sorted ascending (``last_activity``, ``frequency``, ``monetary``)."""
+
+    last_activity: pl.Series
+    frequency: pl.Series
+    monetary: pl.Series
+
+    @classmethod
+    def of(cls, profiles: pl.DataFrame) -> RfmReference:
+        """The reference of a profile table built by :func:`rfm` (a bundle's ``profiles.parquet``)."""
+        return cls(
+            *(profiles.get_column(c).drop_nulls().sort() for c in ("last_activity", "frequency", "monetary"))
+        )
+
+
+def quantile_score(values: pl.Expr, bins: int, reference: pl.Series | None = None) -> pl.Expr:
+    """1..``bins`` by the minimum rank of ``values`` among all rows (ties share a score), or
+    among the sorted ``reference`` values when given (see the module docstring)."""
+    if reference is None:
+        below = values.rank(method="min").cast(pl.Float64) - 1
+        n = pl.len().cast(pl.Float64)
+    else:
+        below = pl.lit(reference).search_sorted(values, side="left").cast(pl.Float64)
+        n = pl.lit(max(len(reference), 1), dtype=pl.Float64)
+    return (1 + (below * bins / n).floor()).clip(1, bins).cast(pl.Int8)
 
 
 def _to_five(score: pl.Expr, bins: int) -> pl.Expr:
@@ -97,8 +127,12 @@ def segment(r: pl.Expr, f: pl.Expr, bins: int) -> pl.Expr:
     )
 
 
-def rfm(frame: pl.LazyFrame, clock: int, bins: int, monetary_source: str) -> pl.LazyFrame:
-    """Adds ``recency_days, frequency, monetary, r_score, f_score, m_score, rfm_segment``."""
+def rfm(
+    frame: pl.LazyFrame, clock: int, bins: int, monetary_source: str, reference: RfmReference | None = None
+) -> pl.LazyFrame:
+    """Adds ``recency_days, frequency, monetary, r_score, f_score, m_score, rfm_segment``;
+    scores among the rows of ``frame``, or against ``reference`` when given."""
+    ref = reference
     has_money = monetary_source == "monetary"
     frequency = pl.col("orders") if has_money else pl.col("events_total")
     monetary = pl.col("monetary_value").fill_null(0.0) if has_money else pl.col("events_total")
@@ -109,9 +143,13 @@ def rfm(frame: pl.LazyFrame, clock: int, bins: int, monetary_source: str) -> pl.
             monetary.cast(pl.Float64).alias("monetary"),
         )
         .with_columns(
-            quantile_score(pl.col("last_activity"), bins).alias("r_score"),
-            quantile_score(pl.col("frequency"), bins).alias("f_score"),
-            quantile_score(pl.col("monetary"), bins).alias("m_score"),
+            quantile_score(pl.col("last_activity"), bins, None if ref is None else ref.last_activity).alias(
+                "r_score"
+            ),
+            quantile_score(pl.col("frequency"), bins, None if ref is None else ref.frequency).alias(
+                "f_score"
+            ),
+            quantile_score(pl.col("monetary"), bins, None if ref is None else ref.monetary).alias("m_score"),
         )
         .with_columns(segment(pl.col("r_score"), pl.col("f_score"), bins).alias("rfm_segment"))
     )

@@ -28,6 +28,11 @@ class ProfileRecord:
     """The description of the user's embedding segment (manifest), None without one."""
     section: dict[str, Any]
     """The manifest's ``profiles`` section (clock, churn metadata, options...)."""
+    as_of: int | None = None
+    """The clock the row is computed at (unix s): the latest event applied after the
+    snapshot (:mod:`serving.profiles.live`); None: the snapshot's own clock."""
+    live_events: int = 0
+    """Events logged after the snapshot that this row includes."""
 
 
 class ProfileStore:
@@ -49,17 +54,25 @@ class ProfileStore:
     def __len__(self) -> int:
         return self.frame.height
 
+    def frame_of(self, user_id: str) -> pl.DataFrame:
+        """``user_id``'s row as a one-row table (no row when unknown), the table's columns."""
+        row = self._rows.get(user_id)
+        return self.frame.clear() if row is None else self.frame.slice(row, 1)
+
+    def record(self, row: dict[str, Any], **live: Any) -> ProfileRecord:
+        """The record of a profile row (its segment description looked up)."""
+        segment = row.get("segment")
+        return ProfileRecord(
+            row, self._segments.get(int(segment)) if segment is not None else None, self.section, **live
+        )
+
     def get(self, user_id: str, shown_id: str | None = None) -> ProfileRecord:
         """The profile of ``user_id``; :class:`NotFoundError` (naming ``shown_id``, the id
         the caller used) when there is none."""
         row = self._rows.get(user_id)
         if row is None:
             raise NotFoundError("user", shown_id if shown_id is not None else user_id)
-        values = self.frame.row(row, named=True)
-        segment = values.get("segment")
-        return ProfileRecord(
-            values, self._segments.get(int(segment)) if segment is not None else None, self.section
-        )
+        return self.record(self.frame.row(row, named=True))
 
 
 def read_profiles(path: Path, manifest: dict[str, Any]) -> pl.DataFrame:

@@ -138,4 +138,6 @@ def to_profile(
         segment=segment_message,
         churn=churn,
         embedding=np.asarray(embedding, dtype=np.float32).ravel().tolist() if embedding is not None else [],
+        as_of=record.as_of if record.as_of is not None else int(section.get("clock", 0)),
+        live_events=record.live_events,
     )

@@ -32,7 +32,7 @@ class GetUserProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
 
 class UserProfile(_message.Message):
-    __slots__ = ("user_id", "model_version", "clock", "attributes", "behaviour", "rfm", "lifecycle", "segment", "churn", "embedding")
+    __slots__ = ("user_id", "model_version", "clock", "attributes", "behaviour", "rfm", "lifecycle", "segment", "churn", "embedding", "as_of", "live_events")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class UserProfile(_message.Message):
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     CHURN_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    LIVE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     model_version: str
     clock: int
@@ -60,7 +62,9 @@ class UserProfile(_message.Message):
     segment: EmbeddingSegment
     churn: ChurnRisk
     embedding: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, user_id: _Optional[str] = ..., model_version: _Optional[str] = ..., clock: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., behaviour: _Optional[_Union[Behaviour, _Mapping]] = ..., rfm: _Optional[_Union[Rfm, _Mapping]] = ..., lifecycle: _Optional[_Union[Lifecycle, _Mapping]] = ..., segment: _Optional[_Union[EmbeddingSegment, _Mapping]] = ..., churn: _Optional[_Union[ChurnRisk, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+    as_of: int
+    live_events: int
+    def __init__(self, user_id: _Optional[str] = ..., model_version: _Optional[str] = ..., clock: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., behaviour: _Optional[_Union[Behaviour, _Mapping]] = ..., rfm: _Optional[_Union[Rfm, _Mapping]] = ..., lifecycle: _Optional[_Union[Lifecycle, _Mapping]] = ..., segment: _Optional[_Union[EmbeddingSegment, _Mapping]] = ..., churn: _Optional[_Union[ChurnRisk, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., as_of: _Optional[int] = ..., live_events: _Optional[int] = ...) -> None: ...
 
 class Behaviour(_message.Message):
     __slots__ = ("event_counts", "total_events", "first_activity", "last_activity", "active_days", "top_hours", "top_weekdays", "preferences", "average_value", "has_average_value")
