@@ -1,4 +1,5 @@
-"""Member profiles: behaviour, RFM, lifecycle, embedding segments and churn risk.
+"""Member profiles: behaviour, RFM, lifecycle, embedding segments and the look-ahead figures
+(churn risk, purchase propensity, activity, lifetime value, abnormal-behaviour flags).
 
 Built at training time from the same inputs as the model (Polars lazy queries in
 :mod:`~serving.profiles.build`), stored in the bundle (``profiles.parquet`` and the
@@ -8,10 +9,13 @@ manifest's ``profiles`` section), served by ``recsys.v1.MemberProfiles``.
 __all__ = [
     "behaviour",
     "build",
+    "campaign",
     "churn",
     "lifecycle",
+    "linear",
     "lookup",
     "options",
+    "recent",
     "rfm",
     "segments",
     "store",

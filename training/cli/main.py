@@ -36,11 +36,23 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from training.data.synth import SynthConfig, synthesize
 
     summary = synthesize(
-        SynthConfig(users=args.users, items=args.items, events=args.events, seed=args.seed), args.out
+        SynthConfig(
+            users=args.users,
+            items=args.items,
+            events=args.events,
+            seed=args.seed,
+            fraud_users=args.fraud_users,
+        ),
+        args.out,
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary.event_counts.items())
+    fraud = (
+        f", {summary.fraud_users} injected fraud members ({summary.fraud_path})"
+        if summary.fraud_users
+        else ""
+    )
     print(
-        f"{summary.users} users, {summary.items} items, {summary.interactions} events ({counts})"
+        f"{summary.users} users, {summary.items} items, {summary.interactions} events ({counts}){fraud}"
         f" -> {args.out}"
     )
 
@@ -207,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--fraud-users",
+        type=int,
+        default=0,
+        help="append this many known fraudulent members (bots, fake orders); truth in fraud.parquet",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_synth)
 
