@@ -62,7 +62,7 @@ def fit_logistic(x: FloatArray, y: npt.NDArray[Any], names: tuple[str, ...], l2:
 def fit_poisson(x: FloatArray, y: npt.NDArray[Any], names: tuple[str, ...], l2: float) -> LinearModel:
     """L2-penalised Poisson regression (log link) of counts ``y`` on standardised ``x``."""
     scaler, z = _standardise(x)
-    fitted = PoissonRegressor(alpha=l2 / max(len(z), 1), max_iter=MAX_ITERATIONS).fit(
-        z, np.asarray(y, dtype=np.float64)
-    )
+    fitted = PoissonRegressor(
+        alpha=l2 / max(len(z), 1), solver="newton-cholesky", max_iter=MAX_ITERATIONS
+    ).fit(z, np.asarray(y, dtype=np.float64))
     return _as_model(scaler, fitted.coef_, float(fitted.intercept_), names, "log")
