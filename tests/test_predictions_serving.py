@@ -1,0 +1,184 @@
+"""Look-ahead profile figures end to end: a bundle trained on synthetic data with injected
+fraud, GetUserProfile over a real gRPC server (fields 20-23), and the campaign lists of
+``recsys recommend`` / ``recsys lookalike`` (flagged members left out by default, ordering
+by purchase propensity)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import polars as pl
+import pytest
+from conftest import tiny_config
+
+from serving._proto.recsys.v1 import profiles_pb2 as pb2
+from serving._proto.recsys.v1 import profiles_pb2_grpc as pb2_grpc
+from serving.api.background import BackgroundServer
+from serving.api.server import ServerOptions
+from serving.bundle.format import PROFILES
+from serving.recommend.engine import TwoTowerEngine
+from training.cli.main import main
+from training.data.synth import FRAUD_FILE, SynthConfig, synthesize
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class FraudBundle:
+    bundle: Path
+    profiles: pl.DataFrame
+    section: dict[str, Any]
+    fraud: pl.DataFrame
+
+
+@pytest.fixture(scope="module")
+def fraud_bundle(tmp_path_factory: pytest.TempPathFactory) -> FraudBundle:
+    """A tiny bundle trained on 200 regular members plus 6 injected fraud members (kept in
+    the model's training data, as by default, so that they are in the user index)."""
+    from training.pipeline import train
+
+    workdir = tmp_path_factory.mktemp("fraud-bundle")
+    data = synthesize(SynthConfig(users=200, items=60, events=5000, fraud_users=6), workdir / "data")
+    config = tiny_config(f'tracking.tracking_uri="sqlite:///{workdir}/mlflow.db"')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        train(config, data.interactions_path, data.users_path, data.items_path, workdir / "bundle")
+    manifest = json.loads((workdir / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    return FraudBundle(
+        workdir / "bundle",
+        pl.read_parquet(workdir / "bundle" / PROFILES),
+        manifest["profiles"],
+        pl.read_parquet(workdir / "data" / FRAUD_FILE),
+    )
+
+
+@pytest.fixture(scope="module")
+def channel(fraud_bundle: FraudBundle) -> Iterator[grpc.Channel]:
+    options = ServerOptions(host="127.0.0.1", port=0, grace_seconds=0.5, max_workers=2)
+    with (
+        BackgroundServer(
+            options, lambda: TwoTowerEngine.load(fraud_bundle.bundle), start_timeout=30
+        ) as running,
+        grpc.insecure_channel(running.address) as connected,
+    ):
+        yield connected
+
+
+def _fraud_ids(fraud_bundle: FraudBundle) -> set[str]:
+    return set(fraud_bundle.fraud.get_column("user_id").to_list())
+
+
+def test_bundle_profiles_carry_the_lookahead_figures(fraud_bundle: FraudBundle) -> None:
+    section, profiles = fraud_bundle.section, fraud_bundle.profiles
+    for name in ("churn", "propensity", "activity", "clv"):
+        assert section[name]["trained"], (name, section[name])
+    for column in ("purchase_propensity", "expected_active_days", "clv_expected_purchases", "clv_value"):
+        assert column in profiles.columns
+    propensity = profiles.get_column("purchase_propensity")
+    assert propensity.null_count() == 0
+    assert 0 < propensity.min() < propensity.max() < 1
+    flagged = set(profiles.filter(pl.col("anomaly_flagged")).get_column("user_id").to_list())
+    assert _fraud_ids(fraud_bundle) <= flagged
+    # Members who never bought have no lifetime-value figures: unset, not zero.
+    never_bought = profiles.filter(pl.col("events.purchase") == 0)
+    assert never_bought.height > 0
+    assert never_bought.get_column("clv_expected_purchases").null_count() == never_bought.height
+
+
+def test_get_user_profile_serves_propensity_activity_clv_and_flags(
+    fraud_bundle: FraudBundle, channel: grpc.Channel
+) -> None:
+    stub = pb2_grpc.MemberProfilesStub(channel)
+    profiles, section = fraud_bundle.profiles, fraud_bundle.section
+    buyer = profiles.filter(pl.col("clv_expected_purchases").is_not_null() & ~pl.col("anomaly_flagged"))
+    row = buyer.sort("clv_value", descending=True).row(0, named=True)
+    profile = stub.GetUserProfile(pb2.GetUserProfileRequest(user_id=row["user_id"]), timeout=10)
+    assert profile.propensity.available
+    assert profile.propensity.probability == pytest.approx(row["purchase_propensity"])
+    assert profile.propensity.model_auc == pytest.approx(section["propensity"]["auc"])
+    assert profile.propensity.recency_rule_auc == pytest.approx(section["propensity"]["recency_rule_auc"])
+    assert profile.propensity.horizon_days == 30
+    assert profile.activity.available
+    assert profile.activity.expected_active_days == pytest.approx(row["expected_active_days"])
+    value = profile.lifetime_value
+    assert value.available
+    assert value.has_money
+    assert value.reason == ""
+    assert value.expected_purchases == pytest.approx(row["clv_expected_purchases"])
+    assert value.value == pytest.approx(value.expected_purchases * value.expected_order_value)
+    assert value.value > 0
+    assert value.horizon_days == 365
+    assert not profile.abnormal.flagged
+    assert profile.abnormal.available
+    assert list(profile.abnormal.reasons) == []
+
+    bot = fraud_bundle.fraud.filter(pl.col("kind") == "bot").item(0, "user_id")
+    flagged = stub.GetUserProfile(pb2.GetUserProfileRequest(user_id=bot), timeout=10)
+    assert flagged.abnormal.flagged
+    assert any(r.startswith("event burst") for r in flagged.abnormal.reasons)
+    assert not flagged.lifetime_value.available
+    assert flagged.lifetime_value.reason.startswith("no purchase yet")
+
+
+def _write_ids(path: Path, ids: list[str]) -> Path:
+    path.write_text("\n".join(ids) + "\n", encoding="utf-8")
+    return path
+
+
+def test_recommend_list_leaves_flagged_members_out_and_orders_by_propensity(
+    fraud_bundle: FraudBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    everyone = fraud_bundle.profiles.get_column("user_id").to_list()
+    users = _write_ids(tmp_path / "users.txt", everyone)
+    flagged = set(fraud_bundle.profiles.filter(pl.col("anomaly_flagged")).get_column("user_id").to_list())
+    base = ["recommend", "--bundle", str(fraud_bundle.bundle), "--users", str(users), "--k", "3"]
+
+    assert main([*base, "--include-flagged", "--out", str(tmp_path / "all.csv")]) == 0
+    everything = set(pl.read_csv(tmp_path / "all.csv", schema_overrides={"user_id": pl.Utf8})["user_id"])
+    listed_flagged = everything & flagged  # a bot that saw every item has nothing left to list
+    assert listed_flagged
+    capsys.readouterr()
+
+    assert main([*base, "--out", str(tmp_path / "default.csv")]) == 0
+    assert f"{len(listed_flagged)} flagged members left out" in capsys.readouterr().out
+    listed = pl.read_csv(tmp_path / "default.csv", schema_overrides={"user_id": pl.Utf8})
+    assert set(listed.get_column("user_id").to_list()) == everything - flagged
+    assert listed.columns == ["user_id", "rank", "item_id", "score", "fallback"]
+
+    assert main([*base, "--order-by-propensity", "--out", str(tmp_path / "ordered.parquet")]) == 0
+    ordered = pl.read_parquet(tmp_path / "ordered.parquet")
+    scores = ordered.get_column("purchase_propensity").to_list()
+    assert scores == sorted(scores, reverse=True)
+    first = ordered.get_column("user_id").item(0)
+    assert ordered.filter(pl.col("user_id") == first).get_column("rank").to_list() == [1, 2, 3]
+    assert not set(ordered.get_column("user_id").to_list()) & flagged
+
+
+def test_lookalike_list_leaves_flagged_members_out_and_keeps_its_size(
+    fraud_bundle: FraudBundle, tmp_path: Path
+) -> None:
+    # Seeded with the bots themselves: their nearest neighbours include the other fraud members.
+    fraud = sorted(_fraud_ids(fraud_bundle))
+    seeds = _write_ids(tmp_path / "seeds.txt", fraud[:2])
+    base = ["lookalike", "--bundle", str(fraud_bundle.bundle), "--seed-users", str(seeds), "--size", "40"]
+    assert main([*base, "--include-flagged", "--out", str(tmp_path / "all.csv")]) == 0
+    everything = pl.read_csv(tmp_path / "all.csv", schema_overrides={"user_id": pl.Utf8})
+    assert set(everything.get_column("user_id").to_list()) & set(fraud)
+
+    assert main([*base, "--out", str(tmp_path / "clean.csv")]) == 0
+    clean = pl.read_csv(tmp_path / "clean.csv", schema_overrides={"user_id": pl.Utf8})
+    flagged = set(fraud_bundle.profiles.filter(pl.col("anomaly_flagged")).get_column("user_id").to_list())
+    assert clean.height == 40
+    assert not set(clean.get_column("user_id").to_list()) & flagged
+    assert clean.get_column("rank").to_list() == list(range(1, 41))
+
+    assert main([*base, "--order-by-propensity", "--out", str(tmp_path / "ordered.csv")]) == 0
+    ordered = pl.read_csv(tmp_path / "ordered.csv", schema_overrides={"user_id": pl.Utf8})
+    assert ordered.columns == ["user_id", "rank", "score", "purchase_propensity"]
+    scores = ordered.get_column("purchase_propensity").to_list()
+    assert scores == sorted(scores, reverse=True)
