@@ -74,6 +74,11 @@ def print_clv(clv: dict[str, Any]) -> None:
         f"correlation {validation['correlation']:.3f}"
     )
     money = "predicted_spend" in validation["deciles"][0]
+    if money:
+        print(
+            f"  holdout spend: predicted {validation['predicted_spend_total']:.0f} vs actual "
+            f"{validation['actual_spend_total']:.0f}"
+        )
     print("  decile  buyers  predicted  actual" + ("  pred_spend  actual_spend" if money else ""))
     for row in validation["deciles"]:
         line = (

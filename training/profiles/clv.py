@@ -301,7 +301,7 @@ def validate(
     joined = (
         pl.DataFrame({"user_id": calibration.user_id, "predicted": predicted})
         .lazy()
-        .join(holdout, on="user_id", how="left")
+        .join(holdout, on="user_id", how="left", maintain_order="left")
         .with_columns(pl.col("actual").fill_null(0.0), pl.col("spend").fill_null(0.0))
         .collect()
     )
@@ -317,6 +317,14 @@ def validate(
     deciles = deciles_table(joined, money and calibration.spend is not None)
     actual_total = float(joined.get_column("actual").sum())
     predicted_total = float(joined.get_column("predicted").sum())
+    spend_totals = (
+        {
+            "predicted_spend_total": round(float(joined.get_column("predicted_spend").sum()), 2),
+            "actual_spend_total": round(float(joined.get_column("spend").sum()), 2),
+        }
+        if "predicted_spend" in joined.columns
+        else {}
+    )
     return {
         "done": True,
         "cut": cut,
@@ -325,6 +333,7 @@ def validate(
         "predicted_total": round(predicted_total, 2),
         "actual_total": round(actual_total, 2),
         "correlation": round(float(np.corrcoef(joined["predicted"], joined["actual"])[0, 1]), 4),
+        **spend_totals,
         "deciles": deciles,
     }
 
@@ -332,8 +341,10 @@ def validate(
 def deciles_table(joined: pl.DataFrame, money: bool) -> list[dict[str, Any]]:
     """Mean predicted and actual holdout purchases (and spend) per decile of prediction
     (decile 10 = the highest predictions)."""
-    ranked = joined.with_columns(
-        (1 + (pl.col("predicted").rank(method="ordinal") - 1) * 10 // pl.len()).cast(pl.Int32).alias("decile")
+    # Ties (buyers with the same history get the same prediction) are split by user id, so
+    # the deciles do not depend on row order.
+    ranked = joined.sort("predicted", "user_id").with_columns(
+        (1 + pl.int_range(pl.len()) * 10 // pl.len()).cast(pl.Int32).alias("decile")
     )
     aggregations = [
         pl.len().alias("buyers"),
