@@ -88,8 +88,13 @@ class ProfileOptions:
     """Abnormal behaviour: returns / purchases at or above this (at least 3 returns)."""
     anomaly_max_accounts_per_key: int = 5
     """Abnormal behaviour: more accounts than this on one device or address hash."""
-    anomaly_contamination: float = 0.005
-    """Abnormal behaviour: the share of members the IsolationForest flags as outliers (0 = rules only)."""
+    anomaly_contamination: float = 0.01
+    """Abnormal behaviour: at most this share of members is flagged by the IsolationForest
+    (0 = rules only)."""
+    anomaly_min_score: float = 0.72
+    """Abnormal behaviour: the IsolationForest flags a member only with an anomaly score at
+    least this (0.5 is an average member; ``recsys synth``'s regular members stay below 0.72,
+    so a clean data set is not forced to give up its ``anomaly_contamination`` share)."""
     seed: int = 42
     """Seed of k-means, of the silhouette sample and of the IsolationForest."""
 
@@ -126,5 +131,6 @@ class ProfileOptions:
             (self.anomaly_return_share > 0, "profiles.anomaly_return_share: must be > 0"),
             (self.anomaly_max_accounts_per_key >= 1, "profiles.anomaly_max_accounts_per_key: must be >= 1"),
             (0 <= self.anomaly_contamination < 0.5, "profiles.anomaly_contamination: must be in [0, 0.5)"),
+            (0 <= self.anomaly_min_score <= 1, "profiles.anomaly_min_score: must be in [0, 1]"),
         ]
         return [message for ok, message in checks if not ok]

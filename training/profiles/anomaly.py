@@ -14,10 +14,11 @@ Per member, from the interactions (vectorised Polars, no per-row Python):
 
 Rules (thresholds in ``[profiles]``, each a reason in words) flag a member; independently
 an :class:`~sklearn.ensemble.IsolationForest` on the log-scaled features flags the
-``anomaly_contamination`` share most isolated members. A member is flagged when any rule
-or the forest says so; ``anomaly_score`` is the forest's score in [0, 1] (higher = more
-isolated). Rules that the data cannot support (no returns, no hashes) are listed in the
-manifest as inactive instead of silently passing.
+``anomaly_contamination`` share most isolated members whose anomaly score is at least
+``anomaly_min_score`` (without that floor a clean data set would always lose its share).
+A member is flagged when any rule or the forest says so; ``anomaly_score`` is the forest's
+score in [0, 1] (higher = more isolated). Rules that the data cannot support (no returns,
+no hashes) are listed in the manifest as inactive instead of silently passing.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def detect(interactions: pl.LazyFrame, options: ProfileOptions) -> AnomalyResult
         "isolation_forest": {
             "features": list(FOREST_FEATURES),
             "contamination": options.anomaly_contamination,
+            "min_score": options.anomaly_min_score,
             "note": forest_note,
         },
         "members": frame.height,
@@ -234,5 +236,5 @@ def _forest(
     x = forest_matrix(frame)
     # score_samples is minus the paper's anomaly score s(x) in (0, 1]: higher s = more isolated.
     scores = np.asarray(-forest.score_samples(x), dtype=np.float64)
-    outliers = np.asarray(forest.predict(x) == -1, dtype=bool)
+    outliers = np.asarray((forest.predict(x) == -1) & (scores >= options.anomaly_min_score), dtype=bool)
     return scores, outliers, f"{FOREST_TREES} trees, seed {options.seed}"
