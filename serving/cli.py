@@ -289,24 +289,32 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recommend_command(args: argparse.Namespace) -> None:
+    from serving.campaigns.holdout import write_campaign_list
     from serving.profiles.campaign import apply_campaign_rules, member_flags
     from serving.recommend.batch import read_user_ids, recommend_batch
     from serving.recommend.engine import TwoTowerEngine
-    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     users = read_user_ids(args.users)
     listed = recommend_batch(engine, users, args.k)
+    profiles = member_flags(engine.bundle.path, engine.bundle.manifest)
     campaign = apply_campaign_rules(
         listed,
         engine.bundle_user_ids(listed.get_column("user_id")),
-        member_flags(engine.bundle.path, engine.bundle.manifest),
+        profiles,
         args.include_flagged,
         args.order_by_propensity,
     )
     frame = campaign.frame
-    atomic_write_table(args.out, frame)
+    held_out = write_campaign_list(
+        args,
+        frame,
+        engine.bundle_user_ids(frame.get_column("user_id")),
+        profiles,
+        "recommend",
+        engine.model_version,
+    )
     seconds = time.perf_counter() - started
     fallback_users = frame.filter(frame["fallback"]).get_column("user_id").n_unique()
     print(
@@ -314,4 +322,5 @@ def recommend_command(args: argparse.Namespace) -> None:
         f"to {args.out} in {seconds:.2f} s ({len(users) / max(seconds, 1e-9):.0f} users/s), "
         f"model {engine.model_version}; {campaign.flagged_removed} flagged members left out"
         + (f" ({campaign.note})" if campaign.note else "")
+        + (f"; {held_out}" if held_out else "")
     )

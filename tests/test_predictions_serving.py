@@ -182,3 +182,116 @@ def test_lookalike_list_leaves_flagged_members_out_and_keeps_its_size(
     assert ordered.columns == ["user_id", "rank", "score", "purchase_propensity"]
     scores = ordered.get_column("purchase_propensity").to_list()
     assert scores == sorted(scores, reverse=True)
+
+
+# ------------------------------------------------------------------ campaign measurement
+
+
+def _log_events(root: Path, rows: list[tuple[str, str, int, float]]) -> None:
+    """(user, event type, unix seconds, value) rows into a real event log."""
+    from serving._proto.recsys.v1 import events_pb2
+    from serving.events.log import EventLog
+    from serving.events.schema import EVENT_TYPE_BY_NAME
+
+    log = EventLog.open(root)
+    log.submit(
+        [
+            events_pb2.Event(
+                user_id=user,
+                item_id="i000001",
+                event_type=EVENT_TYPE_BY_NAME[kind],  # type: ignore[arg-type]
+                timestamp_ms=at * 1000,
+                value=value,
+            )
+            for user, kind, at, value in rows
+        ]
+    ).result(10)
+    log.close()
+
+
+def test_campaign_list_holds_out_a_control_group_and_the_report_measures_uplift(
+    fraud_bundle: FraudBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    everyone = fraud_bundle.profiles.get_column("user_id").to_list()
+    users = _write_ids(tmp_path / "users.txt", everyone)
+    sent_at = int(time.time()) - 5 * 86_400
+    out = tmp_path / "spring.csv"
+    args = ["recommend", "--bundle", str(fraud_bundle.bundle), "--users", str(users), "--k", "2"]
+    args += ["--campaign", "spring", "--control-share", "0.3", "--sent-at", str(sent_at), "--out", str(out)]
+    assert main(args) == 0
+    assert "campaign 'spring'" in capsys.readouterr().out
+    campaign = json.loads((tmp_path / "spring.campaign.json").read_text(encoding="utf-8"))
+    treated = sorted(set(pl.read_csv(out, schema_overrides={"user_id": pl.Utf8})["user_id"]))
+    control = sorted(
+        pl.read_csv(tmp_path / "spring.control.csv", schema_overrides={"user_id": pl.Utf8})["user_id"]
+    )
+    assert not set(treated) & set(control)
+    assert (campaign["treatment_members"], campaign["control_members"]) == (len(treated), len(control))
+    assert 0.15 < len(control) / (len(control) + len(treated)) < 0.45
+    assert campaign["base_members"] == fraud_bundle.profiles.height
+    for attribute in ("gender", "age_band"):
+        shares = campaign["fairness"][attribute]
+        assert sum(s["list"] for s in shares.values()) == pytest.approx(1.0, abs=1e-3)
+        assert sum(s["base"] for s in shares.values()) == pytest.approx(1.0, abs=1e-3)
+    # Rewriting the list keeps everyone in the same group (the assignment is a hash, not a draw).
+    assert main([*args[:-1], str(tmp_path / "again.csv")]) == 0
+    again = pl.read_csv(tmp_path / "again.control.csv", schema_overrides={"user_id": pl.Utf8})
+    assert sorted(again["user_id"]) == control
+
+    day = 86_400
+    rows: list[tuple[str, str, int, float]] = []
+    for i, user in enumerate(treated):  # every 2nd buys (10.0), every 4th only clicks
+        if i % 2 == 0:
+            rows += [(user, "click", sent_at + day, 0.0), (user, "purchase", sent_at + day + 60, 10.0)]
+        elif i % 4 == 1:
+            rows.append((user, "click", sent_at + 2 * day, 0.0))
+    for i, user in enumerate(control):  # every 5th buys
+        if i % 5 == 0:
+            rows.append((user, "purchase", sent_at + day, 10.0))
+    # Outside the 3-day window (before sending, after it) and impressions: never counted.
+    rows += [(treated[1], "purchase", sent_at - day, 99.0), (control[1], "purchase", sent_at + 4 * day, 99.0)]
+    rows.append((control[2], "impression", sent_at + day, 0.0))
+    _log_events(tmp_path / "events", rows)
+
+    report_path = tmp_path / "report.json"
+    report_args = ["campaign-report", "--campaign", str(tmp_path / "spring.campaign.json")]
+    report_args += ["--events", str(tmp_path / "events"), "--days", "3", "--cost-per-contact", "0.5"]
+    assert main([*report_args, "--out", str(report_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "uplift conversion_rate" in printed
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    buyers_t = len(range(0, len(treated), 2))
+    responders_t = buyers_t + len(range(1, len(treated), 4))
+    buyers_c = len(range(0, len(control), 5))
+    groups = report["groups"]
+    assert report["reach"] == len(treated)
+    assert groups["treatment"]["conversion_rate"] == pytest.approx(buyers_t / len(treated), abs=1e-6)
+    assert groups["treatment"]["response_rate"] == pytest.approx(responders_t / len(treated), abs=1e-6)
+    assert groups["control"]["response_rate"] == pytest.approx(buyers_c / len(control), abs=1e-6)
+    assert groups["treatment"]["revenue"] == pytest.approx(10.0 * buyers_t)
+    assert groups["control"]["revenue"] == pytest.approx(10.0 * buyers_c)
+    conversion = report["uplift"]["conversion_rate"]
+    expected = buyers_t / len(treated) - buyers_c / len(control)
+    assert conversion["difference"] == pytest.approx(expected, abs=1e-5)
+    assert conversion["low"] < conversion["difference"] < conversion["high"]
+    assert conversion["p_value"] < 0.05
+    revenue = report["uplift"]["revenue_per_member"]["difference"]
+    cost = 0.5 * len(treated)
+    assert report["roi"]["cost"] == pytest.approx(cost)
+    assert report["roi"]["roi"][0] == pytest.approx((revenue * len(treated) - cost) / cost, abs=1e-3)
+    assert report["fairness"] == campaign["fairness"]
+
+
+def test_campaign_report_names_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.campaign.json").write_text("{}", encoding="utf-8")
+    args = ["campaign-report", "--campaign", str(tmp_path / "x.campaign.json"), "--events", str(tmp_path)]
+    assert main(args) == 2
+    assert "not an event log" in capsys.readouterr().err
+    _log_events(tmp_path / "events", [("u1", "click", 1_700_000_000, 0.0)])
+    args[-1] = str(tmp_path / "events")
+    assert main(args) == 2
+    assert "missing field 'campaign'" in capsys.readouterr().err
+    assert main([*args, "--days", "0"]) == 2
+    assert "--days: must be > 0" in capsys.readouterr().err

@@ -76,9 +76,9 @@ def lookalike_command(args: argparse.Namespace) -> None:
     import polars as pl
 
     from serving.audiences.search import MAX_SIZE, SeedScoring, SimilarUsersQuery, validate_size
+    from serving.campaigns.holdout import write_campaign_list
     from serving.profiles.campaign import apply_campaign_rules, member_flags
     from serving.recommend.engine import TwoTowerEngine
-    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
@@ -99,11 +99,12 @@ def lookalike_command(args: argparse.Namespace) -> None:
     frame = campaign.frame.head(size).with_columns(
         pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank")
     )
-    atomic_write_table(args.out, frame)
+    ids = frame.get_column("user_id")
+    held_out = write_campaign_list(args, frame, ids, flags, "lookalike", audience.model_version)
     note = f" ({campaign.note})" if campaign.note else ""
     print(
         f"wrote {frame.height} lookalike users of {audience.known_seeds} seed users "
         f"({audience.unknown_seeds} unknown seed ids ignored; {campaign.flagged_removed} flagged members "
         f"left out{note}) to {args.out} in {time.perf_counter() - started:.2f} s, "
-        f"model {audience.model_version}"
+        f"model {audience.model_version}" + (f"; {held_out}" if held_out else "")
     )

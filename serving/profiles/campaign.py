@@ -30,7 +30,11 @@ PROPENSITY_COLUMN = "purchase_propensity"
 
 
 def add_campaign_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--include-flagged`` and ``--order-by-propensity``."""
+    """``--include-flagged``, ``--order-by-propensity`` and the hold-out arguments
+    (:func:`serving.campaigns.holdout.add_holdout_arguments`)."""
+    from serving.campaigns.holdout import add_holdout_arguments
+
+    add_holdout_arguments(parser)
     parser.add_argument(
         "--include-flagged",
         action="store_true",
@@ -53,8 +57,10 @@ class CampaignResult:
 
 
 def member_flags(bundle: Path, manifest: dict[str, Any]) -> pl.DataFrame | None:
-    """``user_id`` (bundle ids), ``anomaly_flagged``, ``purchase_propensity`` of every profiled
-    member; None when the bundle has no profiles. The bundle was verified when loaded."""
+    """``user_id`` (bundle ids), ``anomaly_flagged``, ``purchase_propensity`` and the protected
+    attributes (``attr.gender``, ``attr.age``, when the bundle keeps them; for the fairness
+    table of :mod:`serving.campaigns.holdout`) of every profiled member; None when the bundle
+    has no profiles. The bundle was verified when loaded."""
     import polars as pl
 
     from serving.profiles.store import PROFILES_FILE
@@ -66,7 +72,8 @@ def member_flags(bundle: Path, manifest: dict[str, Any]) -> pl.DataFrame | None:
         (pl.col(c) if c in columns else pl.lit(None, dtype=dtype).alias(c))
         for c, dtype in (("anomaly_flagged", pl.Boolean), (PROPENSITY_COLUMN, pl.Float64))
     ]
-    return pl.scan_parquet(Path(bundle) / PROFILES_FILE).select("user_id", *wanted).collect()
+    protected = [c for c in ("attr.gender", "attr.age") if c in columns]
+    return pl.scan_parquet(Path(bundle) / PROFILES_FILE).select("user_id", *wanted, *protected).collect()
 
 
 def apply_campaign_rules(
