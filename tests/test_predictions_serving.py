@@ -182,6 +182,8 @@ def test_lookalike_list_leaves_flagged_members_out_and_keeps_its_size(
     assert ordered.columns == ["user_id", "rank", "score", "purchase_propensity"]
     scores = ordered.get_column("purchase_propensity").to_list()
     assert scores == sorted(scores, reverse=True)
+    # The same 40 most similar members, only reordered.
+    assert set(ordered.get_column("user_id").to_list()) == set(clean.get_column("user_id").to_list())
 
 
 # ------------------------------------------------------------------ campaign measurement

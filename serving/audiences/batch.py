@@ -92,13 +92,13 @@ def lookalike_command(args: argparse.Namespace) -> None:
     )
     listed = audience_frame(audience)
     # Audience ids are the bundle's own (pseudonyms when the bundle is pseudonymised).
-    campaign = apply_campaign_rules(
-        listed, listed.get_column("user_id"), flags, args.include_flagged, args.order_by_propensity
-    )
-    # rank = position in the written list (similarity order, or propensity order when asked).
-    frame = campaign.frame.head(size).with_columns(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank")
-    )
+    campaign = apply_campaign_rules(listed, listed.get_column("user_id"), flags, args.include_flagged, False)
+    # The `size` most similar unflagged members, then (when asked) ordered by propensity;
+    # rank = position in the written list.
+    chosen = campaign.frame.head(size)
+    if args.order_by_propensity:
+        chosen = apply_campaign_rules(chosen, chosen.get_column("user_id"), flags, True, True).frame
+    frame = chosen.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank"))
     ids = frame.get_column("user_id")
     held_out = write_campaign_list(args, frame, ids, flags, "lookalike", audience.model_version)
     note = f" ({campaign.note})" if campaign.note else ""
