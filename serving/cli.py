@@ -17,6 +17,7 @@ from pathlib import Path
 from serving.api.server import ServerOptions, run_server
 from serving.api.workers import run_workers
 from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
+from serving.profiles.campaign import add_campaign_arguments
 from serving.security.access import AccessOptions
 from serving.security.tls import TlsFiles
 
@@ -299,22 +300,42 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--k", type=int, default=10, help="items per user (1..1000)")
     parser.add_argument("--out", type=Path, required=True, help="output .csv or .parquet")
+    add_campaign_arguments(parser)
 
 
 def recommend_command(args: argparse.Namespace) -> None:
+    from serving.campaigns.holdout import write_campaign_list
+    from serving.profiles.campaign import apply_campaign_rules, member_flags
     from serving.recommend.batch import read_user_ids, recommend_batch
     from serving.recommend.engine import TwoTowerEngine
-    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     users = read_user_ids(args.users)
-    frame = recommend_batch(engine, users, args.k)
-    atomic_write_table(args.out, frame)
+    listed = recommend_batch(engine, users, args.k)
+    profiles = member_flags(engine.bundle.path, engine.bundle.manifest)
+    campaign = apply_campaign_rules(
+        listed,
+        engine.bundle_user_ids(listed.get_column("user_id")),
+        profiles,
+        args.include_flagged,
+        args.order_by_propensity,
+    )
+    frame = campaign.frame
+    held_out = write_campaign_list(
+        args,
+        frame,
+        engine.bundle_user_ids(frame.get_column("user_id")),
+        profiles,
+        "recommend",
+        engine.model_version,
+    )
     seconds = time.perf_counter() - started
     fallback_users = frame.filter(frame["fallback"]).get_column("user_id").n_unique()
     print(
         f"wrote {frame.height} rows for {len(users)} users ({fallback_users} unknown: popularity fallback) "
         f"to {args.out} in {seconds:.2f} s ({len(users) / max(seconds, 1e-9):.0f} users/s), "
-        f"model {engine.model_version}"
+        f"model {engine.model_version}; {campaign.flagged_removed} flagged members left out"
+        + (f" ({campaign.note})" if campaign.note else "")
+        + (f"; {held_out}" if held_out else "")
     )

@@ -8,12 +8,14 @@ import pytest
 
 from serving.profiles.behaviour import DAY_SECONDS
 from serving.profiles.build import ProfileInputs, profile_context, profile_frame
-from serving.profiles.churn import ChurnModel
+from serving.profiles.linear import LinearModel
 from serving.profiles.options import ProfileOptions
 from serving.profiles.rfm import SEGMENTS, quantile_score, segment
 from serving.profiles.segments import cluster, cosine_distances, describe, normalised, silhouette
 from training.config import ConfigError, load_config
-from training.profiles.churn import auc, fit_logistic, train_churn
+from training.profiles.churn import train_churn
+from training.profiles.classifiers import auc, fit_logistic
+from training.profiles.cuts import Cuts
 
 CLOCK = 1_700_000_000  # the latest timestamp of the hand-made data
 
@@ -219,7 +221,7 @@ def test_auc_and_logistic_regression() -> None:
     assert model.coefficients[0] > 0 > model.coefficients[1]
     assert abs(model.coefficients[2]) < 0.3
     assert auc(y, model.score(x)) > 0.95
-    assert ChurnModel.from_dict(model.to_dict()) == model
+    assert LinearModel.from_dict(model.to_dict()) == model
 
 
 def _churny_data(users: int = 200, days: int = 120, seed: int = 0) -> pl.DataFrame:
@@ -246,7 +248,7 @@ def test_churn_model_is_validated_on_a_later_cut_and_beats_chance() -> None:
     options = ProfileOptions(churn_horizon_days=20)
     inputs = ProfileInputs(data.lazy())
     context = profile_context(inputs, options)
-    result = train_churn(inputs, context, options)
+    result = train_churn(Cuts(inputs, context, options))
     meta = result.metadata
     assert meta["trained"]
     assert result.model is not None
@@ -259,7 +261,7 @@ def test_churn_model_is_validated_on_a_later_cut_and_beats_chance() -> None:
 def test_churn_is_skipped_with_a_reason_when_data_is_too_short() -> None:
     options = ProfileOptions(churn_horizon_days=60)
     inputs = ProfileInputs(SHOP.lazy())
-    result = train_churn(inputs, profile_context(inputs, options), options)
+    result = train_churn(Cuts(inputs, profile_context(inputs, options), options))
     assert result.model is None
     assert not result.metadata["trained"]
     assert "users active before it" in result.metadata["reason"]

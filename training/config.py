@@ -82,6 +82,13 @@ class DataConfig:
         "iban",
     )
     """Column names (case-insensitive) treated as personal data and never used as features."""
+    exclude_abnormal: bool = False
+    """Drop every interaction of the members flagged for abnormal behaviour (bot-like bursts,
+    impossible pace, fake orders, returns, shared hashes, IsolationForest outliers; thresholds in
+    ``[profiles]``, see :mod:`training.profiles.anomaly`) from the model's training data. Their
+    profiles are still built, with the flag and its reasons. Default ``false``: the model sees
+    all the data, as before; campaign lists leave flagged members out either way.
+    """
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 import torch
 
 from serving.audiences.search import UserIndex, build_user_index
@@ -44,6 +45,7 @@ from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
 from training.fit.trainer import TrainResult, peak_rss_mb
+from training.profiles.anomaly import AnomalyResult, detect
 from training.profiles.build import profiles_for_bundle
 from training.tracking import Tracker, flatten, start_run
 
@@ -180,6 +182,25 @@ def log_index_calibration(tracker: Tracker, built: BuiltIndex) -> None:
     tracker.log_dict(record, INDEX_CALIBRATION_ARTIFACT)
 
 
+def _without_abnormal(
+    interactions: pl.DataFrame, config: Config
+) -> tuple[pl.DataFrame, AnomalyResult | None]:
+    """(the model's training interactions, the abnormal-behaviour flags or None): with
+    ``data.exclude_abnormal`` the flagged members' interactions are dropped (the flags are
+    reused for their profiles); without it, everything is kept and nothing is detected here."""
+    if not config.data.exclude_abnormal:
+        return interactions, None
+    abnormal = detect(interactions.lazy(), config.profiles)
+    flagged = abnormal.frame.filter(pl.col("anomaly_flagged")).get_column("user_id")
+    kept = interactions.filter(~pl.col("user_id").is_in(flagged.implode()))
+    log.info(
+        "data.exclude_abnormal: %d flagged members and their %d interactions left out of training",
+        len(flagged),
+        interactions.height - kept.height,
+    )
+    return kept, abnormal
+
+
 def _fit(prepared: Prepared, selection: Selection, tracker: Tracker, stage: str) -> TrainResult:
     def on_epoch(epoch: int, loss: float) -> None:
         tracker.log_metrics({f"{stage}_loss": loss}, step=epoch)
@@ -205,13 +226,16 @@ def train(
     data = dataset if dataset is not None else load_dataset(interactions, users, items)
     # Once, before anything else reads the ids: every later stage sees only pseudonyms.
     data, privacy = pseudonymise_dataset(data, config.privacy)
-    frame = data.interactions
+    everything = data.interactions
+    frame, abnormal = _without_abnormal(everything, config)
     counts = {
         "interactions": frame.height,
         "users": frame.get_column("user_id").n_unique(),
         "items": frame.get_column("item_id").n_unique(),
         "duplicates_dropped": data.duplicates_dropped,
     }
+    if abnormal is not None:
+        counts["abnormal_members_excluded"] = int(abnormal.frame.get_column("anomaly_flagged").sum())
     log.info(
         "loaded %d interactions (%d users, %d items); %d duplicates dropped",
         counts["interactions"],
@@ -285,8 +309,16 @@ def train(
         version = assembled.contents.model_version
         log_index_calibration(tracker, assembled.index)
         tracker.log_params({"user_index.type": assembled.user_index.built.spec.type})
+        # Profiles cover every member, flagged ones included (with their flags).
         profiles = profiles_for_bundle(
-            config.profiles, frame, data.users, data.items, final_data, assembled.user_embeddings, tracker
+            config.profiles,
+            everything,
+            data.users,
+            data.items,
+            final_data,
+            assembled.user_embeddings,
+            tracker,
+            abnormal,
         )
         summary = TrainSummary(
             bundle=Path(out),

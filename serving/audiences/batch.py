@@ -3,7 +3,10 @@
 Seeds come from a CSV/Parquet file with a ``user_id`` column, or a text file with one id
 per line (the ``recsys recommend --users`` format). The output has one row per lookalike
 user: ``user_id``, ``rank`` (from 1), ``score`` (cosine to the seed direction), best first,
-seeds excluded; ``.parquet`` or CSV (any other suffix), written atomically.
+seeds excluded; ``.parquet`` or CSV (any other suffix), written atomically. Members flagged
+for abnormal behaviour are left out unless ``--include-flagged``; ``--order-by-propensity``
+lists the likeliest buyers first (``rank`` is then the position in that order) with a
+``purchase_propensity`` column (:mod:`serving.profiles.campaign`).
 
 Only argparse-level imports at module level: ``recsys`` builds its parser from
 :func:`add_lookalike_arguments` for every command.
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.errors import InvalidArgumentError
+from serving.profiles.campaign import add_campaign_arguments
 
 if TYPE_CHECKING:
     import polars as pl
@@ -65,20 +69,42 @@ def add_lookalike_arguments(parser: argparse.ArgumentParser) -> None:
         "typical users near the seeds; nearest_seed: the closest to any one seed",
     )
     parser.add_argument("--out", type=Path, required=True, help="output .csv or .parquet")
+    add_campaign_arguments(parser)
 
 
 def lookalike_command(args: argparse.Namespace) -> None:
-    from serving.audiences.search import SeedScoring, SimilarUsersQuery
+    import polars as pl
+
+    from serving.audiences.search import MAX_SIZE, SeedScoring, SimilarUsersQuery, validate_size
+    from serving.campaigns.holdout import write_campaign_list
+    from serving.profiles.campaign import apply_campaign_rules, member_flags
     from serving.recommend.engine import TwoTowerEngine
-    from serving.storage import atomic_write_table
 
     started = time.perf_counter()
     engine = TwoTowerEngine.load(args.bundle)
     seeds = read_seed_ids(args.seed_users)
-    audience = engine.similar_users(SimilarUsersQuery(seeds, args.size, SeedScoring(args.scoring)))
-    atomic_write_table(args.out, audience_frame(audience))
+    size = validate_size(args.size, "--size")
+    flags = member_flags(engine.bundle.path, engine.bundle.manifest)
+    # Ask for as many more as there are flagged members, so that leaving them out still fills the list.
+    extra = 0 if flags is None or args.include_flagged else int(flags.get_column("anomaly_flagged").sum())
+    audience = engine.similar_users(
+        SimilarUsersQuery(seeds, min(size + extra, MAX_SIZE), SeedScoring(args.scoring))
+    )
+    listed = audience_frame(audience)
+    # Audience ids are the bundle's own (pseudonyms when the bundle is pseudonymised).
+    campaign = apply_campaign_rules(listed, listed.get_column("user_id"), flags, args.include_flagged, False)
+    # The `size` most similar unflagged members, then (when asked) ordered by propensity;
+    # rank = position in the written list.
+    chosen = campaign.frame.head(size)
+    if args.order_by_propensity:
+        chosen = apply_campaign_rules(chosen, chosen.get_column("user_id"), flags, True, True).frame
+    frame = chosen.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank"))
+    ids = frame.get_column("user_id")
+    held_out = write_campaign_list(args, frame, ids, flags, "lookalike", audience.model_version)
+    note = f" ({campaign.note})" if campaign.note else ""
     print(
-        f"wrote {len(audience.users)} lookalike users of {audience.known_seeds} seed users "
-        f"({audience.unknown_seeds} unknown seed ids ignored) to {args.out} in "
-        f"{time.perf_counter() - started:.2f} s, model {audience.model_version}"
+        f"wrote {frame.height} lookalike users of {audience.known_seeds} seed users "
+        f"({audience.unknown_seeds} unknown seed ids ignored; {campaign.flagged_removed} flagged members "
+        f"left out{note}) to {args.out} in {time.perf_counter() - started:.2f} s, "
+        f"model {audience.model_version}" + (f"; {held_out}" if held_out else "")
     )

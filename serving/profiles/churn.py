@@ -1,10 +1,9 @@
-"""Churn risk: the profile features the model reads, and scoring with stored coefficients.
+"""Churn risk: the profile features the model reads.
 
-The model is a logistic regression fitted at training time (``training.profiles.churn``) and
-stored in the bundle manifest as data (feature names, standardisation means and scales,
-coefficients, intercept), so scoring needs only NumPy: ``p = sigmoid(b + w . (x - mean) /
-scale)``. Features come from the profile columns, so the same code scores a profile
-computed at any clock:
+The model is a scikit-learn logistic regression fitted at training time
+(``training.profiles.churn``) and stored in the bundle manifest as data
+(:class:`serving.profiles.linear.LinearModel`), so scoring needs only NumPy. Features come
+from the profile columns, so the same code scores a profile computed at any clock:
 
 * ``recency_days``, ``tenure_days``;
 * ``log1p`` of ``events_total``, ``active_days``, ``frequency``, ``monetary``;
@@ -16,14 +15,13 @@ computed at any clock:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
 from serving.profiles.behaviour import EVENTS_PREFIX
+from serving.profiles.recent import recent_expressions
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -50,45 +48,12 @@ def feature_expressions(types: Sequence[str]) -> dict[str, pl.Expr]:
 
 
 def feature_matrix(profiles: pl.DataFrame, names: Sequence[str], types: Sequence[str]) -> FloatArray:
-    """(users, features) float64 in ``names`` order; missing values are 0."""
-    expressions = feature_expressions(types)
+    """(users, features) float64 in ``names`` order; missing values are 0.
+
+    Names come from :func:`feature_expressions` or, for a frame joined with
+    :func:`serving.profiles.recent.recent_activity`, :func:`serving.profiles.recent.recent_expressions`.
+    """
+    expressions = {**feature_expressions(types), **recent_expressions()}
     frame = profiles.select([expressions[name].cast(pl.Float64).fill_null(0.0).alias(name) for name in names])
     out: FloatArray = np.nan_to_num(frame.to_numpy().astype(np.float64))
     return out
-
-
-@dataclass(frozen=True)
-class ChurnModel:
-    """Logistic regression over standardised features (stored in the manifest)."""
-
-    features: tuple[str, ...]
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
-    coefficients: tuple[float, ...]
-    intercept: float
-
-    def score(self, x: FloatArray) -> FloatArray:
-        """Churn probability per row of ``x`` (columns in :attr:`features` order)."""
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        logits = z @ np.asarray(self.coefficients) + self.intercept
-        out: FloatArray = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "features": list(self.features),
-            "mean": list(self.mean),
-            "scale": list(self.scale),
-            "coefficients": list(self.coefficients),
-            "intercept": self.intercept,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChurnModel:
-        return cls(
-            tuple(data["features"]),
-            tuple(float(v) for v in data["mean"]),
-            tuple(float(v) for v in data["scale"]),
-            tuple(float(v) for v in data["coefficients"]),
-            float(data["intercept"]),
-        )

@@ -129,6 +129,10 @@ def to_profile(
     )
     return pb2.UserProfile(
         user_id=user_id,
+        propensity=_propensity(row, section),
+        activity=_activity(row, section),
+        lifetime_value=_lifetime_value(row, section),
+        abnormal=_abnormal(row),
         model_version=model_version,
         clock=int(section.get("clock", 0)),
         attributes=attributes,
@@ -140,4 +144,61 @@ def to_profile(
         embedding=np.asarray(embedding, dtype=np.float32).ravel().tolist() if embedding is not None else [],
         as_of=record.as_of if record.as_of is not None else int(section.get("clock", 0)),
         live_events=record.live_events,
+    )
+
+
+def _propensity(row: dict[str, Any], section: dict[str, Any]) -> pb2.PurchasePropensity:
+    meta = section.get("propensity", {})
+    value = row.get("purchase_propensity")
+    return pb2.PurchasePropensity(
+        probability=float(value) if value is not None else 0.0,
+        horizon_days=float(meta.get("horizon_days", 0.0)),
+        model_auc=float(meta.get("auc", 0.0)) if meta.get("trained") else 0.0,
+        recency_rule_auc=float(meta.get("recency_rule_auc", 0.0)) if meta.get("trained") else 0.0,
+        available=value is not None,
+    )
+
+
+def _activity(row: dict[str, Any], section: dict[str, Any]) -> pb2.ActivityForecast:
+    meta = section.get("activity", {})
+    value = row.get("expected_active_days")
+    return pb2.ActivityForecast(
+        expected_active_days=float(value) if value is not None else 0.0,
+        horizon_days=float(meta.get("horizon_days", 0.0)),
+        model_mae=float(meta.get("mae", 0.0)) if meta.get("trained") else 0.0,
+        run_rate_rule_mae=float(meta.get("run_rate_rule_mae", 0.0)) if meta.get("trained") else 0.0,
+        available=value is not None,
+    )
+
+
+def _lifetime_value(row: dict[str, Any], section: dict[str, Any]) -> pb2.LifetimeValue:
+    meta = section.get("clv", {})
+    purchases = row.get("clv_expected_purchases")
+    order_value = row.get("clv_expected_order_value")
+    value = row.get("clv_value")
+    if not meta.get("trained"):
+        reason = str(meta.get("reason", "the bundle has no lifetime-value model"))
+    elif purchases is None:
+        reason = "no purchase yet: the model covers members who bought at least once"
+    else:
+        reason = ""
+    return pb2.LifetimeValue(
+        available=purchases is not None,
+        expected_purchases=float(purchases) if purchases is not None else 0.0,
+        probability_alive=float(row.get("clv_probability_alive") or 0.0),
+        horizon_days=float(meta.get("horizon_days", 0.0)),
+        has_money=bool(meta.get("has_money", False)),
+        expected_order_value=float(order_value) if order_value is not None else 0.0,
+        value=float(value) if value is not None else 0.0,
+        reason=reason,
+    )
+
+
+def _abnormal(row: dict[str, Any]) -> pb2.AbnormalBehaviour:
+    flagged = row.get("anomaly_flagged")
+    return pb2.AbnormalBehaviour(
+        flagged=bool(flagged),
+        score=float(row.get("anomaly_score") or 0.0),
+        reasons=[str(r) for r in row.get("anomaly_reasons") or ()],
+        available=flagged is not None,
     )

@@ -3,6 +3,8 @@
 One row per recommendation: ``user_id``, ``rank`` (from 1), ``item_id``, ``score``,
 plus ``fallback`` (true where the user was unknown and popular items were listed).
 Users are processed in batches: one tower pass and one index search per batch.
+``recsys recommend`` then leaves out members flagged for abnormal behaviour and can order the
+list by purchase propensity (:mod:`serving.profiles.campaign`).
 """
 
 from __future__ import annotations

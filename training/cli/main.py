@@ -36,11 +36,23 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from training.data.synth import SynthConfig, synthesize
 
     summary = synthesize(
-        SynthConfig(users=args.users, items=args.items, events=args.events, seed=args.seed), args.out
+        SynthConfig(
+            users=args.users,
+            items=args.items,
+            events=args.events,
+            seed=args.seed,
+            fraud_users=args.fraud_users,
+        ),
+        args.out,
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary.event_counts.items())
+    fraud = (
+        f", {summary.fraud_users} injected fraud members ({summary.fraud_path})"
+        if summary.fraud_users
+        else ""
+    )
     print(
-        f"{summary.users} users, {summary.items} items, {summary.interactions} events ({counts})"
+        f"{summary.users} users, {summary.items} items, {summary.interactions} events ({counts}){fraud}"
         f" -> {args.out}"
     )
 
@@ -189,6 +201,15 @@ def cmd_ab_report(args: argparse.Namespace) -> None:
     print(f"report, daily table and plots -> {out}")
 
 
+def cmd_campaign_report(args: argparse.Namespace) -> None:
+    from training.reports.campaign_report import format_report, run_campaign_report
+
+    report = run_campaign_report(args.campaign, args.events, args.days, args.cost_per_contact, args.out)
+    print(format_report(report))
+    if args.out is not None:
+        print(f"report -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from serving.cli import add_recommend_arguments, add_serve_arguments
 
@@ -207,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=500)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--fraud-users",
+        type=int,
+        default=0,
+        help="append this many known fraudulent members (bots, fake orders); truth in fraud.parquet",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_synth)
 
@@ -312,6 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_ab_report)
+
+    p = commands.add_parser(
+        "campaign-report",
+        help="what a sent campaign did: reach, response, conversion, revenue, uplift over the control, ROI",
+    )
+    p.add_argument(
+        "--campaign",
+        type=Path,
+        required=True,
+        help="the campaign file written with the list (LIST.campaign.json; recsys recommend/lookalike "
+        "--campaign/--control-share)",
+    )
+    p.add_argument(
+        "--events", type=Path, required=True, help="event-log directory (recsys serve --events-dir)"
+    )
+    p.add_argument(
+        "--days", type=float, default=14.0, help="response window after sending, in days (default 14)"
+    )
+    p.add_argument("--cost-per-contact", type=float, default=0.0, help="cost of one contact, for the ROI")
+    p.add_argument("--out", type=Path, help="also write the report as JSON here")
+    p.set_defaults(func=cmd_campaign_report)
 
     add_benchmark_parser(commands)
     add_lifecycle_parsers(commands)

@@ -19,6 +19,13 @@ Hence history (idiosyncratic category and band taste) and attributes both carry 
 global popularity. Components draw from independent child seeds, so the users and items do not
 change when only ``events`` changes.
 
+Known fraud (``fraud_users`` > 0, for testing abnormal-behaviour detection): extra members
+appended after the regular ones (the regular users, items and sessions do not change), half
+*bots* (two to four bursts of 80-250 views at one to three seconds apart, with clicks) and half
+*fake-order* accounts (5-15 purchases of expensive items with no view before them, spread
+over the window). The ground truth goes to ``fraud.parquet`` (``user_id``, ``kind``), a file
+training never reads.
+
 Timestamps lie in ``[end_timestamp - days * 86400, end_timestamp)``. Whole sessions are kept, so
 the event total is the whole-session total closest to ``config.events`` (a session has about 11
 events on average, so the total is within a few events of the target).
@@ -44,6 +51,8 @@ BoolArray = npt.NDArray[np.bool_]
 INTERACTIONS_FILE = "interactions.parquet"
 USERS_FILE = "users.parquet"
 ITEMS_FILE = "items.parquet"
+FRAUD_FILE = "fraud.parquet"
+FRAUD_KINDS: Final = ("bot", "fake_orders")
 
 EVENT_TYPES: Final = ("view", "click", "add_to_cart", "purchase")
 GENDERS: Final = ("F", "M", "X")
@@ -148,11 +157,15 @@ class SynthConfig:
     seed: int = 7
     days: int = 90
     end_timestamp: int = 1_767_225_600
+    fraud_users: int = 0
+    """Known fraudulent members appended to the regular ones (see the module docstring)."""
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "events", "days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.fraud_users < 0:
+            raise ValueError(f"SynthConfig.fraud_users must be >= 0, got {self.fraud_users}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,9 @@ class SynthSummary:
     interactions_path: Path
     users_path: Path
     items_path: Path
+    fraud_users: int = 0
+    fraud_path: Path | None = None
+    """``fraud.parquet`` (``user_id``, ``kind``) when ``fraud_users`` > 0."""
 
 
 @dataclass(frozen=True)
@@ -205,22 +221,31 @@ def synthesize(config: SynthConfig, out: Path) -> SynthSummary:
     Deterministic: the same config always yields identical files.
     """
     out = Path(out)
-    world, user_rng, item_rng, event_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(4)
+    # Spawned children depend only on their index: a fifth stream leaves the first four unchanged.
+    world, user_rng, item_rng, event_rng, fraud_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5)
     )
     items = _make_items(config.items, item_rng)
     has_items = np.bincount(items.category, minlength=len(_CATEGORIES)) > 0
     users = _make_users(config, has_items, world, user_rng)
     sessions = _make_sessions(config, users, items, event_rng)
     interactions = _events_frame(config, sessions, users, items, event_rng)
+    user_frame = users.frame
+    fraud_path = None
+    if config.fraud_users > 0:
+        fraud = _fraud(config, user_frame, items, fraud_rng)
+        interactions = pl.concat([interactions, fraud.interactions]).sort("timestamp", "user_id", "item_id")
+        user_frame = pl.concat([user_frame, fraud.users])
+        fraud_path = out / FRAUD_FILE
+        atomic_write_parquet(fraud_path, fraud.truth)
 
     paths = (out / INTERACTIONS_FILE, out / USERS_FILE, out / ITEMS_FILE)
-    for path, frame in zip(paths, (interactions, users.frame, items.frame), strict=True):
+    for path, frame in zip(paths, (interactions, user_frame, items.frame), strict=True):
         atomic_write_parquet(path, frame)
     counts = interactions["event_type"].value_counts()
     by_type = dict(zip(counts["event_type"].to_list(), counts["count"].to_list(), strict=True))
     return SynthSummary(
-        users=users.frame.height,
+        users=user_frame.height,
         items=items.frame.height,
         interactions=interactions.height,
         sessions=len(sessions.user),
@@ -228,6 +253,74 @@ def synthesize(config: SynthConfig, out: Path) -> SynthSummary:
         interactions_path=paths[0],
         users_path=paths[1],
         items_path=paths[2],
+        fraud_users=config.fraud_users,
+        fraud_path=fraud_path,
+    )
+
+
+# --------------------------------------------------------------------------- injected fraud
+
+
+@dataclass(frozen=True)
+class _Fraud:
+    users: pl.DataFrame
+    interactions: pl.DataFrame
+    truth: pl.DataFrame
+
+
+def _fraud(config: SynthConfig, users: pl.DataFrame, items: _Items, rng: np.random.Generator) -> _Fraud:
+    """``config.fraud_users`` extra members: bots (bursts of fast views and clicks) and fake-order
+    accounts (purchases of expensive items never viewed), alternating."""
+    n = config.fraud_users
+    ids = _ids("u", config.users + n).slice(config.users)
+    # Attributes copied from random regular members; personal columns made unique to the new id.
+    template = users.sample(n, with_replacement=True, seed=int(rng.integers(2**31)))
+    fraud_users = template.with_columns(
+        ids.alias("user_id"),
+        pl.concat_str(pl.lit("member."), ids, pl.lit("@example.com")).alias("email"),
+    )
+    kinds = np.array([FRAUD_KINDS[i % 2] for i in range(n)])
+    window_start = config.end_timestamp - config.days * _DAY
+    rows: list[pl.DataFrame] = []
+    expensive = np.argsort(items.price)[-max(len(items.price) // 5, 1) :]
+    for user, kind in zip(ids.to_list(), kinds, strict=True):
+        if kind == "bot":
+            for _ in range(int(rng.integers(2, 5))):
+                views = int(rng.integers(80, 251))
+                start = int(rng.integers(window_start, config.end_timestamp - 3 * views - 60))
+                at = start + np.cumsum(rng.integers(1, 4, views))
+                item = rng.integers(0, len(items.price), views)
+                clicked = rng.random(views) < 0.3
+                rows.append(
+                    _fraud_rows(user, np.concatenate([at, at[clicked] + 1]), item, clicked, items, "bot")
+                )
+        else:
+            orders = int(rng.integers(5, 16))
+            at = np.sort(rng.integers(window_start, config.end_timestamp - 1, orders))
+            item = expensive[rng.integers(0, len(expensive), orders)]
+            rows.append(_fraud_rows(user, at, item, np.zeros(orders, dtype=bool), items, "purchase"))
+    return _Fraud(fraud_users, pl.concat(rows), pl.DataFrame({"user_id": ids, "kind": kinds.tolist()}))
+
+
+def _fraud_rows(
+    user: str, at: IntArray, item: IntArray, clicked: BoolArray, items: _Items, kind: str
+) -> pl.DataFrame:
+    """Bot rows (views, then clicks for ``clicked`` views) or purchase rows (with the price)."""
+    if kind == "bot":
+        item = np.concatenate([item, item[clicked]])
+        types = ["view"] * len(clicked) + ["click"] * int(clicked.sum())
+        value = np.full(len(item), np.nan)
+    else:
+        types = ["purchase"] * len(item)
+        value = items.price[item]
+    return pl.DataFrame(
+        {
+            "user_id": [user] * len(item),
+            "item_id": items.frame["item_id"].gather(item),
+            "timestamp": np.asarray(at, dtype=np.int64),
+            "event_type": types,
+            "value": pl.Series(value).fill_nan(None),
+        }
     )
 
 

@@ -1,4 +1,4 @@
-"""Member profiles for a bundle: the profile table, embedding segments and churn risk.
+"""Member profiles for a bundle: the profile table, embedding segments and the look-ahead models.
 
 Called by :mod:`training.pipeline` after the final model is trained:
 
@@ -7,7 +7,15 @@ Called by :mod:`training.pipeline` after the final model is trained:
 2. k-means on the user embeddings (:func:`serving.profiles.segments.cluster`), each
    segment described by the item and user attributes with the highest lift;
 3. the churn model (:func:`training.profiles.churn.train_churn`): AUC on a later cut than the one
-   it was fitted on; the refitted model scores every user (``churn_risk``).
+   it was fitted on; the refitted model scores every user (``churn_risk``);
+4. purchase propensity and activity (:mod:`training.profiles.propensity`, same time-respecting
+   scheme): ``purchase_propensity`` and ``expected_active_days``;
+5. lifetime value (:func:`training.profiles.clv.train_clv`, BG/NBD + Gamma-Gamma, validated on a
+   holdout period): ``clv_expected_purchases``, ``clv_probability_alive``,
+   ``clv_expected_order_value``, ``clv_value`` (null for members who never bought; the value
+   columns are null when the data has no amounts);
+6. abnormal behaviour (:func:`training.profiles.anomaly.detect`): ``anomaly_flagged``,
+   ``anomaly_score``, ``anomaly_reasons``.
 
 The result is the bundle's ``profiles.parquet`` and the manifest's ``profiles`` section;
 :func:`log_profiles` logs the figures to MLflow.
@@ -29,11 +37,17 @@ from serving.profiles.behaviour import preference_attributes
 from serving.profiles.build import ProfileInputs, profile_context, profile_frame
 from serving.profiles.churn import feature_matrix
 from serving.profiles.lifecycle import STAGES
+from serving.profiles.linear import LinearModel
 from serving.profiles.options import ProfileOptions
+from serving.profiles.recent import recent_activity
 from serving.profiles.rfm import SEGMENTS
 from serving.profiles.segments import cluster, describe
 from training.features import Prepared
+from training.profiles.anomaly import ANOMALY_COLUMNS, AnomalyResult, detect
 from training.profiles.churn import train_churn
+from training.profiles.clv import train_clv
+from training.profiles.cuts import Cuts, ForwardResult
+from training.profiles.propensity import train_activity, train_propensity
 from training.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -58,12 +72,14 @@ def build_profiles(
     user_ids: pl.Series,
     user_embeddings: npt.NDArray[np.float32],
     options: ProfileOptions,
+    anomaly: AnomalyResult | None = None,
 ) -> BuiltProfiles:
     """Profiles of every user in ``interactions``.
 
     ``user_attributes`` / ``item_attributes``: the columns the encoders kept (personal
     data is never among them). ``user_ids`` and ``user_embeddings`` are aligned rows
-    (the bundle's user table order).
+    (the bundle's user table order). ``anomaly``: abnormal-behaviour flags already computed
+    on the same interactions (the pipeline's training-data filter), else detected here.
     """
     started = time.perf_counter()
     inputs = ProfileInputs(
@@ -98,12 +114,36 @@ def build_profiles(
     )
     segment_seconds = time.perf_counter() - started - profile_seconds
 
-    churn = train_churn(inputs, context, options)
-    if churn.model is not None:
-        risk = churn.model.score(feature_matrix(frame, churn.model.features, context.event_types))
-        frame = frame.with_columns(pl.Series("churn_risk", risk, dtype=pl.Float64))
-    else:
-        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("churn_risk"))
+    lookahead_started = time.perf_counter()
+    cuts = Cuts(inputs, context, options)
+    churn, propensity, activity = train_churn(cuts), train_propensity(cuts), train_activity(cuts)
+    current = frame.join(
+        recent_activity(inputs.interactions, context.clock, options.monetary_event_types).collect(),
+        on="user_id",
+        how="left",
+    )
+    frame = frame.with_columns(
+        _scores(churn, current, context.event_types, "churn_risk"),
+        _scores(propensity, current, context.event_types, "purchase_propensity"),
+        _scores(activity, current, context.event_types, "expected_active_days"),
+    )
+    clv = train_clv(
+        inputs.interactions,
+        context.clock,
+        options.monetary_event_types,
+        context.monetary_source == "monetary",
+        options.clv_horizon_days,
+        options.clv_holdout_days,
+    )
+    frame = _join_clv(frame, clv.frame)
+    abnormal = anomaly if anomaly is not None else detect(inputs.interactions, options)
+    frame = frame.join(
+        abnormal.frame.select("user_id", *ANOMALY_COLUMNS), on="user_id", how="left", maintain_order="left"
+    ).with_columns(
+        pl.col("anomaly_flagged").fill_null(False),
+        pl.col("anomaly_reasons").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))),
+    )
+    lookahead_seconds = time.perf_counter() - lookahead_started
     total_seconds = time.perf_counter() - started
 
     manifest = {
@@ -134,13 +174,36 @@ def build_profiles(
             "descriptions": descriptions,
         },
         "churn": churn.metadata,
+        "propensity": propensity.metadata,
+        "activity": activity.metadata,
+        "clv": clv.metadata,
+        "anomaly": abnormal.metadata,
         "seconds": {
             "profiles": round(profile_seconds, 3),
             "segments": round(segment_seconds, 3),
+            "lookahead": round(lookahead_seconds, 3),
             "total": round(total_seconds, 3),
         },
     }
     return BuiltProfiles(frame, manifest)
+
+
+CLV_COLUMNS = ("clv_expected_purchases", "clv_probability_alive", "clv_expected_order_value", "clv_value")
+
+
+def _scores(result: ForwardResult, current: pl.DataFrame, types: tuple[str, ...], name: str) -> pl.Series:
+    """``result``'s model scored on every user's current profile; nulls without a model."""
+    model: LinearModel | None = result.model
+    if model is None:
+        return pl.Series(name, [None] * current.height, dtype=pl.Float64)
+    return pl.Series(name, model.score(feature_matrix(current, model.features, types)), dtype=pl.Float64)
+
+
+def _join_clv(frame: pl.DataFrame, clv: pl.DataFrame | None) -> pl.DataFrame:
+    """The CLV columns (null for members who never bought or when no model was fitted)."""
+    if clv is None:
+        return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in CLV_COLUMNS)
+    return frame.join(clv.select("user_id", *CLV_COLUMNS), on="user_id", how="left", maintain_order="left")
 
 
 def lifecycle_rules(options: ProfileOptions) -> list[str]:
@@ -167,6 +230,15 @@ def log_profiles(tracker: Tracker, built: BuiltProfiles) -> None:
     if churn.get("trained"):
         metrics["profiles.churn_auc"] = float(churn["auc"])
         metrics["profiles.churn_base_rate"] = float(churn["validation_base_rate"])
+    propensity = section.get("propensity", {})
+    if propensity.get("trained"):
+        metrics["profiles.propensity_auc"] = float(propensity["auc"])
+        metrics["profiles.propensity_recency_rule_auc"] = float(propensity["recency_rule_auc"])
+    validation = section.get("clv", {}).get("validation", {})
+    if validation.get("done"):
+        metrics["profiles.clv_holdout_predicted"] = float(validation["predicted_total"])
+        metrics["profiles.clv_holdout_actual"] = float(validation["actual_total"])
+    metrics["profiles.abnormal_flagged"] = float(section.get("anomaly", {}).get("flagged", 0))
     tracker.log_metrics(metrics)
     tracker.log_dict(section, PROFILES_ARTIFACT)
 
@@ -210,6 +282,7 @@ def profiles_for_bundle(
     prepared: Prepared,
     user_embeddings: npt.NDArray[np.float32],
     tracker: Tracker,
+    anomaly: AnomalyResult | None = None,
 ) -> BuiltProfiles | None:
     """The pipeline's step: profiles of the final model's users, logged; None when
     ``profiles.enabled`` is false. ``user_embeddings``: the final user tower's output for
@@ -226,6 +299,7 @@ def profiles_for_bundle(
         prepared.user_table.get_column("user_id"),
         user_embeddings,
         options,
+        anomaly,
     )
     log.info(
         "profiles: %d users, %d embedding segments (%s), churn %s, %.1f s",

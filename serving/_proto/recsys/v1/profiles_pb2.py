@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/profiles.proto\x12\trecsys.v1\"C\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\"\xac\x03\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.recsys.v1.UserProfile.AttributesEntry\x12\'\n\tbehaviour\x18\x05 \x01(\x0b\x32\x14.recsys.v1.Behaviour\x12\x1b\n\x03rfm\x18\x06 \x01(\x0b\x32\x0e.recsys.v1.Rfm\x12\'\n\tlifecycle\x18\x07 \x01(\x0b\x32\x14.recsys.v1.Lifecycle\x12,\n\x07segment\x18\x08 \x01(\x0b\x32\x1b.recsys.v1.EmbeddingSegment\x12#\n\x05\x63hurn\x18\t \x01(\x0b\x32\x14.recsys.v1.ChurnRisk\x12\x11\n\tembedding\x18\n \x03(\x02\x12\r\n\x05\x61s_of\x18( \x01(\x03\x12\x13\n\x0blive_events\x18) \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x02\n\tBehaviour\x12;\n\x0c\x65vent_counts\x18\x01 \x03(\x0b\x32%.recsys.v1.Behaviour.EventCountsEntry\x12\x14\n\x0ctotal_events\x18\x02 \x01(\x03\x12\x16\n\x0e\x66irst_activity\x18\x03 \x01(\x03\x12\x15\n\rlast_activity\x18\x04 \x01(\x03\x12\x13\n\x0b\x61\x63tive_days\x18\x05 \x01(\x03\x12\x11\n\ttop_hours\x18\x06 \x03(\x05\x12\x14\n\x0ctop_weekdays\x18\x07 \x03(\x05\x12.\n\x0bpreferences\x18\x08 \x03(\x0b\x32\x19.recsys.v1.AttributeShare\x12\x15\n\raverage_value\x18\t \x01(\x01\x12\x19\n\x11has_average_value\x18\n \x01(\x08\x1a\x32\n\x10\x45ventCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"A\n\x0e\x41ttributeShare\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\"\x9d\x01\n\x03Rfm\x12\x14\n\x0crecency_days\x18\x01 \x01(\x01\x12\x11\n\tfrequency\x18\x02 \x01(\x03\x12\x10\n\x08monetary\x18\x03 \x01(\x01\x12\x0f\n\x07r_score\x18\x04 \x01(\x05\x12\x0f\n\x07\x66_score\x18\x05 \x01(\x05\x12\x0f\n\x07m_score\x18\x06 \x01(\x05\x12\x0f\n\x07segment\x18\x07 \x01(\t\x12\x17\n\x0fmonetary_source\x18\x08 \x01(\t\"`\n\tLifecycle\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.recsys.v1.LifecycleStage\x12\x13\n\x0btenure_days\x18\x02 \x01(\x01\x12\x14\n\x0crecency_days\x18\x03 \x01(\x01\"e\n\rAttributeLift\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x15\n\roverall_share\x18\x04 \x01(\x01\x12\x0c\n\x04lift\x18\x05 \x01(\x01\"\xb1\x01\n\x10\x45mbeddingSegment\x12\x12\n\nsegment_id\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x35\n\x13top_item_attributes\x18\x04 \x03(\x0b\x32\x18.recsys.v1.AttributeLift\x12\x35\n\x13top_user_attributes\x18\x05 \x03(\x0b\x32\x18.recsys.v1.AttributeLift\"\\\n\tChurnRisk\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x14\n\x0chorizon_days\x18\x02 \x01(\x01\x12\x11\n\tmodel_auc\x18\x03 \x01(\x01\x12\x11\n\tavailable\x18\x04 \x01(\x08*\xbd\x01\n\x0eLifecycleStage\x12\x1f\n\x1bLIFECYCLE_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIFECYCLE_STAGE_NEW\x10\x01\x12\x1a\n\x16LIFECYCLE_STAGE_ACTIVE\x10\x02\x12\x1b\n\x17LIFECYCLE_STAGE_AT_RISK\x10\x03\x12\x1b\n\x17LIFECYCLE_STAGE_DORMANT\x10\x04\x12\x1b\n\x17LIFECYCLE_STAGE_CHURNED\x10\x05\x32\\\n\x0eMemberProfiles\x12J\n\x0eGetUserProfile\x12 .recsys.v1.GetUserProfileRequest\x1a\x16.recsys.v1.UserProfileb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/profiles.proto\x12\trecsys.v1\"C\n\x15GetUserProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\"\xf0\x04\n\x0bUserProfile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\x12:\n\nattributes\x18\x04 \x03(\x0b\x32&.recsys.v1.UserProfile.AttributesEntry\x12\'\n\tbehaviour\x18\x05 \x01(\x0b\x32\x14.recsys.v1.Behaviour\x12\x1b\n\x03rfm\x18\x06 \x01(\x0b\x32\x0e.recsys.v1.Rfm\x12\'\n\tlifecycle\x18\x07 \x01(\x0b\x32\x14.recsys.v1.Lifecycle\x12,\n\x07segment\x18\x08 \x01(\x0b\x32\x1b.recsys.v1.EmbeddingSegment\x12#\n\x05\x63hurn\x18\t \x01(\x0b\x32\x14.recsys.v1.ChurnRisk\x12\x11\n\tembedding\x18\n \x03(\x02\x12\x31\n\npropensity\x18\x14 \x01(\x0b\x32\x1d.recsys.v1.PurchasePropensity\x12-\n\x08\x61\x63tivity\x18\x15 \x01(\x0b\x32\x1b.recsys.v1.ActivityForecast\x12\x30\n\x0elifetime_value\x18\x16 \x01(\x0b\x32\x18.recsys.v1.LifetimeValue\x12.\n\x08\x61\x62normal\x18\x17 \x01(\x0b\x32\x1c.recsys.v1.AbnormalBehaviour\x12\r\n\x05\x61s_of\x18( \x01(\x03\x12\x13\n\x0blive_events\x18) \x01(\x03\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x02\n\tBehaviour\x12;\n\x0c\x65vent_counts\x18\x01 \x03(\x0b\x32%.recsys.v1.Behaviour.EventCountsEntry\x12\x14\n\x0ctotal_events\x18\x02 \x01(\x03\x12\x16\n\x0e\x66irst_activity\x18\x03 \x01(\x03\x12\x15\n\rlast_activity\x18\x04 \x01(\x03\x12\x13\n\x0b\x61\x63tive_days\x18\x05 \x01(\x03\x12\x11\n\ttop_hours\x18\x06 \x03(\x05\x12\x14\n\x0ctop_weekdays\x18\x07 \x03(\x05\x12.\n\x0bpreferences\x18\x08 \x03(\x0b\x32\x19.recsys.v1.AttributeShare\x12\x15\n\raverage_value\x18\t \x01(\x01\x12\x19\n\x11has_average_value\x18\n \x01(\x08\x1a\x32\n\x10\x45ventCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"A\n\x0e\x41ttributeShare\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\"\x9d\x01\n\x03Rfm\x12\x14\n\x0crecency_days\x18\x01 \x01(\x01\x12\x11\n\tfrequency\x18\x02 \x01(\x03\x12\x10\n\x08monetary\x18\x03 \x01(\x01\x12\x0f\n\x07r_score\x18\x04 \x01(\x05\x12\x0f\n\x07\x66_score\x18\x05 \x01(\x05\x12\x0f\n\x07m_score\x18\x06 \x01(\x05\x12\x0f\n\x07segment\x18\x07 \x01(\t\x12\x17\n\x0fmonetary_source\x18\x08 \x01(\t\"`\n\tLifecycle\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.recsys.v1.LifecycleStage\x12\x13\n\x0btenure_days\x18\x02 \x01(\x01\x12\x14\n\x0crecency_days\x18\x03 \x01(\x01\"e\n\rAttributeLift\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\x12\x15\n\roverall_share\x18\x04 \x01(\x01\x12\x0c\n\x04lift\x18\x05 \x01(\x01\"\xb1\x01\n\x10\x45mbeddingSegment\x12\x12\n\nsegment_id\x18\x01 \x01(\x05\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x35\n\x13top_item_attributes\x18\x04 \x03(\x0b\x32\x18.recsys.v1.AttributeLift\x12\x35\n\x13top_user_attributes\x18\x05 \x03(\x0b\x32\x18.recsys.v1.AttributeLift\"\\\n\tChurnRisk\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x14\n\x0chorizon_days\x18\x02 \x01(\x01\x12\x11\n\tmodel_auc\x18\x03 \x01(\x01\x12\x11\n\tavailable\x18\x04 \x01(\x08\"\x7f\n\x12PurchasePropensity\x12\x13\n\x0bprobability\x18\x01 \x01(\x01\x12\x14\n\x0chorizon_days\x18\x02 \x01(\x01\x12\x11\n\tmodel_auc\x18\x03 \x01(\x01\x12\x18\n\x10recency_rule_auc\x18\x04 \x01(\x01\x12\x11\n\tavailable\x18\x05 \x01(\x08\"\x87\x01\n\x10\x41\x63tivityForecast\x12\x1c\n\x14\x65xpected_active_days\x18\x01 \x01(\x01\x12\x14\n\x0chorizon_days\x18\x02 \x01(\x01\x12\x11\n\tmodel_mae\x18\x03 \x01(\x01\x12\x19\n\x11run_rate_rule_mae\x18\x04 \x01(\x01\x12\x11\n\tavailable\x18\x05 \x01(\x08\"\xbf\x01\n\rLifetimeValue\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x1a\n\x12\x65xpected_purchases\x18\x02 \x01(\x01\x12\x19\n\x11probability_alive\x18\x03 \x01(\x01\x12\x14\n\x0chorizon_days\x18\x04 \x01(\x01\x12\x11\n\thas_money\x18\x05 \x01(\x08\x12\x1c\n\x14\x65xpected_order_value\x18\x06 \x01(\x01\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x0e\n\x06reason\x18\x08 \x01(\t\"W\n\x11\x41\x62normalBehaviour\x12\x0f\n\x07\x66lagged\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x11\n\tavailable\x18\x04 \x01(\x08*\xbd\x01\n\x0eLifecycleStage\x12\x1f\n\x1bLIFECYCLE_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13LIFECYCLE_STAGE_NEW\x10\x01\x12\x1a\n\x16LIFECYCLE_STAGE_ACTIVE\x10\x02\x12\x1b\n\x17LIFECYCLE_STAGE_AT_RISK\x10\x03\x12\x1b\n\x17LIFECYCLE_STAGE_DORMANT\x10\x04\x12\x1b\n\x17LIFECYCLE_STAGE_CHURNED\x10\x05\x32\\\n\x0eMemberProfiles\x12J\n\x0eGetUserProfile\x12 .recsys.v1.GetUserProfileRequest\x1a\x16.recsys.v1.UserProfileb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERPROFILE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._loaded_options = None
   _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_LIFECYCLESTAGE']._serialized_start=1598
-  _globals['_LIFECYCLESTAGE']._serialized_end=1787
+  _globals['_LIFECYCLESTAGE']._serialized_start=2344
+  _globals['_LIFECYCLESTAGE']._serialized_end=2533
   _globals['_GETUSERPROFILEREQUEST']._serialized_start=39
   _globals['_GETUSERPROFILEREQUEST']._serialized_end=106
   _globals['_USERPROFILE']._serialized_start=109
-  _globals['_USERPROFILE']._serialized_end=537
-  _globals['_USERPROFILE_ATTRIBUTESENTRY']._serialized_start=488
-  _globals['_USERPROFILE_ATTRIBUTESENTRY']._serialized_end=537
-  _globals['_BEHAVIOUR']._serialized_start=540
-  _globals['_BEHAVIOUR']._serialized_end=893
-  _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._serialized_start=843
-  _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._serialized_end=893
-  _globals['_ATTRIBUTESHARE']._serialized_start=895
-  _globals['_ATTRIBUTESHARE']._serialized_end=960
-  _globals['_RFM']._serialized_start=963
-  _globals['_RFM']._serialized_end=1120
-  _globals['_LIFECYCLE']._serialized_start=1122
-  _globals['_LIFECYCLE']._serialized_end=1218
-  _globals['_ATTRIBUTELIFT']._serialized_start=1220
-  _globals['_ATTRIBUTELIFT']._serialized_end=1321
-  _globals['_EMBEDDINGSEGMENT']._serialized_start=1324
-  _globals['_EMBEDDINGSEGMENT']._serialized_end=1501
-  _globals['_CHURNRISK']._serialized_start=1503
-  _globals['_CHURNRISK']._serialized_end=1595
-  _globals['_MEMBERPROFILES']._serialized_start=1789
-  _globals['_MEMBERPROFILES']._serialized_end=1881
+  _globals['_USERPROFILE']._serialized_end=733
+  _globals['_USERPROFILE_ATTRIBUTESENTRY']._serialized_start=684
+  _globals['_USERPROFILE_ATTRIBUTESENTRY']._serialized_end=733
+  _globals['_BEHAVIOUR']._serialized_start=736
+  _globals['_BEHAVIOUR']._serialized_end=1089
+  _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._serialized_start=1039
+  _globals['_BEHAVIOUR_EVENTCOUNTSENTRY']._serialized_end=1089
+  _globals['_ATTRIBUTESHARE']._serialized_start=1091
+  _globals['_ATTRIBUTESHARE']._serialized_end=1156
+  _globals['_RFM']._serialized_start=1159
+  _globals['_RFM']._serialized_end=1316
+  _globals['_LIFECYCLE']._serialized_start=1318
+  _globals['_LIFECYCLE']._serialized_end=1414
+  _globals['_ATTRIBUTELIFT']._serialized_start=1416
+  _globals['_ATTRIBUTELIFT']._serialized_end=1517
+  _globals['_EMBEDDINGSEGMENT']._serialized_start=1520
+  _globals['_EMBEDDINGSEGMENT']._serialized_end=1697
+  _globals['_CHURNRISK']._serialized_start=1699
+  _globals['_CHURNRISK']._serialized_end=1791
+  _globals['_PURCHASEPROPENSITY']._serialized_start=1793
+  _globals['_PURCHASEPROPENSITY']._serialized_end=1920
+  _globals['_ACTIVITYFORECAST']._serialized_start=1923
+  _globals['_ACTIVITYFORECAST']._serialized_end=2058
+  _globals['_LIFETIMEVALUE']._serialized_start=2061
+  _globals['_LIFETIMEVALUE']._serialized_end=2252
+  _globals['_ABNORMALBEHAVIOUR']._serialized_start=2254
+  _globals['_ABNORMALBEHAVIOUR']._serialized_end=2341
+  _globals['_MEMBERPROFILES']._serialized_start=2535
+  _globals['_MEMBERPROFILES']._serialized_end=2627
 # @@protoc_insertion_point(module_scope)

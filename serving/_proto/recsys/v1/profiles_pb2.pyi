@@ -32,7 +32,7 @@ class GetUserProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
 
 class UserProfile(_message.Message):
-    __slots__ = ("user_id", "model_version", "clock", "attributes", "behaviour", "rfm", "lifecycle", "segment", "churn", "embedding", "as_of", "live_events")
+    __slots__ = ("user_id", "model_version", "clock", "attributes", "behaviour", "rfm", "lifecycle", "segment", "churn", "embedding", "propensity", "activity", "lifetime_value", "abnormal", "as_of", "live_events")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,10 @@ class UserProfile(_message.Message):
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     CHURN_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ABNORMAL_FIELD_NUMBER: _ClassVar[int]
     AS_OF_FIELD_NUMBER: _ClassVar[int]
     LIVE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
@@ -62,9 +66,13 @@ class UserProfile(_message.Message):
     segment: EmbeddingSegment
     churn: ChurnRisk
     embedding: _containers.RepeatedScalarFieldContainer[float]
+    propensity: PurchasePropensity
+    activity: ActivityForecast
+    lifetime_value: LifetimeValue
+    abnormal: AbnormalBehaviour
     as_of: int
     live_events: int
-    def __init__(self, user_id: _Optional[str] = ..., model_version: _Optional[str] = ..., clock: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., behaviour: _Optional[_Union[Behaviour, _Mapping]] = ..., rfm: _Optional[_Union[Rfm, _Mapping]] = ..., lifecycle: _Optional[_Union[Lifecycle, _Mapping]] = ..., segment: _Optional[_Union[EmbeddingSegment, _Mapping]] = ..., churn: _Optional[_Union[ChurnRisk, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., as_of: _Optional[int] = ..., live_events: _Optional[int] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., model_version: _Optional[str] = ..., clock: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., behaviour: _Optional[_Union[Behaviour, _Mapping]] = ..., rfm: _Optional[_Union[Rfm, _Mapping]] = ..., lifecycle: _Optional[_Union[Lifecycle, _Mapping]] = ..., segment: _Optional[_Union[EmbeddingSegment, _Mapping]] = ..., churn: _Optional[_Union[ChurnRisk, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., propensity: _Optional[_Union[PurchasePropensity, _Mapping]] = ..., activity: _Optional[_Union[ActivityForecast, _Mapping]] = ..., lifetime_value: _Optional[_Union[LifetimeValue, _Mapping]] = ..., abnormal: _Optional[_Union[AbnormalBehaviour, _Mapping]] = ..., as_of: _Optional[int] = ..., live_events: _Optional[int] = ...) -> None: ...
 
 class Behaviour(_message.Message):
     __slots__ = ("event_counts", "total_events", "first_activity", "last_activity", "active_days", "top_hours", "top_weekdays", "preferences", "average_value", "has_average_value")
@@ -176,3 +184,63 @@ class ChurnRisk(_message.Message):
     model_auc: float
     available: bool
     def __init__(self, probability: _Optional[float] = ..., horizon_days: _Optional[float] = ..., model_auc: _Optional[float] = ..., available: _Optional[bool] = ...) -> None: ...
+
+class PurchasePropensity(_message.Message):
+    __slots__ = ("probability", "horizon_days", "model_auc", "recency_rule_auc", "available")
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_AUC_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_RULE_AUC_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    probability: float
+    horizon_days: float
+    model_auc: float
+    recency_rule_auc: float
+    available: bool
+    def __init__(self, probability: _Optional[float] = ..., horizon_days: _Optional[float] = ..., model_auc: _Optional[float] = ..., recency_rule_auc: _Optional[float] = ..., available: _Optional[bool] = ...) -> None: ...
+
+class ActivityForecast(_message.Message):
+    __slots__ = ("expected_active_days", "horizon_days", "model_mae", "run_rate_rule_mae", "available")
+    EXPECTED_ACTIVE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MAE_FIELD_NUMBER: _ClassVar[int]
+    RUN_RATE_RULE_MAE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    expected_active_days: float
+    horizon_days: float
+    model_mae: float
+    run_rate_rule_mae: float
+    available: bool
+    def __init__(self, expected_active_days: _Optional[float] = ..., horizon_days: _Optional[float] = ..., model_mae: _Optional[float] = ..., run_rate_rule_mae: _Optional[float] = ..., available: _Optional[bool] = ...) -> None: ...
+
+class LifetimeValue(_message.Message):
+    __slots__ = ("available", "expected_purchases", "probability_alive", "horizon_days", "has_money", "expected_order_value", "value", "reason")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_PURCHASES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_DAYS_FIELD_NUMBER: _ClassVar[int]
+    HAS_MONEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ORDER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    expected_purchases: float
+    probability_alive: float
+    horizon_days: float
+    has_money: bool
+    expected_order_value: float
+    value: float
+    reason: str
+    def __init__(self, available: _Optional[bool] = ..., expected_purchases: _Optional[float] = ..., probability_alive: _Optional[float] = ..., horizon_days: _Optional[float] = ..., has_money: _Optional[bool] = ..., expected_order_value: _Optional[float] = ..., value: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AbnormalBehaviour(_message.Message):
+    __slots__ = ("flagged", "score", "reasons", "available")
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    flagged: bool
+    score: float
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    available: bool
+    def __init__(self, flagged: _Optional[bool] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., available: _Optional[bool] = ...) -> None: ...
