@@ -95,7 +95,7 @@ _NOOP: AbstractContextManager[None] = contextlib.nullcontext()
 _T = TypeVar("_T")
 
 # The one switch: None = off (the request path checks only this).
-_tracer: Tracer | None = None
+_on: _On | None = None
 
 
 class TracingConfigError(RecsysError, ValueError):
@@ -104,7 +104,7 @@ class TracingConfigError(RecsysError, ValueError):
 
 # ------------------------------------------------------------------------ switching on/off
 def enabled() -> bool:
-    return _tracer is not None
+    return _on is not None
 
 
 def enable(provider: TracerProvider) -> None:
@@ -112,13 +112,13 @@ def enable(provider: TracerProvider) -> None:
 
     The provider is not made OpenTelemetry's global one: other libraries in the process keep theirs.
     """
-    global _tracer
-    _tracer = provider.get_tracer(TRACER_NAME)
+    global _on
+    _on = _On(provider.get_tracer(TRACER_NAME))
 
 
 def disable() -> None:
-    global _tracer
-    _tracer = None
+    global _on
+    _on = None
 
 
 def requested_exporters(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -238,38 +238,82 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Iterator[bool]
 
 
 # ------------------------------------------------------------------------- request path
-def span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
-    """A child span of the current one (``with tracing.span(NAME) as s``; ``s`` is None when off)."""
-    tracer = _tracer
-    if tracer is None:
-        return _NOOP
-    return _child(tracer, name, attributes)
+class _On:
+    """Tracing switched on: the tracer and the OpenTelemetry API pieces the request path uses,
+    looked up once here rather than imported on every call."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        from opentelemetry import context, propagate, trace
+
+        self.tracer = tracer
+        self.attach = context.attach
+        self.detach = context.detach
+        self.get_current = context.get_current
+        self.set_span_in_context = trace.set_span_in_context
+        self.get_current_span = trace.get_current_span
+        self.extract = propagate.extract
+        self.link = trace.Link
+        self.server_kind = trace.SpanKind.SERVER
+        self.status = trace.Status
+        self.error = trace.StatusCode.ERROR
 
 
-@contextlib.contextmanager
+class _Scope:
+    """One started span for a ``with`` block: made current (``current``), ended on exit.
+
+    With ``mark_errors`` an exception leaving the block marks the span ERROR with the exception's
+    type name only: the SDK's own handling would record its message, which may quote a user id.
+    A plain class (no generator): this is the per-span cost when tracing is on.
+    """
+
+    __slots__ = ("_current", "_mark_errors", "_on", "_span", "_token")
+
+    def __init__(self, on: _On, started: Span, *, current: bool = True, mark_errors: bool = True) -> None:
+        self._on = on
+        self._span = started
+        self._current = current
+        self._mark_errors = mark_errors
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        if self._current:
+            self._token = self._on.attach(self._on.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if self._mark_errors and exc_type is not None and issubclass(exc_type, Exception):
+                self._span.set_status(self._on.status(self._on.error, exc_type.__name__))
+        finally:
+            if self._current:
+                self._on.detach(self._token)  # type: ignore[arg-type]
+            self._span.end()
+
+
 def _child(
-    tracer: Tracer,
+    on: _On,
     name: str,
     attributes: Mapping[str, Any] | None,
     parent: Context | None = None,
     links: Sequence[Any] = (),
-) -> Iterator[Span]:
-    from opentelemetry.trace import Status, StatusCode
-
-    # The SDK would record the exception's message, which may quote a user id: type name only.
-    with tracer.start_as_current_span(
+) -> _Scope:
+    started = on.tracer.start_span(
         name,
         context=parent,
         attributes=attributes,
         links=links,
         record_exception=False,
         set_status_on_exception=False,
-    ) as current:
-        try:
-            yield current
-        except Exception as exc:
-            current.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            raise
+    )
+    return _Scope(on, started)
+
+
+def span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
+    """A child span of the current one (``with tracing.span(NAME) as s``; ``s`` is None when off)."""
+    on = _on
+    if on is None:
+        return _NOOP
+    return _child(on, name, attributes)
 
 
 def server_span(
@@ -280,48 +324,34 @@ def server_span(
 
     ``current``: make it the current span for the block (unary calls: child spans nest under
     it). Streaming handlers are async generators whose steps may run in other contexts, so they
-    get a span that is not made current. End it with :func:`finish_server_span`.
+    get a span that is not made current. Its status comes from :func:`finish_server_span`.
     """
-    tracer = _tracer
-    if tracer is None:
+    on = _on
+    if on is None:
         return _NOOP
-    from opentelemetry import propagate
-    from opentelemetry.trace import SpanKind
-
     carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-    parent = propagate.extract(carrier)
-    service, _, name = method.lstrip("/").rpartition("/")
-    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
-    options: dict[str, Any] = {
-        "context": parent,
-        "kind": SpanKind.SERVER,
-        "attributes": attributes,
-        "record_exception": False,
-        "set_status_on_exception": False,
-    }
-    if current:
-        return tracer.start_as_current_span(method.lstrip("/"), **options)
-    return _ended_on_exit(tracer.start_span(method.lstrip("/"), **options))
-
-
-@contextlib.contextmanager
-def _ended_on_exit(started: Span) -> Iterator[Span]:
-    try:
-        yield started
-    finally:
-        started.end()
+    full_name = method.lstrip("/")
+    service, _, name = full_name.rpartition("/")
+    started = on.tracer.start_span(
+        full_name,
+        context=on.extract(carrier),
+        kind=on.server_kind,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    return _Scope(on, started, current=current, mark_errors=False)
 
 
 def finish_server_span(server: Span | None, code: grpc.StatusCode, request_id: str) -> None:
     """Record the call's status code (and request id, to find the trace from a log line)."""
-    if server is None:
+    on = _on
+    if server is None or on is None:
         return
-    from opentelemetry.trace import Status, StatusCode
-
     server.set_attribute("rpc.grpc.status_code", code.value[0])
     server.set_attribute("recsys.request_id", request_id)
     if code in _SERVER_ERRORS:
-        server.set_status(Status(StatusCode.ERROR, code.name))
+        server.set_status(on.status(on.error, code.name))
 
 
 def trace_id_of(server: Span | None, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
@@ -341,17 +371,14 @@ def trace_id_of(server: Span | None, metadata: Iterable[tuple[str, str | bytes]]
 
 def current_context() -> Context | None:
     """The current trace context, to hand to work that runs elsewhere (None when off)."""
-    if _tracer is None:
-        return None
-    from opentelemetry import context
-
-    return context.get_current()
+    on = _on
+    return None if on is None else on.get_current()
 
 
 def bind(call: Callable[[], _T]) -> Callable[[], _T]:
     """``call``, made to run in the current context wherever it runs (an executor thread: spans it
     opens nest under the current span). ``call`` itself when off."""
-    if _tracer is None:
+    if _on is None:
         return call
     return functools.partial(contextvars.copy_context().run, call)
 
@@ -359,10 +386,8 @@ def bind(call: Callable[[], _T]) -> Callable[[], _T]:
 def batch_span(parents: Sequence[Context | None]) -> AbstractContextManager[Span | None]:
     """The span of one micro-batch answering the calls whose contexts are ``parents`` (oldest
     first): a child of the first, linked to the others' spans. Opened on the engine thread."""
-    tracer = _tracer
-    if tracer is None or not parents or parents[0] is None:
+    on = _on
+    if on is None or not parents or parents[0] is None:
         return _NOOP
-    from opentelemetry.trace import Link, get_current_span
-
-    links = [Link(get_current_span(p).get_span_context()) for p in parents[1:] if p is not None]
-    return _child(tracer, BATCH, {"recsys.batch.size": len(parents)}, parents[0], links)
+    links = [on.link(on.get_current_span(p).get_span_context()) for p in parents[1:] if p is not None]
+    return _child(on, BATCH, {"recsys.batch.size": len(parents)}, parents[0], links)
