@@ -31,7 +31,10 @@ The span tree of one ``Recommend`` call (names are the constants below)::
 
 A batch answers several calls at once: its span is a child of the oldest call's span and carries
 links to the spans of the others (and ``recsys.batch.size``), so each of those traces points to
-the work done for it. ``LogEvents`` has ``events.append`` (the durable append: WAL group commit).
+the work done for it. With a sampler (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``), a call
+left out of the sample gets its (non-recorded) SERVER span only: no child span is even started,
+and a batch links only the recorded calls. ``LogEvents`` has ``events.append`` (the durable
+append: WAL group commit).
 Spans carry no user ids, payloads or exception messages (which may quote an id): a failed span has
 status ERROR with the exception's type name only.
 """
@@ -309,9 +312,11 @@ def _child(
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Span | None]:
-    """A child span of the current one (``with tracing.span(NAME) as s``; ``s`` is None when off)."""
+    """A child span of the current one (``with tracing.span(NAME) as s``; ``s`` is None when off,
+    and when the current span is not recorded: a call its trace's sampler left out costs no span
+    below its SERVER span, which alone carries the sampling decision on)."""
     on = _on
-    if on is None:
+    if on is None or not on.get_current_span().is_recording():
         return _NOOP
     return _child(on, name, attributes)
 
@@ -385,9 +390,14 @@ def bind(call: Callable[[], _T]) -> Callable[[], _T]:
 
 def batch_span(parents: Sequence[Context | None]) -> AbstractContextManager[Span | None]:
     """The span of one micro-batch answering the calls whose contexts are ``parents`` (oldest
-    first): a child of the first, linked to the others' spans. Opened on the engine thread."""
+    first): a child of the oldest recorded (sampled) call's span, linked to the other recorded
+    calls' spans; none when no call is recorded. Opened on the engine thread."""
     on = _on
-    if on is None or not parents or parents[0] is None:
+    if on is None:
         return _NOOP
-    links = [on.link(on.get_current_span(p).get_span_context()) for p in parents[1:] if p is not None]
-    return _child(on, BATCH, {"recsys.batch.size": len(parents)}, parents[0], links)
+    recorded = [s for s in (on.get_current_span(p) for p in parents if p is not None) if s.is_recording()]
+    if not recorded:
+        return _NOOP
+    parent = on.set_span_in_context(recorded[0])
+    links = [on.link(s.get_span_context()) for s in recorded[1:]]
+    return _child(on, BATCH, {"recsys.batch.size": len(parents)}, parent, links)

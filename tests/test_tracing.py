@@ -242,30 +242,26 @@ def test_batch_span_is_a_child_of_the_oldest_call_and_links_the_others(
 ) -> None:
     """One micro-batch answering three traced calls (run as the batcher runs it, off the loop)."""
     users = [str(u) for u in trained.interactions.get_column("user_id").unique().sort().head(3)]
-    callers = [
-        otel_trace.NonRecordingSpan(
-            otel_trace.SpanContext(
-                int(secrets.token_hex(16), 16),
-                int(secrets.token_hex(8), 16),
-                is_remote=True,
-                trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED),
-            )
-        )
-        for _ in users
-    ]
-    contexts = [otel_trace.set_span_in_context(c) for c in callers]
+    # Three calls' SERVER spans (recorded: the batch links recorded calls only).
+    scopes = [tracing.server_span("/" + RECOMMEND, [("traceparent", _traceparent()[0])]) for _ in users]
+    callers = [scope.__enter__() for scope in scopes]
+    assert all(c is not None and c.is_recording() for c in callers)
+    contexts = [otel_trace.set_span_in_context(c) for c in callers if c is not None]
     work = [(engine, RecommendQuery(user, 4, diversity=Diversity(mmr_lambda=0.5))) for user in users]
     outcomes = answer_batch(work, contexts)
+    for scope in scopes:
+        scope.__exit__(None, None, None)
     assert all(not isinstance(o, BaseException) for o in outcomes)
 
     finished = list(spans.get_finished_spans())
     batch = _one(finished, tracing.BATCH)
+    assert callers[0] is not None
     assert batch.context.trace_id == callers[0].get_span_context().trace_id
     assert _parent_id(batch) == callers[0].get_span_context().span_id
     assert batch.attributes is not None
     assert batch.attributes["recsys.batch.size"] == 3
     linked = {(link.context.trace_id, link.context.span_id) for link in batch.links}
-    assert linked == {(c.get_span_context().trace_id, c.get_span_context().span_id) for c in callers[1:]}
+    assert linked == {(c.get_span_context().trace_id, c.get_span_context().span_id) for c in callers[1:] if c}
     # One tower pass and one search for the three of them, under the batch.
     for name in (tracing.USER_TOWER, tracing.INDEX_SEARCH, tracing.DIVERSITY, tracing.EXPLANATIONS):
         assert _parent_id(_one(finished, name)) == batch.context.span_id
@@ -462,6 +458,23 @@ def test_json_access_line_has_request_and_trace_ids(
     assert user not in json.dumps(line)
 
 
+def test_call_the_caller_left_unsampled_records_no_span(
+    channel: grpc.Channel, spans: InMemorySpanExporter, user: str, access_lines: list[str]
+) -> None:
+    """The default sampler follows the caller: flags 00 (not sampled) = no span at all, not even
+    below the SERVER span; the access line still names the trace."""
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    request_id = f"unsampled-{secrets.token_hex(4)}"
+    stub = pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
+    stub.Recommend(
+        _recommend_request(user),
+        metadata=(("traceparent", f"00-{trace_id}-{parent_id}-00"), ("x-request-id", request_id)),
+        timeout=10,
+    )
+    assert _access_line(access_lines, request_id)["trace_id"] == trace_id
+    assert not spans.get_finished_spans()
+
+
 def test_json_access_line_without_a_trace(channel: grpc.Channel, user: str, access_lines: list[str]) -> None:
     request_id = f"json-{secrets.token_hex(4)}"
     stub = pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
@@ -524,7 +537,13 @@ def test_serve_flag_parses() -> None:
 def test_filters_span_only_for_filtered_queries(
     engine: TwoTowerEngine, spans: InMemorySpanExporter, user: str
 ) -> None:
-    engine.recommend(RecommendQuery(user, 3))
+    with tracing.server_span("/" + RECOMMEND, None):  # engine spans are children of a call's
+        engine.recommend(RecommendQuery(user, 3))
     assert tracing.FILTERS not in [s.name for s in spans.get_finished_spans()]
-    engine.recommend(RecommendQuery(user, 3, filters=(ItemFilter("price", min=0.0),)))
+    with tracing.server_span("/" + RECOMMEND, None):
+        engine.recommend(RecommendQuery(user, 3, filters=(ItemFilter("price", min=0.0),)))
     assert [s.name for s in spans.get_finished_spans()].count(tracing.FILTERS) == 1
+    # Outside any call (no recorded span to hang under) the engine opens none.
+    spans.clear()
+    engine.recommend(RecommendQuery(user, 3, filters=(ItemFilter("price", min=0.0),)))
+    assert not spans.get_finished_spans()
