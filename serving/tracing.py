@@ -78,6 +78,10 @@ EXPORTERS = ("otlp", "console")
 """Values of ``OTEL_TRACES_EXPORTER`` this server knows (``none``: off)."""
 PROTOCOLS = ("grpc", "http/protobuf")
 
+UNTRACED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Method prefixes that get no span: health probes (every few seconds from each orchestrator and
+load balancer) and server reflection would flood the traces and say nothing about requests."""
+
 # Server-side gRPC codes that mark a span as failed (OpenTelemetry's RPC conventions): the
 # others (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's business, not the server's fault.
 _SERVER_ERRORS = frozenset(
@@ -330,9 +334,10 @@ def server_span(
     ``current``: make it the current span for the block (unary calls: child spans nest under
     it). Streaming handlers are async generators whose steps may run in other contexts, so they
     get a span that is not made current. Its status comes from :func:`finish_server_span`.
+    Health checks and reflection get none (:data:`UNTRACED_METHODS`).
     """
     on = _on
-    if on is None:
+    if on is None or method.startswith(UNTRACED_METHODS):
         return _NOOP
     carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
     full_name = method.lstrip("/")

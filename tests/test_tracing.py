@@ -267,6 +267,19 @@ def test_batch_span_is_a_child_of_the_oldest_call_and_links_the_others(
         assert _parent_id(_one(finished, name)) == batch.context.span_id
 
 
+def test_health_checks_are_not_traced(channel: grpc.Channel, spans: InMemorySpanExporter) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == 1  # SERVING
+    stub = pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
+    with pytest.raises(grpc.RpcError):  # a traced call after it, to know the probe's span would be there
+        stub.GetUserEmbedding(pb2.GetUserEmbeddingRequest(user_id="nobody-at-all"), timeout=10)
+    name = "recsys.v1.Recommender/GetUserEmbedding"
+    finished = _wait_for(spans, lambda s: any(x.name == name for x in s))
+    assert [s.name for s in finished] == [name]
+
+
 def test_tracing_off_costs_no_span_objects() -> None:
     assert not tracing.enabled()
     first, second = tracing.span(tracing.ROUTING), tracing.span(tracing.USER_TOWER)
