@@ -22,8 +22,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY --from=build /wheels /wheels
 # Base dependencies plus the `registry` extra (the MLflow client only, for models:/NAME@ALIAS
-# from a shared tracking server): no MLflow server, no training stack, no dev tools.
-RUN pip install "$(ls /wheels/*.whl)[registry]" && rm -rf /wheels
+# from a shared tracking server) and the `tracing` extra (OpenTelemetry SDK + OTLP exporter, off
+# unless OTEL_* asks): no MLflow server, no training stack, no dev tools.
+RUN pip install "$(ls /wheels/*.whl)[registry,tracing]" && rm -rf /wheels
 RUN useradd --system --create-home --uid 10001 recsys
 USER recsys
 WORKDIR /home/recsys

@@ -45,6 +45,16 @@ TLS + token / plaintext throughput ratio: the cost of the transport encryption a
 check, measured in the same run. (h2load cannot present a client certificate, so mutual TLS
 is not measured; its extra cost is one signature per handshake, not per call.)
 
+With ``--tracing`` a third real server runs beside the plaintext one with OpenTelemetry tracing
+on (:mod:`serving.tracing`, switched on the way an operator does it: ``OTEL_TRACES_EXPORTER=otlp``,
+``OTEL_EXPORTER_OTLP_ENDPOINT``), exporting every span over OTLP/gRPC to a sink on loopback (a
+process of this script that speaks the collector's trace service and counts what it receives).
+Every round then also runs Recommend traced, and the table ends with the median traced / untraced
+throughput ratio; the spans the sink received are printed under it. The untraced servers run with
+every ``OTEL_*`` variable removed from their environment, so "off" is off whatever the shell has.
+The sink shares the machine's cores with the server (a real collector would not): the figure is an
+upper bound of tracing's cost.
+
 Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``). Prints a table; ``--json``
 also writes the figures to a file.
 """
@@ -70,7 +80,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -157,6 +167,68 @@ def _echo_main(port: int) -> None:
     asyncio.run(main())
 
 
+SINK_COUNT = "otlp sink spans received:"
+
+
+def _otlp_sink_main(port: int) -> None:
+    """An OTLP/gRPC trace receiver on loopback that counts the spans it is sent; prints the count
+    (``SINK_COUNT N``) when stopped with SIGTERM."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received = [0]
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(  # noqa: N802  (OTLP's method name)
+            self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+        ) -> trace_service_pb2.ExportTraceServiceResponse:
+            received[0] += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)  # type: ignore[no-untyped-call]
+    server.add_insecure_port(f"{HOST}:{port}")
+    server.start()
+    stop = [False]
+
+    def on_term(signum: int, frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    print("otlp sink ready", flush=True)
+    while not stop[0]:
+        time.sleep(0.1)
+    server.stop(1.0)
+    print(f"{SINK_COUNT} {received[0]}", flush=True)
+
+
+def _sink_count(log: Path) -> int | None:
+    for line in log.read_text().splitlines() if log.exists() else ():
+        if line.startswith(SINK_COUNT):
+            return int(line.split()[-1])
+    return None
+
+
+def _untraced_env() -> dict[str, str]:
+    """This process's environment without any ``OTEL_*`` variable: tracing off for sure."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+def _traced_env(sink_port: int, sample: float) -> dict[str, str]:
+    """Tracing on, as an operator switches it on: spans over OTLP/gRPC to the sink, ``sample`` of
+    the traces kept (the standard ratio sampler; callers' sampling decisions are followed)."""
+    return {
+        **_untraced_env(),
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink_port}",
+        "OTEL_SERVICE_NAME": "recsys-load-benchmark",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{sample:g}",
+    }
+
+
 def free_port() -> int:
     """A port nobody listens on right now (loopback)."""
     with socket.socket() as sock:
@@ -168,15 +240,16 @@ def free_port() -> int:
 class Process:
     """A server subprocess: started on entry, SIGTERM (then SIGKILL) on exit."""
 
-    def __init__(self, argv: list[str], log: Path) -> None:
+    def __init__(self, argv: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
         self.argv = argv
         self.log = log
+        self.env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Process:
         with self.log.open("ab") as out:
             self.started = time.monotonic()
-            self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+            self._proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def memory_mib(self) -> tuple[float, float, float]:
@@ -527,7 +600,11 @@ def _grpc_delta(before: dict[str, float] | None, metrics_port: int | None) -> di
 
 # ------------------------------------------------------------------------ main
 def format_table(
-    results: Sequence[RunResult], ratio: float, header: str, secure_ratio: float | None = None
+    results: Sequence[RunResult],
+    ratio: float,
+    header: str,
+    secure_ratio: float | None = None,
+    traced_ratio: float | None = None,
 ) -> str:
     """The results as a plain-text table, with the Recommend/echo throughput ratio."""
     lines = [
@@ -552,6 +629,10 @@ def format_table(
         lines.append(
             "Recommend TLS + token / plaintext closed-loop throughput (median over rounds): "
             f"{secure_ratio:.3f}"
+        )
+    if traced_ratio is not None:
+        lines.append(
+            f"Recommend traced / untraced closed-loop throughput (median over rounds): {traced_ratio:.3f}"
         )
     return "\n".join(lines)
 
@@ -597,7 +678,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run a TLS + bearer-token server and measure it against plaintext in the same rounds",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run a server with OpenTelemetry tracing on (OTLP to a sink on loopback) and measure it "
+        "against the untraced one in the same rounds",
+    )
+    parser.add_argument(
+        "--tracing-sample",
+        type=float,
+        default=1.0,
+        metavar="RATIO",
+        help="with --tracing: share of traces sampled (OTEL_TRACES_SAMPLER=parentbased_traceidratio; "
+        "default 1.0: every call traced)",
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)  # internal: run the echo server
+    parser.add_argument("--otlp-sink", type=int, help=argparse.SUPPRESS)  # internal: run the OTLP sink
     return parser
 
 
@@ -609,6 +705,27 @@ def _server_argv(
         *("--port", str(port), "--metrics-port", str(metrics_port), *args.server_arg),
         *(security.server_args() if security is not None else []),
     ]
+
+
+def _start_traced(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    port: int,
+    metrics_port: int,
+    workdir: Path,
+    sink_log: Path,
+) -> None:
+    """Start the OTLP sink and the traced server (tracing on through its environment) and wait
+    until it serves. The sink is entered first, so that it stops after the server has flushed."""
+    sink_port = free_port()
+    sink_argv = [sys.executable, "-m", "benchmarks.load", "--otlp-sink", str(sink_port)]
+    sink = stack.enter_context(Process(sink_argv, sink_log))
+    _wait_until(lambda: "otlp sink ready" in sink_log.read_text(), sink, "OTLP sink")
+    argv = _server_argv(args, port, metrics_port)
+    env = _traced_env(sink_port, args.tracing_sample)
+    traced = stack.enter_context(Process(argv, workdir / "traced-server.log", env))
+    address = f"{HOST}:{port}"
+    _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], traced, "recsys traced server")
 
 
 def run(args: argparse.Namespace) -> list[RunResult]:
@@ -623,6 +740,8 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         raise SystemExit("h2load not found: apt-get install nghttp2-client")
     if args.bundle is None:
         raise SystemExit("--bundle is required")
+    if not 0.0 <= args.tracing_sample <= 1.0:
+        raise SystemExit(f"--tracing-sample: must be in 0..1, got {args.tracing_sample}")
     users = load_users(args.users, args.bundle)
     rng = random.Random(args.seed)
     closed_users = rng.sample(users, min(args.loadgens, len(users)))
@@ -630,6 +749,8 @@ def run(args: argparse.Namespace) -> list[RunResult]:
     results: list[RunResult] = []
     ratios: list[float] = []
     secure_ratios: list[float] = []
+    traced_ratios: list[float] = []
+    spans_received: int | None = None
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         workdir = Path(tmp)
@@ -645,7 +766,8 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                 echo = stack.enter_context(Process(echo_argv, workdir / "echo.log"))
                 _wait_until(lambda: _echo_answers(f"{HOST}:{echo_port}"), echo, "echo server")
                 # Started once the echo server is up, so that its start-up runs alone.
-                server = stack.enter_context(Process(_server_argv(args, port, metrics_port), log))
+                server_argv = _server_argv(args, port, metrics_port)
+                server = stack.enter_context(Process(server_argv, log, _untraced_env()))
                 address = f"{HOST}:{port}"
                 # Start-up: process start to health SERVING (the bundle loaded and verified).
                 _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
@@ -657,7 +779,9 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                     security = Security.create(workdir / "security")
                     secure_port, secure_metrics = free_port(), free_port()
                     secure_argv = _server_argv(args, secure_port, secure_metrics, security)
-                    secure = stack.enter_context(Process(secure_argv, workdir / "secure-server.log"))
+                    secure = stack.enter_context(
+                        Process(secure_argv, workdir / "secure-server.log", _untraced_env())
+                    )
                     secure_address = f"{HOST}:{secure_port}"
                     _wait_until(
                         lambda: healthcheck.check(secure_address, timeout=1.0, tls=security.client_tls())[0],
@@ -665,6 +789,12 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         "recsys TLS + token server",
                     )
                     verify_bodies(secure_address, closed_bodies + open_bodies, args.k, security)
+                traced_port = traced_metrics = 0
+                sink_log = workdir / "otlp-sink.log"
+                if args.tracing:
+                    traced_port, traced_metrics = free_port(), free_port()
+                    _start_traced(stack, args, traced_port, traced_metrics, workdir, sink_log)
+                    verify_bodies(f"{HOST}:{traced_port}", closed_bodies + open_bodies, args.k)
                 for round_ in range(1, args.rounds + 1):
                     suffix = f" #{round_}" if args.rounds > 1 else ""
                     echo_result = closed_loop(
@@ -703,6 +833,19 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         )
                         results.append(protected)
                         secure_ratios.append(protected.rps / recommend.rps if recommend.rps > 0 else math.nan)
+                    if args.tracing:
+                        traced = closed_loop(
+                            f"Recommend traced (closed){suffix}",
+                            traced_port,
+                            closed_bodies,
+                            args.concurrency,
+                            args.duration,
+                            args.warmup,
+                            workdir,
+                            traced_metrics,
+                        )
+                        results.append(traced)
+                        traced_ratios.append(traced.rps / recommend.rps if recommend.rps > 0 else math.nan)
                 verify_bodies(address, closed_bodies, args.k)
                 results.append(
                     open_loop(
@@ -730,23 +873,47 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                             security=security,
                         )
                     )
+                if args.tracing:
+                    results.append(
+                        open_loop(
+                            f"Recommend traced (open {args.rate:g}/s)",
+                            traced_port,
+                            open_bodies,
+                            args.rate,
+                            args.open_duration,
+                            workdir,
+                            traced_metrics,
+                            args.seed,
+                        )
+                    )
                 rss, peak, file = server.memory_mib()
                 startup = replace(startup, rss_after_runs_mib=rss, peak_rss_after_runs_mib=peak)
                 startup = replace(startup, file_rss_after_runs_mib=file)
         except Exception:
             sys.stderr.write(log.read_text() if log.exists() else "")
             raise
+        # The servers stopped first (flushing their spans), then the sink, which printed its count.
+        spans_received = _sink_count(sink_log) if args.tracing else None
     ratio = statistics.median(ratios)
     server_flags = " ".join(args.server_arg) or "(defaults)"
     header = (
         f"h2load on {HOST}, {os.cpu_count()} CPUs; closed loop {args.concurrency} streams over "
         f"{args.loadgens} connections, {args.duration:g} s after {args.warmup:g} s warm-up, "
-        f"{args.rounds} round(s); k={args.k}; server flags: {server_flags}; 1-min load average "
+        f"{args.rounds} round(s); k={args.k}; server flags: {server_flags}; "
+        + (f"tracing sampled {args.tracing_sample:g}; " if args.tracing else "")
+        + "1-min load average "
         f"before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}"
     )
     secure_ratio = statistics.median(secure_ratios) if secure_ratios else None
-    print(format_table(results, ratio, header, secure_ratio))
+    traced_ratio = statistics.median(traced_ratios) if traced_ratios else None
+    print(format_table(results, ratio, header, secure_ratio, traced_ratio))
     print(startup.describe())
+    if args.tracing:
+        traced_calls = sum(sum((r.grpc_codes or {}).values()) for r in results if "traced" in r.name)
+        print(
+            f"spans received by the OTLP sink: {spans_received} for {traced_calls} traced Recommend calls "
+            "(plus the verification calls)"
+        )
     if args.json is not None:
         payload = {
             "results": [asdict(r) for r in results],
@@ -754,6 +921,9 @@ def run(args: argparse.Namespace) -> list[RunResult]:
             "ratio": ratio,
             "secure_ratios": secure_ratios,
             "secure_ratio": secure_ratio,
+            "traced_ratios": traced_ratios,
+            "traced_ratio": traced_ratio,
+            "spans_received": spans_received,
             "startup": asdict(startup),
             "header": header,
         }
@@ -765,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.echo_server is not None:
         _echo_main(args.echo_server)
+        return 0
+    if args.otlp_sink is not None:
+        _otlp_sink_main(args.otlp_sink)
         return 0
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -16,8 +16,9 @@ Packages, in the order a request meets them (each may import only those after it
 * :mod:`serving.bundle` — the bundle format, its storage and the item index;
 * :mod:`serving.model` — the contract training shares: towers, feature encoders, histories, inputs;
 * top-level helpers used everywhere: :mod:`serving.errors`, :mod:`serving.storage`,
-  :mod:`serving.metrics`, :mod:`serving.pseudonym`; entry points :mod:`serving.cli`,
-  :mod:`serving.client`.
+  :mod:`serving.metrics`, :mod:`serving.tracing` (OpenTelemetry spans, off unless ``OTEL_*`` asks),
+  :mod:`serving.log_format` (text or JSON log lines), :mod:`serving.pseudonym`; entry points
+  :mod:`serving.cli`, :mod:`serving.client`.
 """
 
 __all__ = [
@@ -29,10 +30,12 @@ __all__ = [
     "errors",
     "events",
     "lifecycle",
+    "log_format",
     "metrics",
     "model",
     "profiles",
     "pseudonym",
     "recommend",
     "storage",
+    "tracing",
 ]

@@ -14,10 +14,12 @@ import os
 import time
 from pathlib import Path
 
+from serving import tracing
 from serving.api.server import ServerOptions, run_server
 from serving.api.workers import run_workers
 from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
 from serving.profiles.campaign import add_campaign_arguments
+from serving.log_format import LOG_FORMATS, configure_logging
 from serving.security.access import AccessOptions
 from serving.security.tls import TlsFiles
 
@@ -110,6 +112,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--access-log", action="store_true", help="log every call at INFO (default: only failed calls)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, the access lines with method, code, "
+        "duration_ms, request_id, client and trace_id as fields. Tracing itself is switched on by the "
+        "OTEL_* environment (OTEL_TRACES_EXPORTER=otlp, OTEL_EXPORTER_OTLP_ENDPOINT=...)",
     )
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
     parser.add_argument(
@@ -246,9 +256,9 @@ def engine_source(args: argparse.Namespace) -> EngineSource:
 def serve_command(args: argparse.Namespace) -> None:
     """Serve ``args.bundle`` until SIGTERM/SIGINT (``--workers N``: N processes).
 
-    Raises :class:`ValueError` for bad options, :class:`~serving.api.server.ServerStartupError`
-    when the server cannot start, and :class:`SystemExit` (non-zero) when a worker of
-    ``--workers N`` dies while serving.
+    Raises :class:`ValueError` for bad options (a :class:`~serving.tracing.TracingConfigError` is
+    one), :class:`~serving.api.server.ServerStartupError` when the server cannot start, and
+    :class:`SystemExit` (non-zero) when a worker of ``--workers N`` dies while serving.
     """
     options = ServerOptions(
         host=args.host,
@@ -270,6 +280,7 @@ def serve_command(args: argparse.Namespace) -> None:
         metrics_host=args.metrics_host,
         max_receive_message_bytes=args.max_receive_bytes,
         profile_store=args.profile_store,
+        log_format=args.log_format,
     )
     if args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
@@ -278,6 +289,10 @@ def serve_command(args: argparse.Namespace) -> None:
             "--profile-store embedded: with --workers N each process would keep its own live profiles; "
             "use redis://... to share them, or leave it out (snapshot profiles)"
         )
+    # Before anything starts: OTEL_* asking for an exporter that is not installed fails here.
+    tracing.check_environment()
+    if args.log_format != "text":  # text: the entry point's configuration stays
+        configure_logging(args.log_format, logging.getLogger().getEffectiveLevel())
     load = engine_source(args)
     if args.workers > 1:
         status = run_workers(

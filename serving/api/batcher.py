@@ -33,6 +33,12 @@ Deadlines
 
 Requests queued behind a hot swap may name different engines; a batch is split by
 engine, so no answer mixes two models.
+
+Tracing (:mod:`serving.tracing`, when on)
+    A queued request keeps its caller's trace context; the batch runs in a
+    ``recommend.batch`` span that is a child of its oldest request's span and linked to the
+    others'. :meth:`MicroBatcher.run` runs its call in the caller's context. The engine's own
+    spans (filters, user tower, index search, ...) nest under these on the engine thread.
 """
 
 from __future__ import annotations
@@ -44,11 +50,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from serving import tracing
 from serving.errors import DeadlineExpired, InvalidArgumentError, OverloadedError
 from serving.metrics import ServingMetrics
 from serving.recommend.types import Recommendation, RecommenderEngine, RecommendQuery
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 _T = TypeVar("_T")
 logger = logging.getLogger("serving")
@@ -84,6 +94,7 @@ class _Entry:
     future: asyncio.Future[Recommendation]
     deadline: float | None  # loop time
     enqueued: float  # loop time
+    trace: Context | None  # the caller's trace context (None: tracing off)
 
 
 _Outcome = Recommendation | BaseException
@@ -150,7 +161,7 @@ class MicroBatcher:
         now = loop.time()
         future: asyncio.Future[Recommendation] = loop.create_future()
         deadline = None if timeout is None else now + timeout
-        self._queue.append(_Entry(engine, query, future, deadline, now))
+        self._queue.append(_Entry(engine, query, future, deadline, now, tracing.current_context()))
         self._maybe_dispatch(loop)
         if timeout is None:
             return await future
@@ -175,7 +186,8 @@ class MicroBatcher:
             raise DeadlineExpired("deadline expired before work started")
         self._admit()
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+            # In the caller's context: spans the call opens nest under the caller's span.
+            future = asyncio.get_running_loop().run_in_executor(self._executor, tracing.bind(call))
         except BaseException:
             self._release()
             raise
@@ -234,8 +246,9 @@ class MicroBatcher:
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop, batch: list[_Entry]) -> None:
         work = [(entry.engine, entry.query) for entry in batch]
+        traces = [entry.trace for entry in batch]
         try:
-            done = loop.run_in_executor(self._executor, answer_batch, work)
+            done = loop.run_in_executor(self._executor, answer_batch, work, traces)
         except RuntimeError as exc:  # executor already shut down (server stopping)
             self._release(len(batch))
             for entry in batch:
@@ -273,21 +286,25 @@ class MicroBatcher:
 
 
 # --------------------------------------------------------------- executor side
-def answer_batch(work: Sequence[tuple[RecommenderEngine, RecommendQuery]]) -> list[_Outcome]:
+def answer_batch(
+    work: Sequence[tuple[RecommenderEngine, RecommendQuery]], traces: Sequence[Context | None] = ()
+) -> list[_Outcome]:
     """One outcome (answer or exception) per ``(engine, query)``, in order. Runs off the loop.
 
     Queries are grouped by engine (normally one); each group is answered by
-    :func:`answer_queries`.
+    :func:`answer_queries`. ``traces``: the callers' trace contexts, oldest first (tracing on):
+    the batch's span is a child of the first and linked to the others (:func:`serving.tracing.batch_span`).
     """
     outcomes: list[_Outcome | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}
     for i, (engine, _) in enumerate(work):
         groups.setdefault(id(engine), []).append(i)
-    for members in groups.values():
-        engine = work[members[0]][0]
-        answers = answer_queries(engine, [work[i][1] for i in members])
-        for i, outcome in zip(members, answers, strict=True):
-            outcomes[i] = outcome
+    with tracing.batch_span(traces):
+        for members in groups.values():
+            engine = work[members[0]][0]
+            answers = answer_queries(engine, [work[i][1] for i in members])
+            for i, outcome in zip(members, answers, strict=True):
+                outcomes[i] = outcome
     return [o for o in outcomes if o is not None]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+from serving import tracing
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving.api.bounds import check_event_count
 from serving.errors import NotConfiguredError
@@ -38,7 +39,8 @@ class EventCollectorServicer(events_pb2_grpc.EventCollectorServicer):
             accepted, rejections = await asyncio.to_thread(validate_events, request.events)
         else:
             accepted, rejections = validate_events(request.events)
-        await self._event_log.append(accepted)
+        with tracing.span(tracing.EVENT_LOG_APPEND, {"recsys.events": len(accepted)}):
+            await self._event_log.append(accepted)
         return events_pb2.LogEventsResponse(
             accepted=len(accepted),
             rejections=[

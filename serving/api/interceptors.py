@@ -36,9 +36,14 @@ Each wrapped call
   digits, unique per process and across processes); it is echoed in the trailing
   metadata (``x-request-id``) whatever the status;
 * logs one access line on ``serving.access``: method, status code, duration in
-  milliseconds, the request id and the caller's name from the tokens file
-  (``client=-`` without tokens). Request and response payloads and credentials are never
-  logged: payloads hold user ids and histories, which are personal data;
+  milliseconds, the request id, the caller's name from the tokens file
+  (``client=-`` without tokens) and the trace id (the call's span's with tracing on, else the
+  caller's ``traceparent``; ``-`` without either); the same values ride on the record as
+  structured fields for ``--log-format json`` (:mod:`serving.log_format`). Request and response
+  payloads and credentials are never logged: payloads hold user ids and histories, which are
+  personal data;
+* is one SERVER span when tracing is on (:mod:`serving.tracing`), child of the caller's
+  ``traceparent``, current while the handler runs, with the status code and request id;
 * is observed in ``recsys_rpc_duration_seconds{method, code}`` and
   ``recsys_client_calls_total{client, code}`` when metrics are given.
 
@@ -54,10 +59,11 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from serving import tracing
 from serving.api.decode import parse_request
 from serving.errors import (
     DeadlineExpired,
@@ -69,8 +75,12 @@ from serving.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from serving.log_format import FIELDS
 from serving.metrics import ServingMetrics
 from serving.security.auth import CALLER
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger("serving")
 access_logger = logging.getLogger("serving.access")
@@ -108,6 +118,7 @@ _MAX_CACHED_METHODS = 256
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 Deserializer = Callable[[bytes], Any]
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -122,7 +133,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-def request_id_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+def request_id_of(metadata: Metadata | None) -> str:
     """The caller's ``x-request-id`` when it is a plausible id, else a fresh one.
 
     Generated ids are 32 hex digits: 16 random per process, then a 16-digit counter.
@@ -206,67 +217,86 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, method: str, behavior: UnaryBehavior, deserialize: Deserializer | None) -> UnaryBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            request_id = request_id_of(context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            request_id = request_id_of(metadata)
             # Kept by gRPC when the call is later aborted (abort without trailing metadata).
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code: grpc.StatusCode | None = None
-            try:
-                if deserialize is not None:
-                    request = parse_request(deserialize, request)
-                response = await behavior(request, context)
-                # A handler may set a code without raising; None means OK.
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except grpc.aio.AbortError:
-                # The handler aborted on purpose (e.g. DEADLINE_EXCEEDED); the code is set.
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                if context.done():
-                    # The call already ended (deadline passed or client left) while the
-                    # handler finished, so no status can be sent; the exception is gRPC's
-                    # failed send, which the server ignores for closed calls.
-                    code = context.code() or grpc.StatusCode.CANCELLED
+            # Current for the whole call: the servicer's and the engine's spans nest under it.
+            with tracing.server_span(method, metadata) as span:
+                try:
+                    if deserialize is not None:
+                        request = parse_request(deserialize, request)
+                    response = await behavior(request, context)
+                    # A handler may set a code without raising; None means OK.
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except grpc.aio.AbortError:
+                    # The handler aborted on purpose (e.g. DEADLINE_EXCEEDED); the code is set.
+                    code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
-                code, message = status_for(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
-                await context.abort(code, message)
-            finally:
-                # code stays None only when the call was cancelled (client gone, deadline hit
-                # while waiting, server shutting down): CancelledError is not an Exception.
-                self._record(method, code or grpc.StatusCode.CANCELLED, started, request_id)
+                except Exception as exc:
+                    if context.done():
+                        # The call already ended (deadline passed or client left) while the
+                        # handler finished, so no status can be sent; the exception is gRPC's
+                        # failed send, which the server ignores for closed calls.
+                        code = context.code() or grpc.StatusCode.CANCELLED
+                        raise
+                    code, message = status_for(exc)
+                    if code is grpc.StatusCode.INTERNAL:
+                        logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
+                    await context.abort(code, message)
+                finally:
+                    # code stays None only when the call was cancelled (client gone, deadline hit
+                    # while waiting, server shutting down): CancelledError is not an Exception.
+                    self._record(
+                        method, code or grpc.StatusCode.CANCELLED, started, request_id, span, metadata
+                    )
 
         return wrapped
 
     def _wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            request_id = request_id_of(context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            request_id = request_id_of(metadata)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             code: grpc.StatusCode | None = None
-            try:
-                async for response in behavior(request, context):
-                    yield response
-                code = context.code() or grpc.StatusCode.OK
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                if context.done():
-                    code = context.code() or grpc.StatusCode.CANCELLED
+            # Not made current: an async generator's steps need not run in one context.
+            with tracing.server_span(method, metadata, current=False) as span:
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                    code = context.code() or grpc.StatusCode.OK
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
-                code, message = status_for(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
-                await context.abort(code, message)
-            finally:
-                self._record(method, code or grpc.StatusCode.CANCELLED, started, request_id)
+                except Exception as exc:
+                    if context.done():
+                        code = context.code() or grpc.StatusCode.CANCELLED
+                        raise
+                    code, message = status_for(exc)
+                    if code is grpc.StatusCode.INTERNAL:
+                        logger.exception("unhandled error in %s (request_id=%s)", method, request_id)
+                    await context.abort(code, message)
+                finally:
+                    self._record(
+                        method, code or grpc.StatusCode.CANCELLED, started, request_id, span, metadata
+                    )
 
         return wrapped
 
-    def _record(self, method: str, code: grpc.StatusCode, started: float, request_id: str) -> None:
+    def _record(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        request_id: str,
+        span: Span | None,
+        metadata: Metadata | None,
+    ) -> None:
         elapsed = time.perf_counter() - started
+        tracing.finish_server_span(span, code, request_id)
         client = CALLER.get()
         if self._metrics is not None:
             observe = self._observers.get((method, code))
@@ -283,12 +313,25 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if code is not grpc.StatusCode.OK:
             level = max(level, logging.INFO)
         if access_logger.isEnabledFor(level):
+            duration_ms = round(elapsed * 1000.0, 1)
+            trace_id = tracing.trace_id_of(span, metadata)
+            # The same values as fields, for --log-format json (serving.log_format).
+            fields = {
+                "method": method,
+                "code": code.name,
+                "duration_ms": duration_ms,
+                "request_id": request_id,
+                "client": client,
+                "trace_id": trace_id,
+            }
             access_logger.log(
                 level,
-                "rpc method=%s code=%s duration_ms=%.1f request_id=%s client=%s",
+                "rpc method=%s code=%s duration_ms=%.1f request_id=%s client=%s trace_id=%s",
                 method,
                 code.name,
-                elapsed * 1000.0,
+                duration_ms,
                 request_id,
                 client,
+                trace_id or "-",
+                extra={FIELDS: fields},
             )

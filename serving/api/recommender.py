@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 import grpc
 import numpy as np
 
+from serving import tracing
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api.batcher import BatchOptions, MicroBatcher
@@ -68,7 +69,12 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
     ) -> pb2.RecommendResponse:
         query = to_query(request)
         # One read of the routing table and of the variant's engine for the whole call.
-        route = self._router.route(query.user_id, request.experiment, request.force_variant)
+        with tracing.span(tracing.ROUTING) as routing:
+            route = self._router.route(query.user_id, request.experiment, request.force_variant)
+            if routing is not None:
+                routing.set_attributes(
+                    {"recsys.experiment": route.experiment, "recsys.variant": route.variant}
+                )
         recommendation = await self._batcher.recommend(
             route.engine, route.query(query), context.time_remaining()
         )
@@ -84,7 +90,8 @@ class RecommenderServicer(pb2_grpc.RecommenderServicer):
         def answer() -> pb2.BatchRecommendResponse:
             queries = to_queries(request)
             pairs = zip(queries, request.requests, strict=True)
-            routes = router.routes([(q.user_id, r.experiment, r.force_variant) for q, r in pairs])
+            with tracing.span(tracing.ROUTING):
+                routes = router.routes([(q.user_id, r.experiment, r.force_variant) for q, r in pairs])
             routed = [route.query(query) for route, query in zip(routes, queries, strict=True)]
             recommendations = recommend_routed(routes, routed)
             self._count(recommendations, routes)

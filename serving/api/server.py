@@ -58,6 +58,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving import tracing
 from serving._proto.recsys.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -78,6 +79,7 @@ from serving.events.log import EventLog, EventLogOptions
 from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.live_models import EngineSource, LiveModels
 from serving.lifecycle.registry_health import REGISTRY_HEALTH_SERVICE
+from serving.log_format import check_log_format
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
 from serving.profiles.live.feed import LiveFeed
 from serving.profiles.live.redis_store import ProfileStoreConfigError, RedisDeltaStore, check_url
@@ -156,6 +158,9 @@ class ServerOptions:
     # one (off with --workers N, where each process would see only its own events),
     # "embedded", "off", or a redis:// (loopback) / rediss:// URL shared by every replica.
     profile_store: str = ""
+    # How the process logs: "text" or "json" (serving.log_format); set up by the process entry
+    # points (recsys serve, each --workers process), not by serve().
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -177,6 +182,7 @@ class ServerOptions:
             raise ValueError(f"metrics_port: must be in 0..65535, got {self.metrics_port}")
         if not 0 <= self.health_port <= 65535:
             raise ValueError(f"health_port: must be in 0..65535, got {self.health_port}")
+        check_log_format(self.log_format)
         _ = self.batch_options  # validates the batching options
         _ = self.event_log_options
         if self.profile_store not in _LOCAL_PROFILE_STORES:
@@ -564,8 +570,11 @@ async def serve(
 
 
 def run_server(options: ServerOptions, load_engine: EngineSource) -> None:
-    """Blocking entry point: serve on a fresh event loop until SIGTERM/SIGINT.
+    """Blocking entry point: serve on a fresh event loop until SIGTERM/SIGINT, traced when the
+    ``OTEL_*`` environment says so (:func:`serving.tracing.from_environment`).
 
-    Raises :class:`ServerStartupError` (callers exit non-zero) when the server cannot start.
+    Raises :class:`ServerStartupError` (callers exit non-zero) when the server cannot start and
+    :class:`~serving.tracing.TracingConfigError` for a tracing environment it cannot honour.
     """
-    asyncio.run(serve(options, load_engine))
+    with tracing.from_environment():
+        asyncio.run(serve(options, load_engine))

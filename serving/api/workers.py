@@ -24,7 +24,8 @@ N cores. :func:`run_workers` is the supervising parent:
    serving with fewer cores.
 
 Workers die with the parent (``PR_SET_PDEATHSIG`` on Linux) and log with their index and
-pid.
+pid (in the server's ``log_format``); each traces its own calls when the ``OTEL_*`` environment asks
+for it (:mod:`serving.tracing`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+from serving import tracing
 from serving.api.server import ServerOptions, ServerStartupError
 from serving.lifecycle.live_models import EngineSource
+from serving.log_format import configure_logging
 from serving.metrics import MULTIPROC_ENV, MetricsServer, multiprocess_registry, start_metrics_server
 
 logger = logging.getLogger("serving")
@@ -316,9 +319,11 @@ def _worker_main(
 
     from serving.api.server import serve
 
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s %(name)s [worker {index} pid %(process)d]: %(message)s",
+    configure_logging(
+        options.log_format,
+        log_level,
+        text_format=f"%(asctime)s %(levelname)s %(name)s [worker {index} pid %(process)d]: %(message)s",
+        worker=index,
     )
     _die_with_parent(parent_pid)
     if prepare is not None:
@@ -338,8 +343,9 @@ def _worker_main(
             reporter.cancel()
 
     try:
-        asyncio.run(main())
-    except ServerStartupError as exc:
+        with tracing.from_environment():
+            asyncio.run(main())
+    except (ServerStartupError, tracing.TracingConfigError) as exc:
         logging.getLogger("serving").error("worker %d failed to start: %s", index, exc)
         sys.exit(1)
     finally:

@@ -8,7 +8,9 @@ without request-time signals. Plain requests (user id and k only) take the same 
 with no extra work: stored features, stored history, no selector.
 
 All methods are CPU-bound and thread-safe for concurrent calls; the gRPC layer runs
-them in an executor, never on the event loop. Item vectors are copied out of the index
+them in an executor, never on the event loop. With tracing on, the steps are spans
+(:mod:`serving.tracing`): filters, user tower, index search and diversity
+(:mod:`serving.recommend.retrieval`), explanations. Item vectors are copied out of the index
 once at load (n_items x dim float32) for diversity and explanations.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from serving import tracing
 from serving.audiences.search import Audience, SimilarUsersQuery, UserAudiences, stored_mean
 from serving.bundle.format import INDEX, Bundle, load_bundle
 from serving.bundle.index import item_vectors, search
@@ -163,7 +166,8 @@ class TwoTowerEngine:
         row = self.user_row(user_id)
         if row is None:
             raise NotFoundError("user", user_id)
-        embedding: FloatArray = self.embed_rows(np.array([row], dtype=np.int64))[0]
+        with tracing.span(tracing.USER_TOWER):
+            embedding: FloatArray = self.embed_rows(np.array([row], dtype=np.int64))[0]
         return embedding
 
     def similar_users(self, query: SimilarUsersQuery) -> Audience:
@@ -219,7 +223,11 @@ class TwoTowerEngine:
     def _plan(self, query: RecommendQuery) -> _Plan:
         """Validate ``query`` and decide the tower inputs; raises InvalidArgumentError."""
         _check_k(query.k)
-        allowed = self.filters.allowed(query.filters)
+        if query.filters:  # most requests have none: no span for no work
+            with tracing.span(tracing.FILTERS, {"recsys.filters": len(query.filters)}):
+                allowed = self.filters.allowed(query.filters)
+        else:
+            allowed = None
         self.categories.validate(query.diversity)
         row = self.user_row(query.user_id)
         recent = self.item_rows(query.recent_item_ids)
@@ -259,7 +267,8 @@ class TwoTowerEngine:
         results: list[Recommendation | None] = [None] * len(plans)
         model = [i for i, plan in enumerate(plans) if plan.personalised]
         if model:
-            embeddings, windows = self._embed([plans[i] for i in model])
+            with tracing.span(tracing.USER_TOWER, {"recsys.users": len(model)}):
+                embeddings, windows = self._embed([plans[i] for i in model])
             groups: dict[object, list[int]] = defaultdict(list)
             for position, i in enumerate(model):
                 groups[plans[i].query.filters].append(position)
@@ -273,7 +282,8 @@ class TwoTowerEngine:
                 for m, pair in zip(members, found, strict=True):
                     ranked[m] = pair
             histories = np.where(windows >= FIRST_TOKEN_INDEX, windows - FIRST_TOKEN_INDEX, -1)
-            because = explain(self._row_vectors, [rows for rows, _ in ranked], histories)
+            with tracing.span(tracing.EXPLANATIONS):
+                because = explain(self._row_vectors, [rows for rows, _ in ranked], histories)
             for i, recommendation in zip(model, self._personalised(ranked, because), strict=True):
                 results[i] = recommendation
         for i, plan in enumerate(plans):

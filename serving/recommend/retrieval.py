@@ -17,14 +17,17 @@ exact.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
+from serving import tracing
 from serving.bundle.index import (
     EXACT_INNER_PRODUCT,
     exact_subset_limit,
@@ -44,6 +47,7 @@ Ranked = tuple[IntArray, FloatArray]
 """(index rows, scores), best first (re-ranked order with diversity)."""
 
 _NO_ROWS: IntArray = np.zeros(0, dtype=np.int64)
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 _MATRIX_MAX_CELLS = 1 << 24
 """Exact indexes: a batch whose score matrix (queries x items) has at most this many cells
 (64 MiB of float32) is ranked from that matrix instead of through FAISS; see
@@ -107,15 +111,17 @@ class Retriever:
         if self._exact and len(wanted) * self.index.ntotal <= _MATRIX_MAX_CELLS:
             return self._top_k_matrix(queries, wanted, allowed, limit)
         fetch = min(limit, max(candidate_count(w.k, w.diversity) + len(w.exclude) for w in wanted))
-        scores, found = self.search(queries, fetch, allowed)
+        with tracing.span(tracing.INDEX_SEARCH, {"recsys.queries": len(wanted), "recsys.fetch": fetch}):
+            scores, found = self.search(queries, fetch, allowed)
         out: list[Ranked] = []
-        for i, want in enumerate(wanted):
+        with _diversity_span(wanted):
+            for i, want in enumerate(wanted):
 
-            def wider(n: int, i: int = i) -> Ranked:
-                more_scores, more_found = self.search(queries[i : i + 1], n, allowed)
-                return more_found[0], more_scores[0]
+                def wider(n: int, i: int = i) -> Ranked:
+                    more_scores, more_found = self.search(queries[i : i + 1], n, allowed)
+                    return more_found[0], more_scores[0]
 
-            out.append(self.pick(want, (found[i], scores[i]), fetch, limit, wider))
+                out.append(self.pick(want, (found[i], scores[i]), fetch, limit, wider))
         return out
 
     def _top_k_matrix(
@@ -130,31 +136,33 @@ class Retriever:
         """
         if not isinstance(self.vectors, np.ndarray):  # an exact index is never compressed
             raise TypeError("the score matrix needs the exact vectors")
-        scores = np.ascontiguousarray(queries, dtype=np.float32) @ self.vectors.T
-        if allowed is not None:
-            scores[:, ~allowed.mask] = -np.inf
-        counts = [len(w.exclude) for w in wanted]
-        if sum(counts):
-            owners = np.repeat(np.arange(len(wanted)), counts)
-            scores[owners, np.concatenate([w.exclude for w in wanted])] = -np.inf
         fetch = min(limit, max(candidate_count(w.k, w.diversity) for w in wanted))
-        best = top_positions(scores, fetch)
-        best_scores = np.take_along_axis(scores, best, axis=1)
+        with tracing.span(tracing.INDEX_SEARCH, {"recsys.queries": len(wanted), "recsys.fetch": fetch}):
+            scores = np.ascontiguousarray(queries, dtype=np.float32) @ self.vectors.T
+            if allowed is not None:
+                scores[:, ~allowed.mask] = -np.inf
+            counts = [len(w.exclude) for w in wanted]
+            if sum(counts):
+                owners = np.repeat(np.arange(len(wanted)), counts)
+                scores[owners, np.concatenate([w.exclude for w in wanted])] = -np.inf
+            best = top_positions(scores, fetch)
+            best_scores = np.take_along_axis(scores, best, axis=1)
         # Ineligible rows score -inf, so they sort last: a query whose k-th best is finite has
         # its k items in the first k columns (the common case, answered without per-query work).
         filled = np.isfinite(best_scores)
         out: list[Ranked] = []
-        for i, want in enumerate(wanted):
-            if not want.diversity.active and want.k <= fetch and filled[i, want.k - 1]:
-                out.append((best[i, : want.k], best_scores[i, : want.k]))
-                continue
-            row = scores[i]
+        with _diversity_span(wanted):
+            for i, want in enumerate(wanted):
+                if not want.diversity.active and want.k <= fetch and filled[i, want.k - 1]:
+                    out.append((best[i, : want.k], best_scores[i, : want.k]))
+                    continue
+                row = scores[i]
 
-            def wider(n: int, row: FloatArray = row) -> Ranked:
-                return _eligible(top_positions(row[None, :], n)[0], row)
+                def wider(n: int, row: FloatArray = row) -> Ranked:
+                    return _eligible(top_positions(row[None, :], n)[0], row)
 
-            unexcluded = replace(want, exclude=_NO_ROWS)  # already -inf in the matrix
-            out.append(self.pick(unexcluded, _eligible(best[i], row), fetch, limit, wider))
+                unexcluded = replace(want, exclude=_NO_ROWS)  # already -inf in the matrix
+                out.append(self.pick(unexcluded, _eligible(best[i], row), fetch, limit, wider))
         return out
 
     def pick(
@@ -179,6 +187,17 @@ class Retriever:
         categories = None if want.categories is None else want.categories[rows]
         positions = rerank(kept_scores, self.vectors[rows], want.k, want.diversity, categories)
         return rows[positions], kept_scores[positions]
+
+
+def _diversity_span(wanted: Sequence[Wanted]) -> AbstractContextManager[object]:
+    """The ``recommend.diversity`` span over the picks of a group with any re-ranking query (its
+    exclusions, MMR, category caps and widened searches); no span for a group without one."""
+    if not tracing.enabled():
+        return _NO_SPAN
+    diverse = sum(1 for w in wanted if w.diversity.active)
+    if not diverse:
+        return _NO_SPAN
+    return tracing.span(tracing.DIVERSITY, {"recsys.queries": len(wanted), "recsys.diverse_queries": diverse})
 
 
 def _eligible(rows: IntArray, scores: FloatArray) -> Ranked:
