@@ -18,8 +18,8 @@ from serving import tracing
 from serving.api.server import ServerOptions, run_server
 from serving.api.workers import run_workers
 from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
-from serving.profiles.campaign import add_campaign_arguments
 from serving.log_format import LOG_FORMATS, configure_logging
+from serving.profiles.campaign import add_campaign_arguments
 from serving.security.access import AccessOptions
 from serving.security.tls import TlsFiles
 
