@@ -431,8 +431,11 @@ class EventLog:
             # Removed under us: what it acknowledged before this write lives on only through the
             # open file. Keep it to write again (``_carried`` held nothing, or it was part of
             # this failed write, after ``start``).
-            self._carried = segment.read_back(start) + self._carried
             self._segment = None
+            try:
+                self._carried = segment.read_back(start) + self._carried
+            except OSError:
+                log.exception("event log %s: cannot read back the removed %s", self.root, segment.path)
             segment.discard()
         elif segment.broken:
             # The file may hold more than its complete records: close it, compact what is intact.
@@ -447,7 +450,10 @@ class EventLog:
         closed: list[tuple[int, Path]] = []
         if segment is not None:
             if not segment.linked():
-                self._carried = segment.read_back(segment.size) + self._carried
+                try:
+                    self._carried = segment.read_back(segment.size) + self._carried
+                except OSError:
+                    log.exception("event log %s: cannot read back %s", self.root, segment.path)
                 segment.discard()
                 log.warning(
                     "event log %s: the open WAL segment was removed; %d acknowledged records kept "

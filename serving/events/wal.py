@@ -91,7 +91,8 @@ class SegmentWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         # Unbuffered: a batch is one write, so a failure leaves nothing half in a buffer.
-        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in close()
+        # Readable too: read_back reads a removed segment through this handle.
+        self._file = open(self.path, "x+b", buffering=0)  # noqa: SIM115 - closed in close()
         try:
             self._write_all(MAGIC)
             os.fsync(self._file.fileno())
