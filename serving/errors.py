@@ -91,3 +91,11 @@ class StorageUnavailableError(RecsysError):
     Nothing of the failed call was stored; the store accepts again as soon as the condition
     ends (no restart), so a client retries, here or on another replica.
     """
+
+
+class BundleVanishedError(StorageUnavailableError):
+    """A bundle directory was removed while it was being loaded (a cache clean-up, a person).
+
+    Not a bad bundle: a hot swap that meets it is retried at the next poll, while the old model
+    keeps serving.
+    """

@@ -2,7 +2,9 @@
 
 :func:`fault_kind` names the kind of an :class:`OSError` (by ``errno``): ``no_space`` (ENOSPC,
 EDQUOT), ``read_only`` (EROFS), ``permission_denied`` (EACCES, EPERM), ``missing`` (ENOENT,
-ENOTDIR, ESTALE: a directory removed or unmounted under the server) or ``other``.
+ENOTDIR, ESTALE: a directory removed or unmounted under the server) or ``other``; the model
+lifecycle adds ``garbage`` (the registry answered something that cannot be right, a bundle that
+fails verification) and ``unreachable`` (the registry did not answer).
 :func:`storage_error` turns it into the domain error a caller gets
 (:class:`~serving.errors.StorageFullError` or :class:`~serving.errors.StorageUnavailableError`;
 the status codes themselves are decided in :mod:`serving.api.interceptors` only).
@@ -24,7 +26,9 @@ from typing import Final, Literal
 from serving.errors import RecsysError, StorageFullError, StorageUnavailableError
 from serving.metrics import ServingMetrics
 
-FaultKind = Literal["no_space", "read_only", "permission_denied", "missing", "garbage", "other"]
+FaultKind = Literal[
+    "no_space", "read_only", "permission_denied", "missing", "garbage", "unreachable", "other"
+]
 
 _KINDS: Final[dict[int, FaultKind]] = {
     errno.ENOSPC: "no_space",
@@ -36,6 +40,8 @@ _KINDS: Final[dict[int, FaultKind]] = {
     errno.ENOTDIR: "missing",
     errno.ESTALE: "missing",
 }
+
+_MAX_CAUSE_CHARS: Final = 400
 
 _UNAVAILABLE_REASONS: Final[dict[FaultKind, str]] = {
     "read_only": "its file system is read-only",
@@ -123,7 +129,7 @@ class FaultEpisodes:
                 self.component,
                 kind,
                 what,
-                exc,
+                str(exc)[:_MAX_CAUSE_CHARS],  # database errors carry their whole statement
             )
 
     def succeeded(self) -> None:

@@ -20,7 +20,8 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -34,7 +35,11 @@ from serving.api.background import BackgroundServer
 from serving.api.server import ServerOptions
 from serving.events.log import WAL_DIRNAME
 from serving.events.reader import read_events
-from serving.lifecycle.live_models import load_bundle_engine
+from serving.lifecycle.engine_holder import EngineHolder
+from serving.lifecycle.live_models import LiveModelOptions, LiveModels, ModelLoader, load_bundle_engine
+from serving.lifecycle.mlflow_store import ModelRegistry
+from serving.metrics import ServingMetrics
+from serving.recommend.types import RecommenderEngine
 
 NOW_MS = int(time.time() * 1000)
 EVENT_LOG = "serving.events.log"
@@ -161,11 +166,11 @@ def events_server(
 
 def _metric(port: int, name: str, **labels: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
     for line in text.splitlines():
         if line.startswith(wanted + " "):
             return float(line.split()[-1])
-    return 0.0
+    raise AssertionError(f"{wanted} not in /metrics")
 
 
 def _event_log_faults(port: int, kind: str) -> float:
@@ -292,3 +297,139 @@ def test_a_directory_removed_under_the_server_loses_nothing_acknowledged(
     stored = set(read_events(events_dir)["event_id"])
     assert acked_before <= stored, "events acknowledged before the directory was removed were lost"
     assert stored == client.acked
+
+
+# ----------------------------------------------------------------------- model lifecycle
+MODEL = "faults-model"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A real MLflow registry in a temporary folder: the session's bundle registered twice."""
+
+    uri: str
+    db: Path
+    registry: ModelRegistry
+    v1: str
+    v2: str
+
+
+@pytest.fixture(scope="module")
+def registry(trained: TrainedBundle, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    root = tmp_path_factory.mktemp("fault-registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    store = ModelRegistry(uri)
+    artifacts = (root / "artifacts").as_uri()
+    v1, v2 = (store.register_bundle(trained.bundle, MODEL, artifact_location=artifacts) for _ in range(2))
+    return Registry(uri, root / "mlflow.db", store, v1, v2)
+
+
+def _swap_lines(caplog: pytest.LogCaptureFixture, component: str) -> tuple[list[str], list[str]]:
+    messages = [r.getMessage() for r in caplog.records if r.name == "serving"]
+    return (
+        [m for m in messages if m.startswith(f"{component} fault")],
+        [m for m in messages if m.startswith(f"{component} recovered")],
+    )
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_bundle_directory_removed_during_a_hot_swap_fails_it_and_the_next_poll_swaps(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The directory of the version being swapped in is removed as it loads (twice: the download
+    and the one retry), as a cache clean-up racing the swap would: the old model serves on, the
+    swap is ``failed`` (not ``refused``: the next poll tries again) and succeeds once it stays."""
+    caplog.set_level(logging.INFO, logger="serving")
+    removals = [2]
+
+    def load_racing_a_clean_up(path: Path) -> RecommenderEngine:
+        if removals[0]:
+            removals[0] -= 1
+            shutil.rmtree(path)
+        return load_bundle_engine(path)
+
+    registry.registry.set_alias(MODEL, "champion", registry.v1)
+    metrics = ServingMetrics()
+    options = LiveModelOptions(
+        model=f"models:/{MODEL}@champion", cache_dir=tmp_path / "cache", tracking_uri=registry.uri
+    )
+    loader = ModelLoader(registry.uri, options.cache_dir, load_engine=load_racing_a_clean_up)
+    removals[0] = 0  # the initial load is not raced
+    holder = EngineHolder()
+    models = LiveModels(options, holder, metrics, loader=loader)
+    try:
+        old = models.load_initial()
+        holder.swap(old)
+        registry.registry.set_alias(MODEL, "champion", registry.v2)
+        removals[0] = 2
+        (attempt,) = models.check_aliases()
+        assert attempt.outcome == "failed"
+        assert "removed while it loaded" in attempt.error
+        assert holder.get() is old  # the old model keeps serving
+        assert models.check_aliases()[0].outcome == "swapped"
+        assert holder.get() is not old
+    finally:
+        models.close()
+    faults = metrics.registry.get_sample_value(
+        "recsys_io_faults_total", {"component": "model_swap", "kind": "missing"}
+    )
+    assert faults == 1
+    started, ended = _swap_lines(caplog, "model_swap")
+    assert len(started) == 1, started
+    assert "(missing)" in started[0]
+    assert f"version {registry.v1} keeps serving" in started[0]
+    assert len(ended) == 1, ended
+
+
+def test_a_registry_answering_garbage_and_a_removed_cache_keep_the_model_serving(
+    registry: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real server on ``models:/NAME@ALIAS``: its bundle cache removed under it (the next swap
+    downloads again), then the registry's database file overwritten with garbage (every poll
+    fails, logged once; Recommend answers throughout), then restored (one recovery line)."""
+    caplog.set_level(logging.INFO, logger="serving")
+    registry.registry.set_alias(MODEL, "champion", registry.v1)
+    cache = tmp_path / "cache"
+    source = LiveModelOptions(
+        model=f"models:/{MODEL}@champion", poll_seconds=0.1, cache_dir=cache, tracking_uri=registry.uri
+    )
+    metrics_port = _free_port()
+    options = ServerOptions(port=0, grace_seconds=1.0, metrics_port=metrics_port)
+    with BackgroundServer(options, source) as server:
+        models = server.models
+        assert models is not None
+        client = Client(server.address)
+        try:
+            shutil.rmtree(cache)
+            registry.registry.set_alias(MODEL, "champion", registry.v2)
+            _wait(lambda: any(s.outcome == "swapped" for s in models.swaps))
+            assert client.recommend() == 5
+
+            original = registry.db.read_bytes()
+            with open(registry.db, "r+b") as db:  # in place: the registry's open handles see it
+                db.write(os.urandom(4096))
+            try:
+                _wait(lambda: models.registry_health.state.consecutive_failures >= 5)
+                assert client.recommend() == 5  # the served model is untouched
+                assert _metric(metrics_port, "recsys_registry_up") == 0
+                assert (
+                    _metric(metrics_port, "recsys_io_faults_total", component="registry", kind="garbage") >= 5
+                )
+            finally:
+                with open(registry.db, "r+b") as db:
+                    db.write(original)
+            _wait(lambda: models.registry_health.state.reachable is True)
+            assert client.recommend() == 5
+        finally:
+            client.close()
+    started, ended = _swap_lines(caplog, "registry")
+    assert len(started) == 1, started
+    assert "(garbage)" in started[0]
+    assert len(ended) == 1, ended
+    assert [s.outcome for s in models.swaps] == ["swapped"]
