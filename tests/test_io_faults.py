@@ -6,7 +6,8 @@ Each fault must get its deliberate status (``RESOURCE_EXHAUSTED`` for a full dis
 ``recsys_io_faults_total``, be logged once per episode, lose nothing acknowledged, and end
 without a restart once the condition ends.
 
-Mounting needs root (CI runs as root); elsewhere those tests skip with the reason.
+Mounting (and ``chattr +i``) needs root (CI runs as root); elsewhere those tests skip with the
+reason. ``RECSYS_REQUIRE_MOUNT=1`` (set by ``.ci/run``) turns that skip into a failure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import pytest
@@ -45,17 +47,25 @@ NOW_MS = int(time.time() * 1000)
 EVENT_LOG = "serving.events.log"
 
 
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("RECSYS_REQUIRE_MOUNT") == "1":
+        pytest.fail(f"RECSYS_REQUIRE_MOUNT=1 but {reason}")
+    pytest.skip(reason)
+
+
 @contextlib.contextmanager
 def tmpfs(where: Path, size: str) -> Iterator[Path]:
     """A fresh tmpfs of ``size`` mounted at ``where`` (skips the test when mounting is not allowed)."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        _unavailable("mounting a tmpfs needs root (CI runs as root)")
     where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
-    )
+    try:
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+        mounted = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        _unavailable("mount is not installed (Debian: mount)")
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        _unavailable(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield where
     finally:
@@ -77,9 +87,12 @@ def unwritable(directory: Path) -> Iterator[None]:
     """No new file can be created in ``directory`` while inside: ``chattr +i`` as root (root
     ignores modes), ``chmod 0555`` otherwise."""
     if os.geteuid() == 0:
-        made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+        try:
+            made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+        except FileNotFoundError:
+            _unavailable("chattr is not installed (Debian: e2fsprogs)")
         if made.returncode != 0:
-            pytest.skip(f"chattr +i not supported here: {made.stderr.strip()}")
+            _unavailable(f"chattr +i not supported here: {made.stderr.strip()}")
         try:
             yield
         finally:
@@ -131,7 +144,7 @@ class Client:
             response = self.events.LogEvents(events_pb2.LogEventsRequest(events=events), timeout=10)
         except grpc.RpcError as exc:
             self.last_error = exc
-            return exc.code()  # type: ignore[no-any-return]
+            return exc.code()
         assert response.accepted == count
         self.acked.update(e.event_id for e in events)
         return grpc.StatusCode.OK
