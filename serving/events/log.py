@@ -455,12 +455,13 @@ class EventLog:
                 except OSError:
                     log.exception("event log %s: cannot read back %s", self.root, segment.path)
                 segment.discard()
-                log.warning(
-                    "event log %s: the open WAL segment was removed; %d acknowledged records kept "
-                    "to write again",
-                    self.root,
-                    len(self._carried),
-                )
+                if self._carried:
+                    log.warning(
+                        "event log %s: the open WAL segment was removed; %d acknowledged records kept "
+                        "to write again",
+                        self.root,
+                        len(self._carried),
+                    )
             else:
                 try:
                     segment.close()
