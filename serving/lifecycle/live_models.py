@@ -205,7 +205,9 @@ class ModelLoader:
     def load(self, ref: ModelRef, version: str = "") -> RecommenderEngine:
         """Load, verify and warm up the engine of ``ref`` (``version``: of a registered
         model, default: the one it means now). Raises :class:`BundleError` for a bad
-        bundle, :class:`~serving.lifecycle.mlflow_store.RegistryError` for a registry problem."""
+        bundle, :class:`~serving.errors.BundleVanishedError` when a verified bundle's directory
+        was removed as it loaded (twice), :class:`~serving.lifecycle.mlflow_store.RegistryError`
+        for a registry problem."""
         if ref.path is not None:
             engine = self._load_engine(ref.path)
         else:
@@ -214,28 +216,30 @@ class ModelLoader:
             version = version or self.version(ref)
             registry, cache = self._store()
 
-            def fetch() -> Path:
-                return cache.fetch(
+            def fetch_and_load() -> RecommenderEngine:
+                path = cache.fetch(
                     name, version, lambda folder: registry.download_bundle(name, version, folder)
                 )
+                try:
+                    return self._load_engine(path)
+                except (BundleError, OSError) as exc:
+                    if path.is_dir():
+                        raise
+                    # Verified, then gone: a clean-up raced the load; not a bad bundle.
+                    raise BundleVanishedError(
+                        f"models:/{name}/{version}: the bundle directory was removed while it loaded"
+                    ) from exc
 
             try:
-                engine = self._load_engine(fetch())
-            except (BundleError, OSError) as exc:
+                engine = fetch_and_load()
+            except (BundleError, BundleVanishedError) as exc:
                 # A cached copy damaged after it was verified (disk, a person), or removed while it
-                # loaded (a cache clean-up): fetch it once more.
+                # loaded (a cache clean-up): fetch it once more. A second failure is the answer.
                 logger.warning(
                     "cached models:/%s/%s failed to load (%s); downloading again", name, version, exc
                 )
                 cache.evict(name, version)
-                try:
-                    engine = self._load_engine(fetch())
-                except (BundleError, OSError) as again:
-                    if cache.path(name, version).is_dir():
-                        raise
-                    raise BundleVanishedError(
-                        f"models:/{name}/{version}: the bundle directory was removed while it loaded"
-                    ) from again
+                engine = fetch_and_load()
         try:
             warm_up(engine)
         except Exception as exc:  # a bundle that loads but cannot answer is a bad bundle
