@@ -74,3 +74,28 @@ class RateLimitedError(OverloadedError):
 
 class BundleError(RecsysError):
     """A model bundle is missing, corrupt, or incompatible. The message says which file and why."""
+
+
+class StorageFullError(RecsysError):
+    """A store the server writes is out of space or over its quota (-> ``RESOURCE_EXHAUSTED``).
+
+    Nothing of the failed call was stored; the same call succeeds once space is freed, so a
+    client retries it with backoff. The message names the store, never a server path.
+    """
+
+
+class StorageUnavailableError(RecsysError):
+    """A store the server writes cannot be written now (-> ``UNAVAILABLE``): its file system is
+    read-only, permission is denied, or its directory is gone.
+
+    Nothing of the failed call was stored; the store accepts again as soon as the condition
+    ends (no restart), so a client retries, here or on another replica.
+    """
+
+
+class BundleVanishedError(StorageUnavailableError):
+    """A bundle directory was removed while it was being loaded (a cache clean-up, a person).
+
+    Not a bad bundle: a hot swap that meets it is retried at the next poll, while the old model
+    keeps serving.
+    """

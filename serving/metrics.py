@@ -22,6 +22,11 @@ in one process, as in tests, never collide):
 * ``recsys_registry_up``: 1 when the last alias poll reached the model registry, 0 when it
   did not (the replica serves on with what it has); ``recsys_registry_last_success_timestamp_seconds``
   and ``recsys_registry_poll_failures_total`` (:mod:`serving.lifecycle.registry_health`).
+* ``recsys_io_faults_total{component, kind}``: failed I/O operations of the server's own
+  storage (``component``: ``event_log``, ``event_log_compaction``, ``model_swap``, ``registry``;
+  ``kind``: ``no_space``, ``read_only``, ``permission_denied``, ``missing``, ``garbage``,
+  ``other``) and ``recsys_io_fault_active{component}``: 1 from a component's first failure to
+  its next success (:mod:`serving.io_faults`).
 
 Several worker processes (``recsys serve --workers N``) use prometheus-client's
 *multiprocess mode*: the supervising parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the
@@ -194,6 +199,19 @@ class ServingMetrics:
             "Reloads of the tokens file (tokens) and TLS files (tls), by outcome (applied, refused).",
             ["what", "outcome"],
             registry=reg,
+        )
+        self.io_faults = Counter(
+            "recsys_io_faults",
+            "Failed I/O operations of the server's own storage, by component and kind of fault.",
+            ["component", "kind"],
+            registry=reg,
+        )
+        self.io_fault_active = Gauge(
+            "recsys_io_fault_active",
+            "1 from a component's first I/O failure to its next success, 0 otherwise.",
+            ["component"],
+            registry=reg,
+            multiprocess_mode="livemax",
         )
         self._model_version: str | None = None
         self._lock = threading.Lock()

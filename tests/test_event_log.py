@@ -187,31 +187,35 @@ def test_a_live_writer_is_never_recovered_by_another_process(tmp_path: Path) -> 
     assert read_events(tmp_path).height == 1
 
 
-def test_a_failed_compaction_keeps_its_segment_through_a_clean_close(
+def test_a_failed_compaction_is_retried_and_kept_through_a_clean_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import serving.events.log as event_log_module
 
-    calls: list[int] = []
+    failing = [True]
 
-    def fail_first(*args: object) -> int:
-        calls.append(1)
-        if len(calls) == 1:
+    def fail_while_told(*args: object) -> int:
+        if failing[0]:
             raise OSError("disk full (simulated)")
         return compact_segment(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(event_log_module, "compact_segment", fail_first)
+    monkeypatch.setattr(event_log_module, "compact_segment", fail_while_told)
     event_log = EventLog.open(tmp_path, EventLogOptions(compact_interval_s=3600))
     event_log.submit([_event(1)]).result(10)  # acknowledged
     with pytest.raises(OSError, match="simulated"):
         event_log.flush()
+    failing[0] = False
     event_log.submit([_event(2)]).result(10)
-    event_log.flush()
-    event_log.close()
-    assert set(read_events(tmp_path)["event_id"]) == {"e2"}  # e1 still only in the WAL
+    event_log.flush()  # retries the first segment's compaction, then compacts the second
+    assert set(read_events(tmp_path)["event_id"]) == {"e1", "e2"}
+
+    failing[0] = True
+    event_log.submit([_event(3)]).result(10)
+    event_log.close()  # its compaction fails again: the segment stays for recovery
+    assert set(read_events(tmp_path)["event_id"]) == {"e1", "e2"}
     monkeypatch.undo()
     recover_orphans(tmp_path)
-    assert set(read_events(tmp_path)["event_id"]) == {"e1", "e2"}
+    assert set(read_events(tmp_path)["event_id"]) == {"e1", "e2", "e3"}
 
 
 # --- the RPC in process --------------------------------------------------------------------

@@ -8,6 +8,10 @@ per-call concerns: request ids, the access log and the latency metrics.
 * :class:`~serving.errors.NotFoundError`        -> ``NOT_FOUND``
 * :class:`~serving.errors.OverloadedError`      -> ``RESOURCE_EXHAUSTED``
 * :class:`~serving.errors.NotReadyError`        -> ``UNAVAILABLE``
+* :class:`~serving.errors.StorageFullError`     -> ``RESOURCE_EXHAUSTED`` (the event store is out
+  of space or quota: retry with backoff) and :class:`~serving.errors.StorageUnavailableError` ->
+  ``UNAVAILABLE`` (read-only, permission denied, directory gone: retry, here or elsewhere); the
+  OSError behind them is classified once, in :mod:`serving.io_faults`
 * :class:`~serving.errors.FeatureUnavailableError` -> ``FAILED_PRECONDITION``
   (and its sub-class :class:`~serving.errors.NotConfiguredError`: no event log)
 * :class:`~serving.errors.UnauthenticatedError` -> ``UNAUTHENTICATED``,
@@ -73,6 +77,8 @@ from serving.errors import (
     NotReadyError,
     OverloadedError,
     PermissionDeniedError,
+    StorageFullError,
+    StorageUnavailableError,
     UnauthenticatedError,
 )
 from serving.log_format import FIELDS
@@ -107,6 +113,8 @@ _DOMAIN_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
+    (StorageFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (FeatureUnavailableError, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),

@@ -391,12 +391,12 @@ def _check_event_log_ids(engine: RecommenderEngine, event_log: EventLog | None) 
         )
 
 
-async def _open_event_log(options: ServerOptions) -> EventLog | None:
+async def _open_event_log(options: ServerOptions, metrics: ServingMetrics) -> EventLog | None:
     """The event log of ``options.events_dir`` (opened off the loop), or None without one."""
     if options.events_dir is None:
         return None
     try:
-        return await asyncio.to_thread(EventLog.open, options.events_dir, options.event_log_options)
+        return await asyncio.to_thread(EventLog.open, options.events_dir, options.event_log_options, metrics)
     except (OSError, PseudonymKeyError) as exc:
         raise ServerStartupError(f"cannot open the event log at {options.events_dir}: {exc}") from exc
 
@@ -452,7 +452,7 @@ async def serve(
     )
     # The event log does not need the model: it opens (recovering a crashed process's WAL)
     # before the port is bound, and its health entry is SERVING as soon as it is open.
-    event_log = await _open_event_log(options)
+    event_log = await _open_event_log(options, metrics)
     try:
         feed = await asyncio.to_thread(_open_live_feed, options, event_log)
     except BaseException:

@@ -26,6 +26,26 @@ the process dies, SIGKILL included). :meth:`EventLog.open` compacts the WAL of e
 writer whose lock is free (a crashed or killed process), dropping a torn last record
 (never acknowledged), so every acknowledged event reaches Parquet exactly once. Several
 processes may share one event-log directory (``recsys serve --workers N``).
+
+Faults. A write that fails is never acknowledged, and leaves the log able to go on:
+
+* disk full / quota (ENOSPC, EDQUOT): the segment is cut back to its last complete record and
+  kept; the calls get :class:`~serving.errors.StorageFullError` (``RESOURCE_EXHAUSTED``) and the
+  next write after space is freed succeeds in the same segment;
+* read-only file system, permission denied: the calls get
+  :class:`~serving.errors.StorageUnavailableError` (``UNAVAILABLE``) until it is writable again;
+* the directory removed under the server: writes to the open (now unlinked) segment would
+  succeed and vanish at close, so each write checks that its segment is still linked before it
+  acknowledges. When it is not, the records already acknowledged in it are read back through
+  the open file and kept in memory, the calls get ``UNAVAILABLE`` while ``DIR`` is missing,
+  and once ``DIR`` exists again the writer directory is recreated (locked, as at start-up) and
+  the kept records are written ahead of the next call's. ``DIR`` itself is never recreated: it
+  may be a mount point;
+* a compaction that fails on an OSError (no space for the Parquet file) keeps its segment and
+  is retried at every later rotation, flush and close.
+
+Each fault is counted in ``recsys_io_faults_total{component="event_log"|"event_log_compaction"}``
+and logged once per episode (:class:`serving.io_faults.FaultEpisodes`).
 """
 
 from __future__ import annotations
@@ -33,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -51,6 +72,8 @@ from serving.errors import NotReadyError
 from serving.events.compaction import compact_segment
 from serving.events.schema import PARTITION_KEY
 from serving.events.wal import SegmentWriter
+from serving.io_faults import FaultEpisodes, fault_kind, storage_error
+from serving.metrics import ServingMetrics
 from serving.pseudonym import Pseudonymiser
 from serving.storage import fsync_dir
 
@@ -89,14 +112,38 @@ def _segment_path(directory: Path, number: int) -> Path:
 
 
 def _try_lock(path: Path) -> IO[bytes] | None:
-    """An open handle holding an exclusive flock on ``path``, or None when another holds it."""
-    handle = open(path, "ab")  # noqa: SIM115 - kept open while the lock is held
+    """An open handle holding an exclusive flock on ``path``, or None when another holds it.
+
+    Opened read-only (flock needs no write access): a writer idle between segments holds no
+    file open for writing, so its file system can be remounted read-only under it.
+    """
+    handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_CREAT, 0o644), "rb")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None
     return handle
+
+
+def _locked_writer_dir(root: Path, writer_id: str) -> IO[bytes]:
+    """Create ``root/_wal/<writer_id>/`` holding its lock; returns the lock's handle.
+
+    Locked before it gets its name: another process recovering orphans must never mistake a
+    directory being set up for a dead writer's (names starting with "." are skipped).
+    """
+    staging = root / WAL_DIRNAME / f".new-{writer_id}"
+    staging.mkdir(exist_ok=True)  # exists when an earlier try failed half-way
+    lock = _try_lock(staging / _LOCK_NAME)
+    if lock is None:  # cannot happen for a fresh unique directory
+        raise RuntimeError(f"{staging}: lock held by another process")
+    try:
+        os.replace(staging, root / WAL_DIRNAME / writer_id)
+        fsync_dir(root / WAL_DIRNAME)
+    except BaseException:
+        lock.close()
+        raise
+    return lock
 
 
 def _remove_writer_dir(root: Path, directory: Path, lock: IO[bytes]) -> None:
@@ -176,7 +223,14 @@ class _Batch:
 class EventLog:
     """The writer of one event-log directory for this process. Create with :meth:`open`."""
 
-    def __init__(self, root: Path, options: EventLogOptions, writer_id: str, lock: IO[bytes]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        options: EventLogOptions,
+        writer_id: str,
+        lock: IO[bytes],
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.root = root
         self.options = options
         self.writer_id = writer_id
@@ -191,7 +245,14 @@ class EventLog:
         self._segment: SegmentWriter | None = None
         self._segment_number = 0
         self._segment_started = 0.0
-        self._compactions: list[concurrent.futures.Future[int]] = []
+        # Acknowledged records of a segment removed under the writer, not yet written again.
+        self._carried: list[bytes] = []
+        # Segments whose compaction failed (compactor thread only): on an OSError retried at
+        # the next rotation (``_retry``); otherwise left for recovery at the next start.
+        self._retry: list[tuple[int, Path]] = []
+        self._kept: list[tuple[int, Path]] = []
+        self._faults = FaultEpisodes("event_log", log, metrics)
+        self._compaction_faults = FaultEpisodes("event_log_compaction", log, metrics)
         self._compactor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recsys-events-compact")
         self._writer = threading.Thread(target=self._run, name="recsys-events-wal", daemon=True)
         self._pseudonymiser: Pseudonymiser | None = None
@@ -199,10 +260,12 @@ class EventLog:
         """:func:`directory_id` of ``root``: the same for every writer of the directory."""
 
     @classmethod
-    def open(cls, root: Path, options: EventLogOptions | None = None) -> EventLog:
+    def open(
+        cls, root: Path, options: EventLogOptions | None = None, metrics: ServingMetrics | None = None
+    ) -> EventLog:
         """Recover what stopped writers left behind, then start writing under ``root``.
 
-        Blocking (file I/O): call it off the event loop.
+        Blocking (file I/O): call it off the event loop. ``metrics`` receive its faults.
         """
         root = Path(root)
         options = options or EventLogOptions()
@@ -211,17 +274,9 @@ class EventLog:
         pseudonymiser = Pseudonymiser.from_environment(key_env) if key_env else None
         (root / WAL_DIRNAME).mkdir(parents=True, exist_ok=True)
         writer_id = f"{int(time.time()):010d}-{os.getpid()}-{os.urandom(4).hex()}"
-        # Locked before it gets its name: another process recovering orphans must never
-        # mistake a directory being set up for a dead writer's.
-        staging = root / WAL_DIRNAME / f".new-{writer_id}"
-        staging.mkdir()
-        lock = _try_lock(staging / _LOCK_NAME)
-        if lock is None:  # cannot happen for a fresh unique directory
-            raise RuntimeError(f"{staging}: lock held by another process")
-        os.replace(staging, root / WAL_DIRNAME / writer_id)
-        fsync_dir(root / WAL_DIRNAME)
+        lock = _locked_writer_dir(root, writer_id)
         recover_orphans(root, skip=writer_id)
-        event_log = cls(root, options, writer_id, lock)
+        event_log = cls(root, options, writer_id, lock, metrics)
         event_log._pseudonymiser = pseudonymiser
         event_log.directory_id = directory_id(root)
         event_log._writer.start()
@@ -303,15 +358,24 @@ class EventLog:
             self._cond.notify()
         self._writer.join()
         self._compactor.shutdown(wait=True)
-        failed = [f for f in self._compactions if f.exception() is not None]
+        if self._carried:
+            log.error(
+                "event log %s: %d acknowledged records of a removed WAL segment could not be written "
+                "again (the directory is still gone or unwritable); they are lost",
+                self.root,
+                len(self._carried),
+            )
+        failed = len(self._retry) + len(self._kept)
         if failed:
             # Segments stay on disk; the next EventLog.open on this directory recovers them.
             self._lock.close()
-            log.error(
-                "event log %s: %d compactions failed; the WAL is kept for recovery", self.root, len(failed)
-            )
+            log.error("event log %s: %d compactions failed; the WAL is kept for recovery", self.root, failed)
         else:
-            _remove_writer_dir(self.root, self._directory, self._lock)
+            try:
+                _remove_writer_dir(self.root, self._directory, self._lock)
+            except OSError as exc:  # the directory is gone or read-only: nothing left to keep
+                self._lock.close()
+                log.warning("event log %s: could not remove the writer directory: %s", self.root, exc)
         self._closed = True
         log.info("event log %s closed", self.root)
 
@@ -347,7 +411,7 @@ class EventLog:
                 listeners = self._listeners
             # A caller that gave up before its batch was taken gets nothing written.
             batches = [b for b in taken if b.future.set_running_or_notify_cancel()]
-            if batches:
+            if batches or self._carried:
                 self._write(batches, listeners)
             if flushes or closing or self._rotation_due(time.monotonic()):
                 done = self._rotate()
@@ -357,26 +421,30 @@ class EventLog:
                 return
 
     def _write(self, batches: list[_Batch], listeners: Sequence[BatchListener] = ()) -> None:
+        segment: SegmentWriter | None = None
+        start = 0
         try:
-            if self._segment is None:
-                self._segment_number += 1
-                self._segment = SegmentWriter(_segment_path(self._directory, self._segment_number))
-            if self._segment.records == 0:
+            segment = self._open_segment()
+            start = segment.size
+            if segment.records == 0:
                 self._segment_started = time.monotonic()
-            self._segment.append(b.payload for b in batches)
-            self._segment.sync()
+            segment.append([*self._carried, *(b.payload for b in batches)])
+            segment.sync()
+            segment.check_linked()
         except Exception as exc:
-            # At-least-once: records that reached the file before the failure are still compacted
-            # below, so a client retrying a failed call may store them twice; events that carry an
-            # event_id are de-duplicated by the readers.
-            log.exception("event log %s: write failed; %d calls get an error", self.root, len(batches))
-            for batch in batches:
-                batch.future.set_exception(exc)
-            # Start afresh: whatever state the file is in, its intact records get compacted.
-            self._rotate()
+            self._write_failed(batches, segment, start, exc)
             return
+        if self._carried:
+            log.warning(
+                "event log %s: %d acknowledged records of the removed segment written again to %s",
+                self.root,
+                len(self._carried),
+                segment.path,
+            )
+            self._carried = []
+        self._faults.succeeded()
         payloads = [b.payload for b in batches]
-        for listener in listeners:
+        for listener in listeners if payloads else ():
             try:
                 listener(self.writer_id, self._segment_number, payloads)
             except Exception:
@@ -384,34 +452,111 @@ class EventLog:
         for batch in batches:
             batch.future.set_result(None)
 
-    def _rotate(self) -> concurrent.futures.Future[int]:
-        """Close the current segment and queue its compaction (a done future when none)."""
-        segment, self._segment = self._segment, None
+    def _open_segment(self) -> SegmentWriter:
+        """The current segment, a new one when there is none (recreating a removed writer dir)."""
+        if self._segment is not None:
+            return self._segment
+        if not self._directory.is_dir():
+            self._recreate_directory()
+        number = self._segment_number + 1
+        self._segment = SegmentWriter(_segment_path(self._directory, number))
+        self._segment_number = number
+        return self._segment
+
+    def _recreate_directory(self) -> None:
+        """Recreate this writer's WAL directory (removed under it) once ``root`` exists again."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "event log directory is gone", str(self.root))
+        (self.root / WAL_DIRNAME).mkdir(exist_ok=True)
+        lock = _locked_writer_dir(self.root, self.writer_id)
+        old, self._lock = self._lock, lock
+        old.close()
+        log.warning("event log %s: recreated the removed WAL directory %s", self.root, self._directory)
+
+    def _write_failed(
+        self, batches: list[_Batch], segment: SegmentWriter | None, start: int, exc: Exception
+    ) -> None:
+        """Fail the calls of a write with their deliberate error; leave the log able to go on."""
+        kind = fault_kind(exc)
+        where = segment.path if segment is not None else self._directory
+        self._faults.failed(kind, f"appending {len(batches)} calls to {where}", exc)
+        error = storage_error("event store", kind)
+        if error is not None:
+            error.__cause__ = exc
+        for batch in batches:
+            batch.future.set_exception(error if error is not None else exc)
         if segment is None:
-            return self._after_compactions()
-        try:
-            segment.close()
-        except OSError:
-            log.exception("event log %s: closing %s failed", self.root, segment.path)
-        done = self._compactor.submit(
-            compact_segment, self.root, segment.path, self.writer_id, self._segment_number
-        )
-        done.add_done_callback(self._log_failure)
-        # Keep failed compactions: close() must see them and leave their segments for recovery.
-        self._compactions = [f for f in self._compactions if not f.done() or f.exception() is not None]
-        self._compactions.append(done)
-        return done
+            return  # no segment could be opened: nothing was written
+        if not segment.linked():
+            # Removed under us: what it acknowledged before this write lives on only through the
+            # open file. Keep it to write again (``_carried`` held nothing, or it was part of
+            # this failed write, after ``start``).
+            self._segment = None
+            try:
+                self._carried = segment.read_back(start) + self._carried
+            except OSError:
+                log.exception("event log %s: cannot read back the removed %s", self.root, segment.path)
+            segment.discard()
+        elif segment.broken:
+            # The file may hold more than its complete records: close it, compact what is intact.
+            # At-least-once: records of this failed write may reach Parquet, so a client retrying
+            # the call may store them twice; events with an event_id are de-duplicated by readers.
+            self._rotate()
+        # Otherwise the segment was cut back to its last complete record: writing goes on in it.
 
-    def _after_compactions(self) -> concurrent.futures.Future[int]:
-        # Compactions run in order on one thread: a no-op queued now finishes after them all.
-        return self._compactor.submit(int)
+    def _rotate(self) -> concurrent.futures.Future[int]:
+        """Close the current segment and queue its compaction (with the failed ones to retry)."""
+        segment, self._segment = self._segment, None
+        closed: list[tuple[int, Path]] = []
+        if segment is not None:
+            if not segment.linked():
+                try:
+                    self._carried = segment.read_back(segment.size) + self._carried
+                except OSError:
+                    log.exception("event log %s: cannot read back %s", self.root, segment.path)
+                segment.discard()
+                if self._carried:
+                    log.warning(
+                        "event log %s: the open WAL segment was removed; %d acknowledged records kept "
+                        "to write again",
+                        self.root,
+                        len(self._carried),
+                    )
+            else:
+                try:
+                    segment.close()
+                except OSError:
+                    log.exception("event log %s: closing %s failed", self.root, segment.path)
+                closed.append((self._segment_number, segment.path))
+        return self._compactor.submit(self._compact, closed)
 
-    def _log_failure(self, future: concurrent.futures.Future[int]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            log.error(
-                "event log %s: compaction failed; the segment stays in the WAL", self.root, exc_info=exc
-            )
+    def _compact(self, closed: list[tuple[int, Path]]) -> int:
+        """Compact the segments whose compaction failed before, then ``closed`` (compactor thread).
+
+        Raises the first failure (``flush`` reports it) after trying them all.
+        """
+        queue, self._retry = [*self._retry, *closed], []
+        compacted = 0
+        first_error: Exception | None = None
+        for number, path in queue:
+            try:
+                compacted += compact_segment(self.root, path, self.writer_id, number)
+            except Exception as exc:
+                first_error = first_error or exc
+                self._compaction_faults.failed(fault_kind(exc), f"compacting {path}", exc)
+                if not isinstance(exc, OSError):
+                    self._kept.append((number, path))  # damaged: only recovery may read it
+                elif path.exists():
+                    self._retry.append((number, path))
+                else:
+                    log.error(
+                        "event log %s: WAL segment %s was removed before it was compacted", self.root, path
+                    )
+        if first_error is not None:
+            raise first_error
+        if queue:
+            self._compaction_faults.succeeded()
+        return compacted
 
     @staticmethod
     def _chain(

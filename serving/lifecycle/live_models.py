@@ -28,6 +28,14 @@ experiments file (:mod:`serving.lifecycle.experiments`). :class:`LiveModels` the
   ``recsys.registry``, ``recsys_registry_up``); the next poll that reaches it again catches
   up with wherever the alias points by then.
 
+Faults have deliberate outcomes, the old model serving on through each: a registry that does
+not answer or answers garbage (a version that is not a number, a store that is not a database)
+fails the poll (``recsys_io_faults_total{component="registry"}``); a bundle directory removed
+while a new version loads fails the swap, retried at the next poll
+(:class:`~serving.errors.BundleVanishedError`, ``{component="model_swap", kind="missing"}``); a
+bundle that fails verification is refused for good (``kind="garbage"``). Each is logged once per
+episode (:class:`serving.io_faults.FaultEpisodes`): its first failure and its recovery.
+
 Model management runs on its own single thread ("recsys-models"), not on the engine
 executor: a download or a bundle load that takes seconds must not take an engine thread
 from requests, and one thread serialises swaps and reloads (no two ever race).
@@ -50,7 +58,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from serving.errors import BundleError, InvalidArgumentError, RecsysError
+from serving.errors import BundleError, BundleVanishedError, InvalidArgumentError, RecsysError
+from serving.io_faults import FaultEpisodes, FaultKind, fault_kind
 from serving.lifecycle.bundle_cache import BundleCache
 from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.experiments import (
@@ -62,6 +71,7 @@ from serving.lifecycle.experiments import (
 )
 from serving.lifecycle.mlflow_store import (
     ModelRegistry,
+    RegistryGarbageError,
     bound_http_retries,
     default_store_dir,
     resolve_tracking_uri,
@@ -195,7 +205,9 @@ class ModelLoader:
     def load(self, ref: ModelRef, version: str = "") -> RecommenderEngine:
         """Load, verify and warm up the engine of ``ref`` (``version``: of a registered
         model, default: the one it means now). Raises :class:`BundleError` for a bad
-        bundle, :class:`~serving.lifecycle.mlflow_store.RegistryError` for a registry problem."""
+        bundle, :class:`~serving.errors.BundleVanishedError` when a verified bundle's directory
+        was removed as it loaded (twice), :class:`~serving.lifecycle.mlflow_store.RegistryError`
+        for a registry problem."""
         if ref.path is not None:
             engine = self._load_engine(ref.path)
         else:
@@ -204,20 +216,30 @@ class ModelLoader:
             version = version or self.version(ref)
             registry, cache = self._store()
 
-            def fetch() -> Path:
-                return cache.fetch(
+            def fetch_and_load() -> RecommenderEngine:
+                path = cache.fetch(
                     name, version, lambda folder: registry.download_bundle(name, version, folder)
                 )
+                try:
+                    return self._load_engine(path)
+                except (BundleError, OSError) as exc:
+                    if path.is_dir():
+                        raise
+                    # Verified, then gone: a clean-up raced the load; not a bad bundle.
+                    raise BundleVanishedError(
+                        f"models:/{name}/{version}: the bundle directory was removed while it loaded"
+                    ) from exc
 
             try:
-                engine = self._load_engine(fetch())
-            except BundleError as exc:
-                # A cached copy damaged after it was verified (disk, a person): fetch it once more.
+                engine = fetch_and_load()
+            except (BundleError, BundleVanishedError) as exc:
+                # A cached copy damaged after it was verified (disk, a person), or removed while it
+                # loaded (a cache clean-up): fetch it once more. A second failure is the answer.
                 logger.warning(
-                    "cached models:/%s/%s failed verification (%s); downloading again", name, version, exc
+                    "cached models:/%s/%s failed to load (%s); downloading again", name, version, exc
                 )
                 cache.evict(name, version)
-                engine = self._load_engine(fetch())
+                engine = fetch_and_load()
         try:
             warm_up(engine)
         except Exception as exc:  # a bundle that loads but cannot answer is a bad bundle
@@ -279,6 +301,8 @@ class LiveModels:
         """Why the last experiments file was refused ("" when the last reload applied)."""
         self.registry_health = RegistryHealth(metrics)
         """Whether the last alias poll reached the registry (health entry, metrics)."""
+        self._registry_faults = FaultEpisodes("registry", logger, metrics)
+        self._swap_faults = FaultEpisodes("model_swap", logger, metrics)
         self.management = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-models")
         """The one thread that loads models, swaps them and reloads experiments."""
         self._wake_reload: asyncio.Event | None = None
@@ -417,7 +441,8 @@ class LiveModels:
             try:
                 version = self._loader.version(ref)
             except Exception as exc:  # the registry is down: keep serving what we have
-                logger.warning("cannot resolve %s (%s); keeping version %s", text, exc, self._loaded(text))
+                serving = f"resolving {text} (version {self._loaded(text)} serves on)"
+                self._registry_faults.failed(_registry_fault_kind(exc), serving, exc)
                 trouble = trouble or f"{text}: {exc}"
                 continue
             if version in (self._versions.loaded.get(text), self._versions.refused.get(text)):
@@ -431,6 +456,7 @@ class LiveModels:
                 self.registry_health.failed(trouble)
             else:
                 self.registry_health.succeeded()
+                self._registry_faults.succeeded()
         return attempts
 
     def _loaded(self, text: str) -> str:
@@ -444,16 +470,19 @@ class LiveModels:
             engine = self._loader.load(ref, version)
         except Exception as exc:
             seconds = time.perf_counter() - started
+            kind: FaultKind
             if isinstance(exc, BundleError):
                 # The bundle itself is bad (checksums, schema, dimensions): never try it again.
                 self._versions.refused[ref.text] = version
-                outcome = "refused"
+                outcome, kind = "refused", "garbage"
             else:
-                # A registry or download failure may pass: the next poll tries again.
+                # A registry or download failure, a directory removed while it loaded: may pass,
+                # the next poll tries again.
                 outcome = "failed"
-            logger.error(
-                "%s version %s of %s (%s); version %s keeps serving", outcome, version, ref.text, exc, old
-            )
+                kind = "missing" if isinstance(exc, BundleVanishedError) else _registry_fault_kind(exc)
+            retry = "refused for good" if outcome == "refused" else "failed, retried at the next poll"
+            what = f"swapping in version {version} of {ref.text} ({retry}; version {old} keeps serving)"
+            self._swap_faults.failed(kind, what, exc)
             self._count("swaps", outcome)
             record = SwapRecord(ref.text, old, version, outcome, seconds, str(exc))
         else:
@@ -473,6 +502,7 @@ class LiveModels:
                 seconds,
             )
             self._count("swaps", "swapped")
+            self._swap_faults.succeeded()
             record = SwapRecord(ref.text, old, version, "swapped", seconds)
         self.swaps.append(record)
         return record
@@ -564,6 +594,28 @@ def _check_variant(engine: RecommenderEngine, strategy: str, diversity: Diversit
             engine.recommend(RecommendQuery(WARM_UP_USER, 1, diversity=diversity))
         except InvalidArgumentError as exc:  # e.g. a category attribute the bundle lacks
             raise ExperimentConfigError(f"{where}: {exc}") from exc
+
+
+def _registry_fault_kind(exc: BaseException) -> FaultKind:
+    """``garbage`` for an answer that cannot be right, an OSError's kind, else ``unreachable``."""
+    if isinstance(exc, RegistryGarbageError) or _is_corrupt_store(exc):
+        return "garbage"
+    kind = fault_kind(exc)
+    return "unreachable" if kind == "other" else kind
+
+
+def _is_corrupt_store(exc: BaseException) -> bool:
+    # An embedded (SQLite) registry whose file is not a database: sqlite3.DatabaseError somewhere
+    # in the chain, or its text in the message of MLflow's wrapper.
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            return False
+        text = str(current)
+        if "file is not a database" in text or "database disk image is malformed" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _describe(experiments: ExperimentSet) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import RecsysError
+from serving.lifecycle.model_ref import is_version
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ _INSTALL_HINT = "pip install 'mlflow>=3,<4' (or the project's 'train' extra)"
 
 class RegistryError(RecsysError):
     """The model registry cannot answer: MLflow missing, unknown model, version or alias."""
+
+
+class RegistryGarbageError(RegistryError):
+    """The model registry answered something that cannot be right (a version that is not a number)."""
 
 
 def default_store_dir() -> Path:
@@ -259,11 +264,18 @@ class ModelRegistry:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self._client.get_model_version_by_alias(name, alias).version)
+            version = str(self._client.get_model_version_by_alias(name, alias).version)
         except MlflowException as exc:
             if _is_missing(exc):
                 return None
             raise
+        if not is_version(version):
+            # Used as a folder name of the bundle cache: never trust it to be a number.
+            raise RegistryGarbageError(
+                f"models:/{name}@{alias}: the registry answered version {version[:40]!r}, "
+                "not a positive integer"
+            )
+        return version
 
     def check_version(self, name: str, version: str) -> None:
         """Raise :class:`RegistryError` unless ``models:/name/version`` exists."""

@@ -84,6 +84,11 @@ def parse_model_ref(text: str, base_dir: Path | None = None) -> ModelRef:
     raise ValueError(f"{text!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a registered version number (a positive integer, as MLflow numbers them)."""
+    return _VERSION.fullmatch(text) is not None
+
+
 def _check_name(name: str, text: str) -> None:
     if not name or name != name.strip() or "/" in name:
         raise ValueError(f"{text!r}: model name {name!r} must be non-empty, without '/' or edge spaces")

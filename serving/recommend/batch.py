@@ -26,18 +26,30 @@ MAX_K = 1000
 def read_user_ids(path: Path) -> pl.Series:
     """User ids from a CSV/Parquet file with a ``user_id`` column, or a text file with one id per line."""
     path = Path(path)
+    if path.is_dir():
+        raise InvalidArgumentError(
+            "users", f"{path}: is a directory; pass a .csv/.parquet file with a user_id column"
+        )
     if not path.is_file():
         raise InvalidArgumentError("users", f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frame = pl.read_parquet(path)
-    elif suffix in (".csv", ".tsv"):
-        frame = pl.read_csv(
-            path, separator="\t" if suffix == ".tsv" else ",", schema_overrides={"user_id": pl.Utf8}
-        )
-    else:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        frame = pl.DataFrame({"user_id": [line for line in lines if line]})
+    try:
+        if suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        elif suffix in (".csv", ".tsv"):
+            frame = pl.read_csv(
+                path, separator="\t" if suffix == ".tsv" else ",", schema_overrides={"user_id": pl.Utf8}
+            )
+        else:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            frame = pl.DataFrame({"user_id": [line for line in lines if line]})
+    except UnicodeDecodeError:
+        raise InvalidArgumentError(
+            "users",
+            f"{path}: not UTF-8 text; pass a .csv/.parquet file with a user_id column or one id a line",
+        ) from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InvalidArgumentError("users", f"{path}: cannot be read as {suffix.lstrip('.')}: {exc}") from exc
     if "user_id" not in frame.columns:
         raise InvalidArgumentError("users", f"{path}: no user_id column (found: {', '.join(frame.columns)})")
     ids = frame.get_column("user_id").cast(pl.Utf8).drop_nulls().str.strip_chars()

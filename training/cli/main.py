@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 from serving.errors import RecsysError
-from training.cli.args import add_config_arguments, config_from_arguments
+from training.cli.args import (
+    CommandInputError,
+    add_config_arguments,
+    check_output_flags,
+    config_from_arguments,
+    describe_os_error,
+)
 from training.cli.benchmark import add_benchmark_parser
 from training.cli.distributed import add_distributed_arguments
 from training.cli.lifecycle import add_lifecycle_parsers
@@ -164,12 +170,19 @@ def cmd_query(args: argparse.Namespace) -> None:
         tls = ClientTLS(
             ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name
         )
+    import grpc
+
     token = token_from_env(args.token_env) if args.token_env else None
     with RecommenderClient(args.address, timeout=args.timeout, tls=tls, token=token) as client:
-        print(f"health: {client.health()}")
-        response = client.recommend(
-            args.user, args.k, experiment=args.experiment, force_variant=args.force_variant
-        )
+        try:
+            print(f"health: {client.health()}")
+            response = client.recommend(
+                args.user, args.k, experiment=args.experiment, force_variant=args.force_variant
+            )
+        except grpc.RpcError as exc:
+            raise CommandInputError(
+                f"--address {args.address}: the call failed with {exc.code().name}: {exc.details()}"
+            ) from None
         note = " (fallback: unknown user)" if response.fallback else ""
         variant = f", experiment {args.experiment} variant {response.variant}" if args.experiment else ""
         print(f"model {response.model_version}{variant}{note}")
@@ -379,12 +392,25 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.io import InputError
 
     try:
+        check_output_flags(args)
         args.func(args)
-    except (ConfigError, InputError, RecsysError, FileExistsError, ValueError) as exc:
+    except OSError as exc:
+        # A path the command cannot use (a directory where a file goes, a parent that is a file,
+        # no permission): name the flag that gave it. Our own FileExistsError("... --overwrite")
+        # carries no errno and reads as it is.
+        print(f"error: {describe_os_error(exc, args)}", file=sys.stderr)
+        return 2
+    except (ConfigError, InputError, RecsysError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not type(exc).__module__.startswith("polars"):
+            raise  # a bug: the traceback is what a report needs
+        # A file a reader did not catch (each reader names its file; this is the safety net).
+        print(f"error: an input file cannot be used: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -130,7 +130,7 @@ def load_interactions(path: Path) -> tuple[pl.DataFrame, int]:
         try:
             frame = event_log_interactions(path)
         except ValueError as exc:
-            raise InputError(str(exc)) from exc
+            raise InputError(f"{exc}{data_directory_hint(path)}") from exc
     else:
         frame = read_table(path, id_columns=("user_id", "item_id"))
     _require_columns(frame, path, ("user_id", "item_id", "timestamp"))
@@ -188,6 +188,19 @@ def load_dataset(interactions: Path, users: Path | None = None, items: Path | No
         items=load_entities(items, "item_id") if items is not None else None,
         duplicates_dropped=dropped,
     )
+
+
+def data_directory_hint(directory: Path) -> str:
+    """What to pass instead when ``directory`` is a data directory (``recsys synth`` /
+    ``recsys import`` output) given where one file was expected; "" when it is not one."""
+    try:
+        interactions, users, items = find_canonical_files(directory)
+    except InputError:
+        return ""
+    flags = [f"--interactions {interactions}"]
+    flags += [f"--users {users}"] if users is not None else []
+    flags += [f"--items {items}"] if items is not None else []
+    return f"; it is a data directory: pass its files, {' '.join(flags)}"
 
 
 def find_canonical_files(directory: Path) -> tuple[Path, Path | None, Path | None]:

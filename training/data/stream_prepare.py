@@ -28,6 +28,7 @@ renamed when complete, so a prepared directory is either whole or absent::
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -43,7 +44,13 @@ import polars as pl
 
 from serving.model.features import FIRST_TOKEN_INDEX, EntityEncoder
 from training.config import DataConfig
-from training.data.io import DEFAULT_EVENT_TYPE, InputError, load_entities, timestamp_seconds
+from training.data.io import (
+    DEFAULT_EVENT_TYPE,
+    InputError,
+    data_directory_hint,
+    load_entities,
+    timestamp_seconds,
+)
 from training.features import aligned_table, encoder_options
 
 log = logging.getLogger(__name__)
@@ -79,15 +86,18 @@ def scan_interactions(path: Path | str) -> pl.LazyFrame:
     if any(ch in text for ch in "*?["):
         suffix = Path(text).suffix.lower()
         source = text
+        if suffix in _SCANNED:
+            _check_interaction_files(path, [Path(p) for p in sorted(glob.glob(text, recursive=True))], suffix)
     elif target.is_dir():
         found = [p for p in sorted(target.rglob("*")) if p.is_file() and not p.name.startswith((".", "_"))]
-        suffixes = {p.suffix.lower() for p in found} & {".parquet", ".csv", ".tsv"}
+        suffixes = {p.suffix.lower() for p in found} & set(_SCANNED)
         if not suffixes:
             raise InputError(f"{path}: no .parquet or .csv files in the directory")
         if len(suffixes) > 1:
             raise InputError(f"{path}: mixes {', '.join(sorted(suffixes))} files; use one format")
         suffix = suffixes.pop()
         source = str(target / "**" / f"*{suffix}")
+        _check_interaction_files(path, [p for p in found if p.suffix.lower() == suffix], suffix)
     elif target.is_file():
         suffix = target.suffix.lower()
         source = text
@@ -106,6 +116,43 @@ def scan_interactions(path: Path | str) -> pl.LazyFrame:
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(f"{path}: cannot be read: {exc}") from exc
     raise InputError(f"{path}: unsupported file type {suffix!r} (use .csv, .tsv or .parquet)")
+
+
+_SCANNED = (".parquet", ".csv", ".tsv")
+_REQUIRED = ("user_id", "item_id", "timestamp")
+
+
+def _file_columns(file: Path, suffix: str) -> list[str]:
+    """The column names of one input file (its footer or header only)."""
+    try:
+        if suffix == ".parquet":
+            return list(pl.read_parquet_schema(file))
+        return pl.read_csv(file, n_rows=0, separator="\t" if suffix == ".tsv" else ",").columns
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file}: cannot be read as {suffix[1:]}: {exc}") from exc
+
+
+def _check_interaction_files(path: Path | str, files: list[Path], suffix: str) -> None:
+    """Refuse, naming the file, a directory or glob whose files are not all interactions files with
+    the same columns (a scan over them would fail with a bare schema error, or mix tables)."""
+    first: tuple[Path, list[str]] | None = None
+    for file in files:
+        columns = _file_columns(file, suffix)
+        missing = [c for c in _REQUIRED if c not in columns]
+        if missing:
+            hint = data_directory_hint(Path(path)) if Path(path).is_dir() else ""
+            hint = hint or "; pass --interactions a file, or a directory or glob of interactions files only"
+            raise InputError(
+                f"{path}: {file} is not an interactions file (no {', '.join(missing)} column; found: "
+                f"{', '.join(columns)}){hint}"
+            )
+        if first is None:
+            first = (file, columns)
+        elif set(columns) != set(first[1]):
+            raise InputError(
+                f"{path}: {file} has columns {', '.join(columns)} but {first[0]} has "
+                f"{', '.join(first[1])}; every file of --interactions must have the same columns"
+            )
 
 
 def canonical(scan: pl.LazyFrame, path: Path | str) -> pl.LazyFrame:
@@ -186,22 +233,25 @@ def prepare_shards(
     # Pass 1: vocabularies and validation counts; state is per distinct id, not per event. Three
     # separate streaming queries, not one collect_all: that would cache the shared scan in memory
     # (common-subplan elimination), and the cache grows with the events (measured: BENCHMARKS.md).
-    user_ids = (
-        events.select(pl.col("user_id").unique())
-        .filter(pl.col("user_id").is_not_null())
-        .collect(engine="streaming")
-    )
-    item_ids = (
-        events.select(pl.col("item_id").unique())
-        .filter(pl.col("item_id").is_not_null())
-        .collect(engine="streaming")
-    )
-    counts = events.select(
-        pl.len().alias("rows"),
-        (pl.col("user_id").is_null() | (pl.col("user_id") == "")).sum().alias("bad_user_id"),
-        (pl.col("item_id").is_null() | (pl.col("item_id") == "")).sum().alias("bad_item_id"),
-        pl.col("timestamp").is_null().sum().alias("bad_timestamp"),
-    ).collect(engine="streaming")
+    try:  # a file damaged past its footer (or changed meanwhile) fails only when it is read
+        user_ids = (
+            events.select(pl.col("user_id").unique())
+            .filter(pl.col("user_id").is_not_null())
+            .collect(engine="streaming")
+        )
+        item_ids = (
+            events.select(pl.col("item_id").unique())
+            .filter(pl.col("item_id").is_not_null())
+            .collect(engine="streaming")
+        )
+        counts = events.select(
+            pl.len().alias("rows"),
+            (pl.col("user_id").is_null() | (pl.col("user_id") == "")).sum().alias("bad_user_id"),
+            (pl.col("item_id").is_null() | (pl.col("item_id") == "")).sum().alias("bad_item_id"),
+            pl.col("timestamp").is_null().sum().alias("bad_timestamp"),
+        ).collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{interactions}: cannot be read: {exc}") from exc
     _check(counts, interactions)
     rows = int(counts.item(0, "rows"))
     n_shards = shards if shards is not None else default_shards(rows)

@@ -280,9 +280,17 @@ def run_ab_report(
     metrics of :func:`report_metrics`, ``ab_report.json`` and the ``out`` directory as the
     ``ab_report`` artifact (tables and PNG plots).
     """
-    from serving.events.reader import read_events
+    from serving.events.reader import is_event_log, read_events
+    from training.data.io import InputError, data_directory_hint
     from training.tracking import start_run
 
+    if not is_event_log(events_dir):
+        # An empty report would blame the experiment ("no impressions") for a wrong path.
+        what = "does not exist" if not Path(events_dir).exists() else "is not an event log"
+        raise InputError(
+            f"--events {events_dir}: {what} (no date=*/part-*.parquet files); pass the directory "
+            f"a server logs to (recsys serve --events-dir DIR){data_directory_hint(Path(events_dir))}"
+        )
     report = build_report(
         read_events(events_dir), experiment, control=control, bootstrap_resamples=bootstrap_resamples
     )
