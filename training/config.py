@@ -127,10 +127,10 @@ class TrainConfig:
     * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
     * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
     * ``linear``: the closed-form item-item model (EASE) written into linear towers
-      (:mod:`training.fit.linear_task`; the towers' width is ``linear_rank + 1``, the ``[model]``
-      dimensions do not apply);
-    * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers with the
-      user-id table (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
+      (:mod:`training.fit.linear_task`; the towers' width is the kept rank + 1, see
+      ``linear_tower_rank``; the ``[model]`` dimensions do not apply);
+    * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers, the user
+      folded in from the history (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction,
       sequence with the causal encoder, linear, mf) trained for an equal share of ``auto_budget_s`` on a
       validation split carved from the training data by the evaluation protocol; the best one

@@ -11,6 +11,8 @@ that and takes no time from the others. The best validation NDCG over all candid
 then trains the chosen configuration on the whole training part for the winner's epoch count
 (:func:`fit_selected`), so the final model sees every training interaction. With a concrete
 objective the same path runs with one candidate and no budget: early stopping picks the epoch count.
+A ``linear`` winner then gets its served width: the narrowest tower rank that keeps
+``train.linear_rank_keep`` of its validation NDCG (:func:`~training.fit.linear_task.choose_tower_rank`).
 
 Every candidate is an MLflow child run of the caller's run (params, validation curve, best
 epoch); the choice and the table of candidates go into the bundle manifest.
@@ -67,7 +69,7 @@ towers (bag-of-items data, where EASE is the strongest known model; skipped abov
 ``train.linear_max_items`` items), as a plain mean of the history and with the recent items
 weighing more (``model.history_decay`` 0.1 and 0.5: a half-life of ~7 and ~1.4 items; "what next"
 data such as leave-last-out, where the last items say most; one fit serves all three), and
-implicit-feedback matrix factorisation in the user-id table (time splits, where the future is the
+implicit-feedback matrix factorisation with the user folded in from the history (time splits, where the future is the
 whole taste: iALS led EASE on ml-100k time, 0.195 vs 0.174 on validation). Each is a
 set of overrides of the configuration; everything else stays as configured. The even ``mixed``
 objective was measured and never won (BENCHMARKS.md), so it is not tried."""

@@ -6,7 +6,9 @@ user x item matrix ``X`` and ``P = (X^T X + l2 I)^-1``, the item-item weights ar
 what a two-tower model with a *mean* history encoder computes up to a per-user scale (that never
 changes a ranking), so EASE is a configuration of our model, not a second model family:
 
-* ``B ~= U S V^T`` (randomised SVD at ``train.linear_rank``, exact when the catalogue is smaller);
+* ``B ~= U S V^T`` (randomised SVD at ``train.linear_rank``, exact when the catalogue is smaller),
+  of which the towers keep the leading ``train.linear_tower_rank`` components (chosen on validation:
+  :func:`choose_tower_rank`);
   history rows ``U sqrt(S)`` form the user tower's own history table, target rows ``V sqrt(S)`` the
   item tower's id table (``sqrt(S)`` on both sides, so that item-item inner products keep the
   spectrum's weight and :rpc:`SimilarItems` stays meaningful);
