@@ -69,8 +69,8 @@ towers (bag-of-items data, where EASE is the strongest known model; skipped abov
 ``train.linear_max_items`` items), as a plain mean of the history and with the recent items
 weighing more (``model.history_decay`` 0.1 and 0.5: a half-life of ~7 and ~1.4 items; "what next"
 data such as leave-last-out, where the last items say most; one fit serves all three), and
-implicit-feedback matrix factorisation with the user folded in from the history (time splits, where the future is the
-whole taste: iALS led EASE on ml-100k time, 0.195 vs 0.174 on validation). Each is a
+implicit-feedback matrix factorisation with the user folded in from the history (time splits, where
+the future is the whole taste: iALS led EASE on ml-100k time, 0.195 vs 0.174 on validation). Each is a
 set of overrides of the configuration; everything else stays as configured. The even ``mixed``
 objective was measured and never won (BENCHMARKS.md), so it is not tried."""
 
