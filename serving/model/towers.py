@@ -166,11 +166,23 @@ def decayed_mean(vectors: Tensor, indices: Tensor, decay: float) -> Tensor:
     most recent last). ``decay = 0`` is :func:`masked_mean`."""
     if decay == 0:
         return masked_mean(vectors, indices)
+    return pooled_from_sums(*decayed_sums(vectors, indices, decay), decay)
+
+
+def decayed_sums(vectors: Tensor, indices: Tensor, decay: float) -> tuple[Tensor, Tensor]:
+    """(weighted sum (B, D), total weight (B,)) whose quotient is :func:`decayed_mean`: the item ``a``
+    places before the most recent weighs ``exp(-decay * a)``, padding 0. Sums can be updated in place
+    of a whole pass when items are appended (every weight times ``exp(-decay * appended)``)."""
     length = indices.shape[1]
     age = torch.arange(length - 1, -1, -1, device=vectors.device, dtype=vectors.dtype)
     weights = torch.exp(-decay * age).unsqueeze(0) * (indices != 0).to(vectors.dtype)
-    pooled = (vectors * weights.unsqueeze(-1)).sum(dim=1)
-    return pooled / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return (vectors * weights.unsqueeze(-1)).sum(dim=1), weights.sum(dim=1)
+
+
+def pooled_from_sums(sums: Tensor, weights: Tensor, decay: float) -> Tensor:
+    """:func:`decayed_mean` from :func:`decayed_sums`' parts, with the same guard for an empty history
+    as :func:`masked_mean` (decay 0) and :func:`decayed_mean`."""
+    return sums / weights.unsqueeze(-1).clamp(min=1.0 if decay == 0 else 1e-12)
 
 
 def prefix_mean(vectors: Tensor, indices: Tensor) -> Tensor:
@@ -283,7 +295,11 @@ class UserTower(nn.Module):
 
     def forward(self, inputs: Inputs) -> Tensor:
         history = inputs[HISTORY]
-        pooled = self.history(self.item_ids(history), history)
+        return self.from_pooled(inputs, self.history(self.item_ids(history), history))
+
+    def from_pooled(self, inputs: Inputs, pooled: Tensor) -> Tensor:
+        """The tower's output for an already pooled history (B, embedding_dim): what :meth:`forward`
+        computes after the history encoder (``inputs`` without ``history`` will do)."""
         user = [self.user_ids(inputs[ID])] if self.user_ids is not None else []
         parts = [*user, pooled, *self.fields(inputs)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)

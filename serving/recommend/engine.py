@@ -34,6 +34,7 @@ from serving.bundle.user_vectors import StoredUserVectors
 from serving.errors import BundleError, InvalidArgumentError, NotFoundError
 from serving.model.embedding import embed_user_inputs, embed_users
 from serving.model.features import FIRST_TOKEN_INDEX, PAD_INDEX, EncodedFeatures
+from serving.model.fold_in import foldable, folded_user_vectors, window_sums
 from serving.model.history import append_recent, last_items
 from serving.model.inputs import gather
 from serving.pseudonym import Pseudonymiser, user_id_mapper
@@ -71,6 +72,9 @@ class _Plan:
     history: IntArray | None
     allowed: AllowedRows | None
     wanted: Wanted
+    appended: IntArray | None = None
+    """A known user's recent items (history indices, oldest first) appended to the stored window:
+    the tower may fold them into the stored pool (:mod:`serving.model.fold_in`)."""
 
     @property
     def personalised(self) -> bool:
@@ -113,6 +117,12 @@ class TwoTowerEngine:
         self.request_attributes = RequestAttributes(bundle.user_encoder, bundle.users, bundle.user_features)
         self.retriever = Retriever(bundle.index, self._row_vectors)
         self._stored_vectors = StoredUserVectors(self._tower_rows, bundle.spec.output_dim)
+        # The pooled sums of stored windows, for recent items folded in (mean encoders only).
+        self._history_sums = (
+            StoredUserVectors(self._window_sums, bundle.spec.embedding_dim + 1)
+            if foldable(bundle.model)
+            else None
+        )
         self.audiences = UserAudiences(
             bundle.user_index,
             bundle.users.get_column("user_id"),
@@ -156,6 +166,10 @@ class TwoTowerEngine:
         see :mod:`serving.bundle.user_vectors`.
         """
         return self._stored_vectors.get(rows)
+
+    def _window_sums(self, rows: IntArray) -> FloatArray:
+        bundle = self.bundle
+        return window_sums(bundle.model, last_items(bundle.sequences, rows, bundle.spec.history_length))
 
     def _tower_rows(self, rows: IntArray) -> FloatArray:
         bundle = self.bundle
@@ -236,7 +250,8 @@ class TwoTowerEngine:
         if row is not None:
             excluded.append(self.bundle.sequences.row(row) - FIRST_TOKEN_INDEX)
         wanted = Wanted(query.k, _joined(excluded), query.diversity, self.categories.codes(query.diversity))
-        return _Plan(query, row, features, history, allowed, wanted)
+        appended = recent + FIRST_TOKEN_INDEX if row is not None and len(recent) else None
+        return _Plan(query, row, features, history, allowed, wanted, appended)
 
     def _request_inputs(
         self, query: RecommendQuery, row: int | None, recent: IntArray
@@ -308,6 +323,7 @@ class TwoTowerEngine:
         embeddings = np.empty((len(plans), bundle.spec.output_dim), dtype=np.float32)
         embeddings[~is_custom] = self.embed_rows(rows[~is_custom])
         features = gather(bundle.user_features, rows[custom])
+        stored = windows[custom]  # a copy (fancy indexing): the windows before the recent items
         for position, j in enumerate(custom):
             plan = plans[j]
             if plan.features is not None:
@@ -315,7 +331,30 @@ class TwoTowerEngine:
                     features[name][position] = values[0]
             if plan.history is not None:
                 windows[j] = plan.history
-        embeddings[custom] = embed_user_inputs(bundle.model, features, windows[custom])
+        # A known user's recent items fold into the stored pool (a few rows, not the whole window).
+        sums, length = self._history_sums, bundle.spec.history_length
+        folded: list[int] = []  # positions in custom
+        appended: list[IntArray] = []
+        for position, j in enumerate(custom):
+            extra = plans[j].appended
+            if sums is not None and extra is not None and len(extra) < length:
+                folded.append(position)
+                appended.append(extra)
+        targets = np.asarray(custom, dtype=np.int64)
+        full = np.setdiff1d(np.arange(len(custom)), folded)
+        if len(full):
+            embeddings[targets[full]] = embed_user_inputs(
+                bundle.model, gather(features, full), windows[targets[full]]
+            )
+        if folded and sums is not None:
+            chosen = np.asarray(folded, dtype=np.int64)
+            embeddings[targets[chosen]] = folded_user_vectors(
+                bundle.model,
+                gather(features, chosen),
+                sums.get(rows[targets[chosen]]),
+                stored[chosen],
+                appended,
+            )
         return embeddings, windows
 
     def _personalised(
