@@ -46,9 +46,10 @@ check, measured in the same run. (h2load cannot present a client certificate, so
 is not measured; its extra cost is one signature per handshake, not per call.)
 
 With ``--tracing`` a third real server runs beside the plaintext one with OpenTelemetry tracing
-on (:mod:`serving.tracing`, switched on the way an operator does it: ``OTEL_TRACES_EXPORTER=otlp``,
-``OTEL_EXPORTER_OTLP_ENDPOINT``), exporting every span over OTLP/gRPC to a sink on loopback (a
-process of this script that speaks the collector's trace service and counts what it receives).
+on (:mod:`serving.observability.tracing`, switched on the way an operator does it:
+``OTEL_TRACES_EXPORTER=otlp``, ``OTEL_EXPORTER_OTLP_ENDPOINT``), exporting every span over OTLP/gRPC
+to a sink on loopback (a process of this script that speaks the collector's trace service and
+counts what it receives).
 Every round then also runs Recommend traced, and the table ends with the median traced / untraced
 throughput ratio; the spans the sink received are printed under it. The untraced servers run with
 every ``OTEL_*`` variable removed from their environment, so "off" is off whatever the shell has.

@@ -3,7 +3,8 @@
 ``python -m benchmarks.tracing_cost --bundle DIR [--calls 2000] [--repeats 5]``
 
 One "call" is what the server does for an unbatched Recommend, with the tracing hooks where the
-server has them: the SERVER span from a ``traceparent`` (:func:`serving.tracing.server_span`), the
+server has them: the SERVER span from a ``traceparent``
+(:func:`serving.observability.tracing.server_span`), the
 routing span, the batch span handed the caller's context, the engine's own spans
 (``engine.recommend``: user tower, index search, explanations), and the status recorded at the end.
 It runs with tracing
@@ -35,8 +36,8 @@ from pathlib import Path
 
 import grpc
 
-from serving import tracing
 from serving.cli import configure_compute_threads
+from serving.observability import tracing
 from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import RecommendQuery
 

@@ -15,9 +15,9 @@ Packages, in the order a request meets them (each may import only those after it
   member profiles, the feedback event log;
 * :mod:`serving.bundle` — the bundle format, its storage and the item index;
 * :mod:`serving.model` — the contract training shares: towers, feature encoders, histories, inputs;
-* top-level helpers used everywhere: :mod:`serving.errors`, :mod:`serving.storage`,
-  :mod:`serving.metrics`, :mod:`serving.tracing` (OpenTelemetry spans, off unless ``OTEL_*`` asks),
-  :mod:`serving.log_format` (text or JSON log lines), :mod:`serving.pseudonym`; entry points
+* helpers used everywhere: :mod:`serving.errors`, :mod:`serving.storage`, :mod:`serving.metrics`,
+  :mod:`serving.observability` (OpenTelemetry spans, off unless ``OTEL_*`` asks; text or JSON log
+  lines; I/O faults recorded once per episode), :mod:`serving.pseudonym`; entry points
   :mod:`serving.cli`, :mod:`serving.client`.
 """
 
@@ -30,12 +30,11 @@ __all__ = [
     "errors",
     "events",
     "lifecycle",
-    "log_format",
     "metrics",
     "model",
+    "observability",
     "profiles",
     "pseudonym",
     "recommend",
     "storage",
-    "tracing",
 ]

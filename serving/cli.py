@@ -14,11 +14,11 @@ import os
 import time
 from pathlib import Path
 
-from serving import tracing
 from serving.api.server import ServerOptions, run_server
 from serving.api.workers import run_workers
 from serving.lifecycle.live_models import EngineSource, LiveModelOptions, load_bundle_engine
-from serving.log_format import LOG_FORMATS, configure_logging
+from serving.observability import tracing
+from serving.observability.log_format import LOG_FORMATS, configure_logging
 from serving.profiles.campaign import add_campaign_arguments
 from serving.security.access import AccessOptions
 from serving.security.tls import TlsFiles
@@ -256,8 +256,9 @@ def engine_source(args: argparse.Namespace) -> EngineSource:
 def serve_command(args: argparse.Namespace) -> None:
     """Serve ``args.bundle`` until SIGTERM/SIGINT (``--workers N``: N processes).
 
-    Raises :class:`ValueError` for bad options (a :class:`~serving.tracing.TracingConfigError` is
-    one), :class:`~serving.api.server.ServerStartupError` when the server cannot start, and
+    Raises :class:`ValueError` for bad options (a
+    :class:`~serving.observability.tracing.TracingConfigError` is one),
+    :class:`~serving.api.server.ServerStartupError` when the server cannot start, and
     :class:`SystemExit` (non-zero) when a worker of ``--workers N`` dies while serving.
     """
     options = ServerOptions(

@@ -26,7 +26,7 @@ in one process, as in tests, never collide):
   storage (``component``: ``event_log``, ``event_log_compaction``, ``model_swap``, ``registry``;
   ``kind``: ``no_space``, ``read_only``, ``permission_denied``, ``missing``, ``garbage``,
   ``other``) and ``recsys_io_fault_active{component}``: 1 from a component's first failure to
-  its next success (:mod:`serving.io_faults`).
+  its next success (:mod:`serving.observability.io_faults`).
 
 Several worker processes (``recsys serve --workers N``) use prometheus-client's
 *multiprocess mode*: the supervising parent sets ``PROMETHEUS_MULTIPROC_DIR`` before the

@@ -27,14 +27,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serving import tracing
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api.background import BackgroundServer
 from serving.api.batcher import answer_batch
 from serving.api.server import ServerOptions
-from serving.log_format import FIELDS, JsonFormatter, configure_logging
+from serving.observability import tracing
+from serving.observability.log_format import FIELDS, JsonFormatter, configure_logging
 from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import Diversity, ItemFilter, RecommendQuery
 from tests.conftest import TrainedBundle

@@ -34,7 +34,7 @@ Deadlines
 Requests queued behind a hot swap may name different engines; a batch is split by
 engine, so no answer mixes two models.
 
-Tracing (:mod:`serving.tracing`, when on)
+Tracing (:mod:`serving.observability.tracing`, when on)
     A queued request keeps its caller's trace context; the batch runs in a
     ``recommend.batch`` span that is a child of its oldest request's span and linked to the
     others'. :meth:`MicroBatcher.run` runs its call in the caller's context. The engine's own
@@ -52,9 +52,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from serving import tracing
 from serving.errors import DeadlineExpired, InvalidArgumentError, OverloadedError
 from serving.metrics import ServingMetrics
+from serving.observability import tracing
 from serving.recommend.types import Recommendation, RecommenderEngine, RecommendQuery
 
 if TYPE_CHECKING:
@@ -293,7 +293,8 @@ def answer_batch(
 
     Queries are grouped by engine (normally one); each group is answered by
     :func:`answer_queries`. ``traces``: the callers' trace contexts, oldest first (tracing on):
-    the batch's span is a child of the first and linked to the others (:func:`serving.tracing.batch_span`).
+    the batch's span is a child of the first and linked to the others
+    (:func:`serving.observability.tracing.batch_span`).
     """
     outcomes: list[_Outcome | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}

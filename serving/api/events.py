@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from serving import tracing
 from serving._proto.recsys.v1 import events_pb2, events_pb2_grpc
 from serving.api.bounds import check_event_count
 from serving.errors import NotConfiguredError
 from serving.events.log import EventLog
 from serving.events.validation import validate_events
+from serving.observability import tracing
 
 _VALIDATE_INLINE_MAX: Final = 64
 EVENT_COLLECTOR_SERVICE: str = events_pb2.DESCRIPTOR.services_by_name["EventCollector"].full_name

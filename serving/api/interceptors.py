@@ -11,7 +11,7 @@ per-call concerns: request ids, the access log and the latency metrics.
 * :class:`~serving.errors.StorageFullError`     -> ``RESOURCE_EXHAUSTED`` (the event store is out
   of space or quota: retry with backoff) and :class:`~serving.errors.StorageUnavailableError` ->
   ``UNAVAILABLE`` (read-only, permission denied, directory gone: retry, here or elsewhere); the
-  OSError behind them is classified once, in :mod:`serving.io_faults`
+  OSError behind them is classified once, in :mod:`serving.observability.io_faults`
 * :class:`~serving.errors.FeatureUnavailableError` -> ``FAILED_PRECONDITION``
   (and its sub-class :class:`~serving.errors.NotConfiguredError`: no event log)
 * :class:`~serving.errors.UnauthenticatedError` -> ``UNAUTHENTICATED``,
@@ -43,10 +43,10 @@ Each wrapped call
   milliseconds, the request id, the caller's name from the tokens file
   (``client=-`` without tokens) and the trace id (the call's span's with tracing on, else the
   caller's ``traceparent``; ``-`` without either); the same values ride on the record as
-  structured fields for ``--log-format json`` (:mod:`serving.log_format`). Request and response
+  structured fields for ``--log-format json`` (:mod:`serving.observability.log_format`). Request and response
   payloads and credentials are never logged: payloads hold user ids and histories, which are
   personal data;
-* is one SERVER span when tracing is on (:mod:`serving.tracing`), child of the caller's
+* is one SERVER span when tracing is on (:mod:`serving.observability.tracing`), child of the caller's
   ``traceparent``, current while the handler runs, with the status code and request id;
 * is observed in ``recsys_rpc_duration_seconds{method, code}`` and
   ``recsys_client_calls_total{client, code}`` when metrics are given.
@@ -67,7 +67,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from serving import tracing
 from serving.api.decode import parse_request
 from serving.errors import (
     DeadlineExpired,
@@ -81,8 +80,9 @@ from serving.errors import (
     StorageUnavailableError,
     UnauthenticatedError,
 )
-from serving.log_format import FIELDS
 from serving.metrics import ServingMetrics
+from serving.observability import tracing
+from serving.observability.log_format import FIELDS
 from serving.security.auth import CALLER
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if access_logger.isEnabledFor(level):
             duration_ms = round(elapsed * 1000.0, 1)
             trace_id = tracing.trace_id_of(span, metadata)
-            # The same values as fields, for --log-format json (serving.log_format).
+            # The same values as fields, for --log-format json (serving.observability.log_format).
             fields = {
                 "method": method,
                 "code": code.name,

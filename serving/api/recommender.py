@@ -23,7 +23,6 @@ from concurrent.futures import Executor
 import grpc
 import numpy as np
 
-from serving import tracing
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api.batcher import BatchOptions, MicroBatcher
@@ -38,6 +37,7 @@ from serving.api.wire import (
 )
 from serving.lifecycle.routing import Route, Router, recommend_routed
 from serving.metrics import ServingMetrics
+from serving.observability import tracing
 from serving.recommend.types import Recommendation
 
 

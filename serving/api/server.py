@@ -58,7 +58,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import tracing
 from serving._proto.recsys.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -79,8 +78,9 @@ from serving.events.log import EventLog, EventLogOptions
 from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.live_models import EngineSource, LiveModels
 from serving.lifecycle.registry_health import REGISTRY_HEALTH_SERVICE
-from serving.log_format import check_log_format
 from serving.metrics import MetricsServer, ServingMetrics, start_metrics_server
+from serving.observability import tracing
+from serving.observability.log_format import check_log_format
 from serving.profiles.live.feed import LiveFeed
 from serving.profiles.live.redis_store import ProfileStoreConfigError, RedisDeltaStore, check_url
 from serving.profiles.live.stores import EmbeddedDeltaStore
@@ -158,7 +158,7 @@ class ServerOptions:
     # one (off with --workers N, where each process would see only its own events),
     # "embedded", "off", or a redis:// (loopback) / rediss:// URL shared by every replica.
     profile_store: str = ""
-    # How the process logs: "text" or "json" (serving.log_format); set up by the process entry
+    # How the process logs: "text" or "json" (serving.observability.log_format); set up by the process entry
     # points (recsys serve, each --workers process), not by serve().
     log_format: str = "text"
 
@@ -571,10 +571,10 @@ async def serve(
 
 def run_server(options: ServerOptions, load_engine: EngineSource) -> None:
     """Blocking entry point: serve on a fresh event loop until SIGTERM/SIGINT, traced when the
-    ``OTEL_*`` environment says so (:func:`serving.tracing.from_environment`).
+    ``OTEL_*`` environment says so (:func:`serving.observability.tracing.from_environment`).
 
     Raises :class:`ServerStartupError` (callers exit non-zero) when the server cannot start and
-    :class:`~serving.tracing.TracingConfigError` for a tracing environment it cannot honour.
+    :class:`~serving.observability.tracing.TracingConfigError` for a tracing environment it cannot honour.
     """
     with tracing.from_environment():
         asyncio.run(serve(options, load_engine))

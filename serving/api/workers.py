@@ -25,7 +25,7 @@ N cores. :func:`run_workers` is the supervising parent:
 
 Workers die with the parent (``PR_SET_PDEATHSIG`` on Linux) and log with their index and
 pid (in the server's ``log_format``); each traces its own calls when the ``OTEL_*`` environment asks
-for it (:mod:`serving.tracing`).
+for it (:mod:`serving.observability.tracing`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
-from serving import tracing
 from serving.api.server import ServerOptions, ServerStartupError
 from serving.lifecycle.live_models import EngineSource
-from serving.log_format import configure_logging
 from serving.metrics import MULTIPROC_ENV, MetricsServer, multiprocess_registry, start_metrics_server
+from serving.observability import tracing
+from serving.observability.log_format import configure_logging
 
 logger = logging.getLogger("serving")
 

@@ -45,7 +45,7 @@ Faults. A write that fails is never acknowledged, and leaves the log able to go 
   is retried at every later rotation, flush and close.
 
 Each fault is counted in ``recsys_io_faults_total{component="event_log"|"event_log_compaction"}``
-and logged once per episode (:class:`serving.io_faults.FaultEpisodes`).
+and logged once per episode (:class:`serving.observability.io_faults.FaultEpisodes`).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ from serving.errors import NotReadyError
 from serving.events.compaction import compact_segment
 from serving.events.schema import PARTITION_KEY
 from serving.events.wal import SegmentWriter
-from serving.io_faults import FaultEpisodes, fault_kind, storage_error
 from serving.metrics import ServingMetrics
+from serving.observability.io_faults import FaultEpisodes, fault_kind, storage_error
 from serving.pseudonym import Pseudonymiser
 from serving.storage import fsync_dir
 

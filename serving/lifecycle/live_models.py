@@ -34,7 +34,7 @@ fails the poll (``recsys_io_faults_total{component="registry"}``); a bundle dire
 while a new version loads fails the swap, retried at the next poll
 (:class:`~serving.errors.BundleVanishedError`, ``{component="model_swap", kind="missing"}``); a
 bundle that fails verification is refused for good (``kind="garbage"``). Each is logged once per
-episode (:class:`serving.io_faults.FaultEpisodes`): its first failure and its recovery.
+episode (:class:`serving.observability.io_faults.FaultEpisodes`): its first failure and its recovery.
 
 Model management runs on its own single thread ("recsys-models"), not on the engine
 executor: a download or a bundle load that takes seconds must not take an engine thread
@@ -59,7 +59,6 @@ from types import MappingProxyType
 from typing import Literal
 
 from serving.errors import BundleError, BundleVanishedError, InvalidArgumentError, RecsysError
-from serving.io_faults import FaultEpisodes, FaultKind, fault_kind
 from serving.lifecycle.bundle_cache import BundleCache
 from serving.lifecycle.engine_holder import EngineHolder
 from serving.lifecycle.experiments import (
@@ -80,6 +79,7 @@ from serving.lifecycle.model_ref import ModelRef, parse_model_ref
 from serving.lifecycle.registry_health import RegistryHealth
 from serving.lifecycle.routing import PopularitySource, Router, RoutingTable
 from serving.metrics import ServingMetrics
+from serving.observability.io_faults import FaultEpisodes, FaultKind, fault_kind
 from serving.recommend.types import Diversity, RecommenderEngine, RecommendQuery
 
 logger = logging.getLogger("serving")

@@ -9,7 +9,7 @@ with no extra work: stored features, stored history, no selector.
 
 All methods are CPU-bound and thread-safe for concurrent calls; the gRPC layer runs
 them in an executor, never on the event loop. With tracing on, the steps are spans
-(:mod:`serving.tracing`): filters, user tower, index search and diversity
+(:mod:`serving.observability.tracing`): filters, user tower, index search and diversity
 (:mod:`serving.recommend.retrieval`), explanations. Item vectors are copied out of the index
 once at load (n_items x dim float32) for diversity and explanations.
 """
@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from serving import tracing
 from serving.audiences.search import Audience, SimilarUsersQuery, UserAudiences, stored_mean
 from serving.bundle.format import INDEX, Bundle, load_bundle
 from serving.bundle.index import item_vectors, search
@@ -37,6 +36,7 @@ from serving.model.features import FIRST_TOKEN_INDEX, PAD_INDEX, EncodedFeatures
 from serving.model.fold_in import foldable, folded_user_vectors, window_sums
 from serving.model.history import append_recent, last_items
 from serving.model.inputs import gather
+from serving.observability import tracing
 from serving.pseudonym import Pseudonymiser, user_id_mapper
 from serving.recommend.cold_start import RequestAttributes
 from serving.recommend.diversity import Categories, candidate_count, capped

@@ -27,7 +27,6 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from serving import tracing
 from serving.bundle.index import (
     EXACT_INNER_PRODUCT,
     exact_subset_limit,
@@ -37,6 +36,7 @@ from serving.bundle.index import (
     top_positions,
 )
 from serving.bundle.quantized_vectors import RowVectors
+from serving.observability import tracing
 from serving.recommend.diversity import candidate_count, rerank
 from serving.recommend.filters import AllowedRows
 from serving.recommend.types import NO_DIVERSITY, Diversity
