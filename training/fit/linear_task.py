@@ -163,16 +163,14 @@ def choose_tower_rank(
     users) must have a lower 95 % bound of at least ``-(1 - keep)`` times the full NDCG; a narrow rank
     passes where its lists barely differ from the full rank's, or where it is clearly better.
     """
-    full = tower_rank(prepared.n_items, dataclasses.replace(config, train=_with_tower_rank(config, 0)))
+    full = min(config.train.linear_rank, prepared.n_items)  # what the factorisation has
     k = config.eval.k
 
     def per_user(rank: int) -> npt.NDArray[np.float64]:
-        ranked = dataclasses.replace(config, train=_with_tower_rank(config, rank))
-        task = LinearTask(prepared, ranked)
+        task = LinearTask(prepared, dataclasses.replace(config, train=_with_tower_rank(config, rank)))
         task.fit()
-        return rank_test_users(two_tower_scores(task.model, prepared), prepared, validation, k).per_user_ndcg(
-            k
-        )
+        ranking = rank_test_users(two_tower_scores(task.model, prepared), prepared, validation, k)
+        return ranking.per_user_ndcg(k)
 
     reference = per_user(full)
     allowed = -(1.0 - config.train.linear_rank_keep) * float(reference.mean())
