@@ -26,10 +26,10 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     from training.reports.dashboard_server import make_server
 
     server = make_server(args.bundle, args.events, host=args.host, port=args.port, insecure=args.insecure)
-    # Build the page once before serving: a bundle without profiles fails here, with its reason.
-    render_dashboard(args.bundle, args.events)
-    print(f"dashboard -> {server.url} (rebuilt on each request; Ctrl-C stops)", flush=True)
     try:
+        # Build the page once before serving: a bundle without profiles fails here, with its reason.
+        render_dashboard(args.bundle, args.events)
+        print(f"dashboard -> {server.url} (rebuilt on each request; Ctrl-C stops)", flush=True)
         server.serve_forever()
     finally:
         server.server_close()
