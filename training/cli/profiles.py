@@ -1,4 +1,4 @@
-"""``recsys profile`` and ``recsys segments-report``: member profiles of a bundle."""
+"""``recsys profile``, ``recsys segments-report`` and ``recsys dashboard``: member profiles of a bundle."""
 
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ def cmd_segments_report(args: argparse.Namespace) -> None:
     print(f"segments report -> {out}")
 
 
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from training.reports.dashboard import render_dashboard
+    from training.reports.dashboard_server import make_server
+
+    server = make_server(args.bundle, args.events, host=args.host, port=args.port, insecure=args.insecure)
+    try:
+        # Build the page once before serving: a bundle without profiles fails here, with its reason.
+        render_dashboard(args.bundle, args.events)
+        print(f"dashboard -> {server.url} (rebuilt on each request; Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def add_profile_parsers(commands: Any) -> None:
     """Register both sub-commands on the ``recsys`` sub-parser collection."""
     p = commands.add_parser("profile", help="print one member's profile (JSON) from a bundle")
@@ -34,3 +48,19 @@ def add_profile_parsers(commands: Any) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.set_defaults(func=cmd_segments_report)
+
+    p = commands.add_parser(
+        "dashboard", help="web page on loopback: KPIs over time, A/B variants, segments, model version"
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (model version, profiles)")
+    p.add_argument(
+        "--events", type=Path, required=True, help="event-log directory (recsys serve --events-dir)"
+    )
+    p.add_argument("--port", type=int, default=8050, help="TCP port (default 8050; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: not exposed)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host (the page has no authentication: only behind a proxy that has)",
+    )
+    p.set_defaults(func=cmd_dashboard)

@@ -1,7 +1,18 @@
-"""Reports for people: the A/B report from the event log, the member segments HTML page, charts.
+"""Reports for people: the A/B report from the event log, the member segments HTML page, the
+live dashboard (served page), charts.
 
 May import :mod:`serving` (bundles, the event log reader) and :mod:`training.config` /
 :mod:`training.tracking`; nothing in training imports it but the CLI.
 """
 
-__all__ = ["ab_plots", "ab_report", "ab_results", "ab_stats", "report_check", "segments_report", "svg_charts"]
+__all__ = [
+    "ab_plots",
+    "ab_report",
+    "ab_results",
+    "ab_stats",
+    "dashboard",
+    "dashboard_server",
+    "report_check",
+    "segments_report",
+    "svg_charts",
+]
