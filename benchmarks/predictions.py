@@ -22,14 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
+from benchmarks.profiles import profiles_with_random_embeddings
 from training.config import load_config
 from training.data.io import find_canonical_files, load_dataset
 from training.data.synth import FRAUD_FILE
-from training.features import encoder_options
-from training.profiles.build import build_profiles
 
 
 def _precision_recall(flagged: pl.Series, truth: pl.Series) -> str:
@@ -99,25 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(None, args.overrides)
     data = load_dataset(*find_canonical_files(args.data))
 
-    from serving.model.features import EntityEncoder
-
-    options = encoder_options(config.data)
-    user_ids = data.interactions.get_column("user_id").unique().sort()
-    item_ids = data.interactions.get_column("item_id").unique().sort()
-    users = EntityEncoder.fit("user_id", user_ids, data.users, options)
-    items = EntityEncoder.fit("item_id", item_ids, data.items, options)
-    embeddings = np.random.default_rng(0).normal(size=(len(user_ids), 16)).astype(np.float32)
     started = time.perf_counter()
-    built = build_profiles(
-        data.interactions,
-        data.users,
-        data.items,
-        users.attribute_columns,
-        items.attribute_columns,
-        user_ids,
-        embeddings,
-        config.profiles,
-    )
+    built = profiles_with_random_embeddings(data, config, 16)
     total = time.perf_counter() - started
     section = built.manifest
     print(

@@ -17,10 +17,33 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import load_config
-from training.data.io import find_canonical_files, load_dataset
+from training.config import Config, load_config
+from training.data.io import Dataset, find_canonical_files, load_dataset
 from training.features import encoder_options
-from training.profiles.build import build_profiles
+from training.profiles.build import BuiltProfiles, build_profiles
+
+
+def profiles_with_random_embeddings(data: Dataset, config: Config, dim: int) -> BuiltProfiles:
+    """Member profiles of ``data`` built as training builds them, with random ``dim``-wide user
+    embeddings in place of a trained model's (the build does not depend on their values)."""
+    from serving.model.features import EntityEncoder
+
+    options = encoder_options(config.data)
+    user_ids = data.interactions.get_column("user_id").unique().sort()
+    item_ids = data.interactions.get_column("item_id").unique().sort()
+    users = EntityEncoder.fit("user_id", user_ids, data.users, options)
+    items = EntityEncoder.fit("item_id", item_ids, data.items, options)
+    embeddings = np.random.default_rng(0).normal(size=(len(user_ids), dim)).astype(np.float32)
+    return build_profiles(
+        data.interactions,
+        data.users,
+        data.items,
+        users.attribute_columns,
+        items.attribute_columns,
+        user_ids,
+        embeddings,
+        config.profiles,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,25 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     data = load_dataset(*find_canonical_files(args.data))
     loaded = time.perf_counter() - started
 
-    from serving.model.features import EntityEncoder
-
-    options = encoder_options(config.data)
-    user_ids = data.interactions.get_column("user_id").unique().sort()
-    item_ids = data.interactions.get_column("item_id").unique().sort()
-    users = EntityEncoder.fit("user_id", user_ids, data.users, options)
-    items = EntityEncoder.fit("item_id", item_ids, data.items, options)
-    embeddings = np.random.default_rng(0).normal(size=(len(user_ids), args.dim)).astype(np.float32)
     started = time.perf_counter()
-    built = build_profiles(
-        data.interactions,
-        data.users,
-        data.items,
-        users.attribute_columns,
-        items.attribute_columns,
-        user_ids,
-        embeddings,
-        config.profiles,
-    )
+    built = profiles_with_random_embeddings(data, config, args.dim)
     total = time.perf_counter() - started
     section = built.manifest
     churn = section["churn"]
