@@ -24,7 +24,7 @@ from training.data.io import find_canonical_files, load_dataset
 from training.evaluation import PROTOCOLS, split_for
 from training.evaluation.evaluate import evaluate
 from training.features import prepare
-from training.fit.auto import VALIDATION_USERS, validation_users
+from training.fit.auto import validation_users
 from training.fit.trainer import TrainingRun, train_model
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = split_for(data.interactions, args.protocol, config.eval.min_interactions)
     inner = split_for(parts.train, args.protocol, config.eval.min_interactions)
     prepared = prepare(inner.train, data.users, data.items, config.data)
-    validation = validation_users(inner.test, VALIDATION_USERS, config.train.seed)
+    validation = validation_users(inner.test, config.train.validation_users, config.train.seed)
     started = time.perf_counter()
     run = TrainingRun(prepared, config, validation=validation)
     run.advance()

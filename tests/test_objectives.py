@@ -208,28 +208,40 @@ def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
     assert len(final.epoch_losses) == selection.epochs
 
 
-def test_auto_shares_its_budget_between_the_candidates(interactions: pl.DataFrame) -> None:
+def test_auto_probes_every_candidate_then_trains_the_leader_to_convergence(
+    interactions: pl.DataFrame,
+) -> None:
     config = tiny_config(
-        "train.objective=auto", "train.epochs=3", "train.patience=5", "train.auto_budget_s=0.001"
+        "train.objective=auto", "train.epochs=4", "train.patience=5", "train.auto_probe_epochs=1"
     )
     selection = select_objective(interactions, None, None, config, "rand")
-    # A budget smaller than one epoch: every candidate gets one epoch (whole epochs), the
-    # comparison is still made and nothing is left for the winner to train on.
-    assert {c.name: c.epochs_run for c in selection.candidates} == {name: 1 for name, _ in CANDIDATES}
-    assert selection.epochs == 1
-    roomy = select_objective(
+    ran = {c.name: c.epochs_run for c in selection.candidates}
+    budget = selection.budget
+    assert budget is not None
+    assert budget.probe_epochs == 1
+    iterative = [n for n, c in candidates_of(config) if c.train.objective not in CLOSED_FORM_OBJECTIVES]
+    # The probe: one epoch each (a closed form is done after its one fit) ...
+    assert {n: e for n, e in ran.items() if n != budget.leader} == {
+        name: 1 for name, _ in CANDIDATES if name != budget.leader
+    }
+    # ... then the best iterative candidate of the probe trains on: here to train.epochs, since
+    # patience is never exhausted (not converged), within auto_max_s.
+    assert budget.leader in iterative
+    assert ran[budget.leader] == 4
+    assert not budget.converged
+    assert budget.leader_s > 0
+    assert json.loads(json.dumps(selection.manifest()))["budget"]["leader"] == budget.leader
+    capped = select_objective(
         interactions,
         None,
         None,
-        dataclasses.replace(config, train=dataclasses.replace(config.train, auto_budget_s=600.0)),
+        dataclasses.replace(config, train=dataclasses.replace(config.train, auto_max_s=1e-6)),
         "rand",
     )
-    # Ample time: every candidate runs to train.epochs (patience is never exhausted here), but
-    # a closed form is done after its one epoch.
-    assert {c.name: c.epochs_run for c in roomy.candidates} == {
-        name: 1 if candidate.train.objective in CLOSED_FORM_OBJECTIVES else 3
-        for name, candidate in candidates_of(config)
-    }
+    # A limit shorter than an epoch: the leader gets one more epoch (whole epochs), no more.
+    assert capped.budget is not None
+    assert capped.budget.leader
+    assert {c.name: c.epochs_run for c in capped.candidates}[capped.budget.leader] == 2
 
 
 def test_a_run_advanced_in_slices_is_the_run_advanced_at_once(interactions: pl.DataFrame) -> None:

@@ -114,6 +114,17 @@ class ModelConfig:
     id_dropout: float = 0.05
     """Probability of replacing a user/item id by the unknown bucket while training, so
     that cold users and items still get meaningful embeddings from their attributes."""
+    head: Literal["mlp", "tied"] = "mlp"
+    """``mlp``: each tower ends in an MLP with unit outputs, scored by cosine / ``temperature``.
+    ``tied`` (SASRec): the causal encoder's last state against the shared item-id table by raw inner
+    product (no MLP, no user-id table, no temperature; ``hidden_dims`` and ``output_dim`` do not apply:
+    the served vectors are ``embedding_dim + 1`` wide, see :mod:`serving.model.towers`)."""
+    sequence_layers: int = 1
+    """Transformer blocks of the ``attention`` and ``causal`` encoders."""
+    embedding_dropout: float = 0.0
+    """Dropout on the history's item + position embeddings before the transformer blocks."""
+    item_attributes: bool = True
+    """``tied`` head: item vector = id row + mean of its attribute rows (False: the id row alone)."""
 
 
 @dataclass(frozen=True)
@@ -169,15 +180,28 @@ class TrainConfig:
     0: no validation, ``epochs`` epochs of a one-cycle schedule."""
     lr_cuts: int = 2
     """Learning-rate cuts at validation plateaus before training stops."""
-    auto_budget_s: float = 180.0
-    """``objective = auto``: seconds the candidates share before the comparison (each gets an equal
-    slice, rounded up to whole epochs); the winner then trains on until early stopping."""
+    auto_probe_epochs: int = 3
+    """``objective = auto``: epochs every iterative candidate trains before the comparison (a closed
+    form is done after its one fit); the leading iterative one then trains on to early stopping."""
+    auto_max_s: float = 600.0
+    """``objective = auto``: at most this many seconds for the leading iterative candidate's run to
+    early stopping after the probe (whole epochs; 0: no limit). It binds only where an epoch is slow
+    (large data on a CPU); the manifest says whether the leader converged."""
     epochs: int = 100
     """At most this many epochs with a validation split (early stopping usually ends sooner);
     exactly this many with ``patience = 0``."""
     batch_size: int = 512
     learning_rate: float = 5e-3
     weight_decay: float = 1e-6
+    adam_beta2: float = 0.999
+    """AdamW's second-moment decay (beta1 is 0.9); SASRec trains with 0.98."""
+    row_weighted_loss: bool = False
+    """Sequence objectives: a step's next-item loss counts in proportion to its target rows (every
+    position weighs the same) instead of as one mean per step (a position in a step of short
+    windows then weighs up to ``history_length`` times one in a step of long windows)."""
+    validation_users: int = 8000
+    """At most this many validation users (a seeded sample) are ranked after each epoch for early
+    stopping; 0: every validation user."""
     logq_correction: bool = True
     uniform_negatives: int = 2048
     """Uniformly sampled negatives per step in addition to the in-batch ones (mixed
@@ -297,8 +321,10 @@ def _apply(section_obj: Any, section: str, values: dict[str, Any]) -> Any:
     return dataclasses.replace(section_obj, **changes)
 
 
-def merge(config: Config, overrides: dict[str, Any]) -> Config:
-    """Return ``config`` with a nested ``{section: {key: value}}`` mapping applied."""
+def merge(config: Config, overrides: dict[str, Any], *, check: bool = True) -> Config:
+    """Return ``config`` with a nested ``{section: {key: value}}`` mapping applied (types checked;
+    ranges and combinations too unless ``check`` is False, for a caller applying several
+    overrides whose combination only the last makes valid)."""
     sections = {f.name for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {}
     for section, values in overrides.items():
@@ -308,7 +334,8 @@ def merge(config: Config, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"{section}: must be a table of keys")
         changes[section] = _apply(getattr(config, section), section, values)
     resolved = dataclasses.replace(config, **changes)
-    validate(resolved)
+    if check:
+        validate(resolved)
     return resolved
 
 
@@ -335,9 +362,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
             raise ConfigError(f"config file {path}: not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
-        config = merge(config, data)
+        config = merge(config, data, check=False)
     for text in overrides or []:
-        config = merge(config, parse_override(text))
+        config = merge(config, parse_override(text), check=False)
     validate(config)
     return config
 
@@ -355,6 +382,21 @@ def validate(config: Config) -> None:
         (0 <= config.model.dropout < 1, "model.dropout: must be in [0, 1)"),
         (0 <= config.model.id_dropout < 1, "model.id_dropout: must be in [0, 1)"),
         (config.model.temperature > 0, "model.temperature: must be > 0"),
+        (config.model.sequence_layers >= 1, "model.sequence_layers: must be >= 1"),
+        (0 <= config.model.embedding_dropout < 1, "model.embedding_dropout: must be in [0, 1)"),
+        (
+            config.model.head == "mlp"
+            or (
+                config.model.history_encoder == "causal"
+                and not config.model.user_id_embedding
+                and config.model.shared_history_embedding
+                and config.train.objective in ("auto", "sequence", "bag", "mixed", "interaction")
+            ),
+            "model.head: 'tied' needs model.history_encoder = 'causal', model.user_id_embedding = false, "
+            "model.shared_history_embedding = true and a trained objective (not linear or mf)",
+        ),
+        (0 < config.train.adam_beta2 < 1, "train.adam_beta2: must be in (0, 1)"),
+        (config.train.validation_users >= 0, "train.validation_users: must be >= 0 (0: all)"),
         (config.train.epochs >= 1, "train.epochs: must be >= 1"),
         (config.train.batch_size >= 2, "train.batch_size: must be >= 2"),
         (
@@ -372,7 +414,11 @@ def validate(config: Config) -> None:
         (config.train.window_batch_size >= 1, "train.window_batch_size: must be >= 1"),
         (config.train.patience >= 0, "train.patience: must be >= 0"),
         (config.train.lr_cuts >= 0, "train.lr_cuts: must be >= 0"),
-        (config.train.auto_budget_s > 0, "train.auto_budget_s: must be > 0"),
+        (config.train.auto_probe_epochs >= 1, "train.auto_probe_epochs: must be >= 1"),
+        (
+            config.train.auto_max_s >= 0 and math.isfinite(config.train.auto_max_s),
+            "train.auto_max_s: must be a finite number >= 0 (0: no limit)",
+        ),
         (config.train.linear_l2 > 0, "train.linear_l2: must be > 0"),
         (config.train.linear_rank >= 1, "train.linear_rank: must be >= 1"),
         (config.train.linear_tower_rank >= 0, "train.linear_tower_rank: must be >= 0 (0: chosen)"),

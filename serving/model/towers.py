@@ -1,10 +1,18 @@
 """The two-tower model. Imports only torch (and the standard library).
 
 The user tower encodes user id + user attributes + the pooled recent item history; the
-item tower encodes item id + item attributes. Both end in an MLP whose output is
-L2-normalised, so the inner product is a cosine similarity. The item-id embedding table
-is shared by the item tower and the history encoder, so history items and candidate
-items live in one space.
+item tower encodes item id + item attributes. The item-id embedding table is shared by the
+item tower and the history encoder, so history items and candidate items live in one space.
+Two heads (``TwoTowerSpec.head``):
+
+* ``mlp``: both towers end in an MLP whose output is L2-normalised; the model scores by cosine
+  over a temperature.
+* ``tied`` (SASRec): the user is the sequence encoder's last state, the item its row of the shared
+  id table (plus its attribute embeddings, optionally), scored by their raw inner product. What the
+  towers *serve* is the same ranking in unit item vectors: the item vector ``v`` becomes
+  ``[v / M, sqrt(1 - |v|^2 / M^2)]`` with ``M`` a bound on every item's norm, the user ``[u, 0]``
+  (the inner-product-to-cosine reduction the closed forms use), so indexes, diversity and
+  explanations keep their unit item vectors while ``user . item = u . v / M`` ranks as ``u . v``.
 
 The architecture is fully described by :class:`TwoTowerSpec`, which the bundle stores;
 serving rebuilds the model from it and never re-declares shapes.
@@ -67,6 +75,17 @@ class TwoTowerSpec:
     history_decay: float = 0.0
     """``mean`` encoder only: the item ``a`` places before the most recent one weighs ``exp(-decay * a)``
     in the mean (0: a plain mean). Recency matters for "what next" data, not for whole-taste data."""
+    head: str = "mlp"
+    """``mlp`` (an MLP per tower, unit outputs, cosine / temperature) or ``tied`` (SASRec: the
+    encoder's state against the shared id table by inner product; needs the ``causal`` encoder, no
+    user-id table and ``output_dim = embedding_dim + 1``, the served unit-augmented width)."""
+    sequence_layers: int = 1
+    """Transformer blocks of the ``attention`` and ``causal`` encoders (SASRec uses 2)."""
+    embedding_dropout: float = 0.0
+    """Dropout on the history's item + position embeddings before the transformer blocks (SASRec)."""
+    item_attributes: bool = True
+    """``tied`` head: the item vector adds the mean of its attribute embeddings to its id row
+    (False: the id row alone, as in SASRec). The ``mlp`` head always reads the attributes."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +108,35 @@ class TwoTowerSpec:
             user_id_embedding=bool(data.get("user_id_embedding", True)),
             shared_history_embedding=bool(data.get("shared_history_embedding", True)),
             history_decay=float(data.get("history_decay", 0.0)),
+            head=str(data.get("head", "mlp")),
+            sequence_layers=int(data.get("sequence_layers", 1)),
+            embedding_dropout=float(data.get("embedding_dropout", 0.0)),
+            item_attributes=bool(data.get("item_attributes", True)),
         )
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head: unknown kind {self.head!r} ({', '.join(HEADS)})")
+        if self.head == "tied":
+            problems = [
+                (
+                    self.history_encoder != "causal",
+                    f"needs history_encoder 'causal', not {self.history_encoder!r}",
+                ),
+                (self.user_id_embedding, "needs user_id_embedding False (SASRec has no user-id table)"),
+                (not self.shared_history_embedding, "needs shared_history_embedding (the table is tied)"),
+                (
+                    self.output_dim != self.embedding_dim + 1,
+                    f"needs output_dim = embedding_dim + 1 = {self.embedding_dim + 1}, not {self.output_dim}",
+                ),
+            ]
+            for failed, message in problems:
+                if failed:
+                    raise ValueError(f"head 'tied': {message}")
+        if self.sequence_layers < 1:
+            raise ValueError(f"sequence_layers {self.sequence_layers}: must be >= 1")
+        if not 0 <= self.embedding_dropout < 1:
+            raise ValueError(f"embedding_dropout {self.embedding_dropout}: must be in [0, 1)")
 
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:
@@ -140,18 +187,64 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float) -> 
     return nn.Sequential(*layers)
 
 
+HEADS = ("mlp", "tied")
+
+
 class ItemTower(nn.Module):
     def __init__(self, spec: TwoTowerSpec, item_ids: nn.Embedding) -> None:
         super().__init__()
+        self.tied = spec.head == "tied"
         self.item_ids = item_ids
         self.fields = FieldEncoder(spec.item.fields, spec.embedding_dim)
-        self.mlp = _mlp(
-            spec.embedding_dim + self.fields.output_dim, spec.hidden_dims, spec.output_dim, spec.dropout
-        )
+        if self.tied:
+            # Numeric attributes have no embedding row to add to the id's: the tied head reads the
+            # categorical ones only.
+            self.fields.numeric = []
+            self.use_fields = spec.item_attributes and len(self.fields.tables) > 0
+        else:
+            self.mlp = _mlp(
+                spec.embedding_dim + self.fields.output_dim, spec.hidden_dims, spec.output_dim, spec.dropout
+            )
+
+    def scoring(self, inputs: Inputs) -> Tensor:
+        """The vectors the training loss compares with the user's: (B, D). ``mlp``: the served unit
+        vectors; ``tied``: the raw item vectors (id row, plus the mean of the attribute rows)."""
+        if not self.tied:
+            return self.forward(inputs)
+        vector: Tensor = self.item_ids(inputs[ID])
+        if self.use_fields:
+            vector = vector + torch.stack(self.fields(inputs), dim=0).mean(dim=0)
+        return vector
+
+    def norm_bound(self) -> Tensor:
+        """``tied``: an upper bound on every item's :meth:`scoring` norm, from the weights alone (the
+        largest id row plus the mean over fields of each field's largest row, by the triangle
+        inequality), so every batch of items is scaled alike and the augmented coordinate is real."""
+        bound: Tensor = self.item_ids.weight.norm(dim=1).max()
+        if self.use_fields:
+            tables: list[nn.Embedding] = list(self.fields.tables.values())  # type: ignore[arg-type]
+            rows = [table.weight.norm(dim=1).max() for table in tables]
+            bound = bound + torch.stack(rows).sum() / len(rows)
+        return bound.clamp(min=1e-12)
 
     def forward(self, inputs: Inputs) -> Tensor:
+        if self.tied:
+            return augment_items(self.scoring(inputs), self.norm_bound())
         parts = [self.item_ids(inputs[ID]), *self.fields(inputs)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+def augment_items(vectors: Tensor, bound: Tensor) -> Tensor:
+    """(B, D + 1) unit rows ``[v / bound, sqrt(1 - |v / bound|^2)]`` (``bound`` >= every norm)."""
+    scaled = vectors / bound
+    rest = (1.0 - scaled.pow(2).sum(dim=-1, keepdim=True)).clamp(min=0.0).sqrt()
+    return torch.cat([scaled, rest], dim=-1)
+
+
+def augment_users(vectors: Tensor) -> Tensor:
+    """(..., D + 1): ``vectors`` with a 0 coordinate, so that their inner products with
+    :func:`augment_items` rows rank as with the raw item vectors."""
+    return torch.cat([vectors, vectors.new_zeros(*vectors.shape[:-1], 1)], dim=-1)
 
 
 HISTORY_ENCODERS = ("mean", "attention", "causal")
@@ -219,7 +312,10 @@ class HistoryEncoder(nn.Module):
                 batch_first=True,
                 norm_first=True,
             )
-            self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(
+                layer, num_layers=spec.sequence_layers, enable_nested_tensor=False
+            )
+            self.embedding_dropout = nn.Dropout(spec.embedding_dropout)
             if self.kind == "causal":
                 self.final_norm = nn.LayerNorm(dim)
 
@@ -232,15 +328,20 @@ class HistoryEncoder(nn.Module):
         # A row with no history at all would mask every key (NaN attention): leave the
         # last slot visible; it is still excluded from the pooled mean below.
         padding[:, -1] &= ~padding.all(dim=1)
-        x = vectors + self.positions.weight[-history.shape[1] :].unsqueeze(0)
+        x = self.embedding_dropout(vectors + self.positions.weight[-history.shape[1] :].unsqueeze(0))
         return masked_mean(self.encoder(x, src_key_padding_mask=padding), history)
 
     def _last_position(self, vectors: Tensor, history: Tensor) -> Tensor:
-        """``every_position(...)[:, -1]`` with one query instead of L: the layer's own modules,
-        attention from the most recent slot to every item of the row (and itself)."""
-        layer = self.encoder.layers[0]
+        """``every_position(...)[:, -1]`` with one query instead of L in the last block: the
+        layer's own modules, attention from the most recent slot to every state of the row (and
+        itself). Earlier blocks need every position (the last one attends to their states)."""
         length = history.shape[1]
-        x = vectors + self.positions.weight[-length:].unsqueeze(0)
+        x = self.embedding_dropout(vectors + self.positions.weight[-length:].unsqueeze(0))
+        layers = self.encoder.layers
+        mask = self._causal_mask(history)
+        for block in layers[:-1]:
+            x = block(x, src_mask=mask)
+        layer = layers[-1]
         normed = layer.norm1(x)
         hidden = normed[:, -1:]
         blocked = history == 0
@@ -267,14 +368,19 @@ class HistoryEncoder(nn.Module):
                 f"form ({SEQUENCE_ENCODERS}, without decay)"
             )
         length = history.shape[1]
-        x = vectors + self.positions.weight[-length:].unsqueeze(0)
+        x = self.embedding_dropout(vectors + self.positions.weight[-length:].unsqueeze(0))
+        out: Tensor = self.final_norm(self.encoder(x, mask=self._causal_mask(history)))
+        return out
+
+    @staticmethod
+    def _causal_mask(history: Tensor) -> Tensor:
+        """(B, L, L) keys a query may not see: later positions and padding, but always itself, so
+        that no row is fully masked (padded queries attend to their own slot; they are never read)."""
+        length = history.shape[1]
         future = torch.ones(length, length, dtype=torch.bool, device=history.device).triu(1)
-        # Keys a query may not see: later positions and padding, but always itself, so that no
-        # row is fully masked (padded queries attend to their own slot; they are never read).
         blocked = future.unsqueeze(0) | (history == 0).unsqueeze(1)
         blocked &= ~torch.eye(length, dtype=torch.bool, device=history.device).unsqueeze(0)
-        out: Tensor = self.final_norm(self.encoder(x, mask=blocked))
-        return out
+        return blocked
 
 
 class UserTower(nn.Module):
@@ -289,17 +395,31 @@ class UserTower(nn.Module):
             else _embedding(spec.item.id_cardinality, spec.embedding_dim)
         )
         self.history = HistoryEncoder(spec)
-        self.fields = FieldEncoder(spec.user.fields, spec.embedding_dim)
-        in_dim = (2 if self.user_ids is not None else 1) * spec.embedding_dim + self.fields.output_dim
-        self.mlp = _mlp(in_dim, spec.hidden_dims, spec.output_dim, spec.dropout)
+        self.tied = spec.head == "tied"
+        # The tied head's user is the sequence alone (SASRec): no attribute tables to carry.
+        self.fields = FieldEncoder(() if self.tied else spec.user.fields, spec.embedding_dim)
+        if not self.tied:
+            in_dim = (2 if self.user_ids is not None else 1) * spec.embedding_dim + self.fields.output_dim
+            self.mlp = _mlp(in_dim, spec.hidden_dims, spec.output_dim, spec.dropout)
 
     def forward(self, inputs: Inputs) -> Tensor:
         history = inputs[HISTORY]
         return self.from_pooled(inputs, self.history(self.item_ids(history), history))
 
+    def scoring(self, inputs: Inputs) -> Tensor:
+        """(B, D): what the training loss compares with :meth:`ItemTower.scoring`. ``mlp``:
+        :meth:`forward`; ``tied``: the encoder's raw state."""
+        if not self.tied:
+            return self.forward(inputs)
+        history = inputs[HISTORY]
+        state: Tensor = self.history(self.item_ids(history), history)
+        return state
+
     def from_pooled(self, inputs: Inputs, pooled: Tensor) -> Tensor:
         """The tower's output for an already pooled history (B, embedding_dim): what :meth:`forward`
         computes after the history encoder (``inputs`` without ``history`` will do)."""
+        if self.tied:
+            return augment_users(pooled)
         user = [self.user_ids(inputs[ID])] if self.user_ids is not None else []
         parts = [*user, pooled, *self.fields(inputs)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
@@ -311,8 +431,16 @@ class UserTower(nn.Module):
         the ``mean`` encoder; for ``causal`` up to the learned positions, as in SASRec). The last
         position is :meth:`forward` of the whole history.
         """
+        scoring = self.scoring_every_position(inputs)
+        return augment_users(scoring) if self.tied else scoring
+
+    def scoring_every_position(self, inputs: Inputs) -> Tensor:
+        """(B, L, D): what the training loss compares with :meth:`ItemTower.scoring` after each
+        prefix. ``mlp``: :meth:`every_position`; ``tied``: the encoder's raw states."""
         history = inputs[HISTORY]
         pooled = self.history.every_position(self.item_ids(history), history)
+        if self.tied:
+            return pooled
         length = history.shape[1]
         user = (
             [self.user_ids(inputs[ID]).unsqueeze(1).expand(-1, length, -1)]
@@ -333,17 +461,38 @@ class TwoTowerModel(nn.Module):
         self.user_tower = UserTower(spec, item_ids)
         self.item_tower = ItemTower(spec, item_ids)
 
+    @property
+    def logit_temperature(self) -> float:
+        """What training divides :meth:`item_scoring` inner products by: the spec's temperature for
+        cosines (``mlp``), 1 for the tied head's raw inner products."""
+        return 1.0 if self.spec.head == "tied" else self.spec.temperature
+
     def user_embedding(self, inputs: Inputs) -> Tensor:
-        """(B, output_dim), unit L2 norm."""
+        """(B, output_dim): the served user vector (unit for ``mlp``; ``[state, 0]`` for ``tied``)."""
         out: Tensor = self.user_tower(inputs)
         return out
 
     def item_embedding(self, inputs: Inputs) -> Tensor:
-        """(B, output_dim), unit L2 norm."""
+        """(B, output_dim), unit L2 norm: the served item vector."""
         out: Tensor = self.item_tower(inputs)
         return out
 
     def user_embedding_every_position(self, inputs: Inputs) -> Tensor:
-        """(B, L, output_dim), unit L2 norm: the user vector after each prefix of ``inputs["history"]``."""
+        """(B, L, output_dim): the served user vector after each prefix of ``inputs["history"]``."""
         out: Tensor = self.user_tower.every_position(inputs)
+        return out
+
+    def item_scoring(self, inputs: Inputs) -> Tensor:
+        """(B, D): the item vectors the training loss uses (see :attr:`logit_temperature`)."""
+        out: Tensor = self.item_tower.scoring(inputs)
+        return out
+
+    def user_scoring(self, inputs: Inputs) -> Tensor:
+        """(B, D): the user vectors the training loss uses."""
+        out: Tensor = self.user_tower.scoring(inputs)
+        return out
+
+    def user_scoring_every_position(self, inputs: Inputs) -> Tensor:
+        """(B, L, D): the user vectors the training loss uses after each prefix."""
+        out: Tensor = self.user_tower.scoring_every_position(inputs)
         return out

@@ -2,12 +2,13 @@
 
 :func:`select_objective` carves a validation split out of the *training* interactions with the
 evaluation protocol (the test part is never seen), trains each candidate with early stopping on it
-and keeps the best by validation NDCG@k. Candidates share ``train.auto_budget_s``: each first trains for
-an equal slice of its first half (whole epochs), the one with the best validation NDCG so far among
-those that can still improve then trains on for the rest of it or until early stopping, so a slow
-objective is judged on what it reaches in the same time as a fast one, and the whole choice takes
-about the budget. A closed-form candidate (``linear``) is done after its one fit: it is judged on
-that and takes no time from the others. The best validation NDCG over all candidates wins. The caller
+and keeps the best by validation NDCG@k. Every iterative candidate first trains
+``train.auto_probe_epochs`` epochs (the probe: what it costs follows the data and the device, and the
+outcome does not depend on the machine's speed); the one with the best validation NDCG among those
+that can still improve then trains on to early stopping (at most ``train.auto_max_s``), so the strongest
+iterative model is judged at convergence, as the closed forms are: a closed-form candidate (``linear``,
+``mf``) is done after its one fit. The best validation NDCG over all candidates wins; what the
+comparison spent is in the manifest (:class:`Budget`). The caller
 then trains the chosen configuration on the whole training part for the winner's epoch count
 (:func:`fit_selected`), so the final model sees every training interaction. With a concrete
 objective the same path runs with one candidate and no budget: early stopping picks the epoch count.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +38,36 @@ from training.tracking import flatten, start_run
 
 log = logging.getLogger(__name__)
 
+SASREC: Mapping[str, Mapping[str, Any]] = {
+    "train": {
+        "objective": "sequence",
+        "learning_rate": 1e-3,
+        "adam_beta2": 0.98,
+        "weight_decay": 0.0,
+        "uniform_negatives": 256,
+        "patience": 10,
+        "lr_cuts": 0,
+        "row_weighted_loss": True,
+        "validation_users": 0,
+    },
+    "model": {
+        "head": "tied",
+        "history_encoder": "causal",
+        "sequence_layers": 2,
+        "user_id_embedding": False,
+        "id_dropout": 0.0,
+        "dropout": 0.2,
+        "embedding_dropout": 0.2,
+    },
+}
+"""The published SASRec recipe (Kang & McAuley 2018; pmixer/SASRec.pytorch, RecTools' SASRec) as a
+configuration of the towers: the causal encoder's last state scored against the tied item-id table by
+inner product, no user-id table, two pre-LN blocks with a final LayerNorm, dropout 0.2 on the
+embeddings and in the blocks, Adam at 1e-3 with beta2 0.98, the next item at every position against
+256 uniform negatives (the exact softmax on smaller catalogues), every position weighing the same,
+early stopping after 10 flat epochs measured on every validation user
+(docs/benchmarks/issue-21-sequence.md has the ablation, one change at a time)."""
+
 CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
     (
         "bag",
@@ -48,7 +78,7 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
         },
     ),
     ("interaction", {"train": {"objective": "interaction"}}),
-    ("sequence-causal", {"train": {"objective": "sequence"}, "model": {"history_encoder": "causal"}}),
+    ("sasrec", SASREC),
     ("linear", {"train": {"objective": "linear"}, "data": {"history_length": 1000}}),
     (
         "linear-decay-0.1",
@@ -74,10 +104,6 @@ the future is the whole taste: iALS led EASE on ml-100k time, 0.195 vs 0.174 on 
 set of overrides of the configuration; everything else stays as configured. The even ``mixed``
 objective was measured and never won (BENCHMARKS.md), so it is not tried."""
 
-VALIDATION_USERS = 8000
-"""At most this many validation users (a seeded sample) are ranked after each epoch: enough for a
-stable NDCG, cheap enough to measure every epoch on large data."""
-
 VALIDATION_PROTOCOL_WITHOUT_EVAL = "llo"
 """Protocol of the validation split when ``eval.protocol = "none"`` (nothing else says which)."""
 
@@ -91,6 +117,21 @@ class CandidateResult:
     seconds: float
     seconds_per_epoch: float
     run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What ``auto``'s comparison spent, for the manifest: every candidate's probe, then the leading
+    iterative candidate's run to early stopping."""
+
+    probe_epochs: int
+    max_s: float
+    leader: str = ""
+    """The iterative candidate that trained on after the probe ("" when none could)."""
+    leader_s: float = 0.0
+    """Seconds it trained after the probe."""
+    converged: bool = False
+    """Whether it stopped early (patience exhausted) rather than at ``max_s`` or ``train.epochs``."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +149,7 @@ class Selection:
     tower_ranks: list[tuple[int, float]] = field(default_factory=list)
     """``linear`` winner: (tower rank, validation NDCG) of each rank tried for the served width (the
     full factorisation last); the chosen one is ``config.train.linear_tower_rank``."""
+    budget: Budget | None = None
 
     @property
     def epochs(self) -> int:
@@ -122,6 +164,7 @@ class Selection:
             "validation_protocol": self.protocol,
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
             "tower_ranks": [{"rank": rank, "validation_ndcg": score} for rank, score in self.tower_ranks],
+            "budget": dataclasses.asdict(self.budget) if self.budget is not None else None,
         }
 
 
@@ -154,8 +197,7 @@ def select_objective(
     """Train every candidate on ``train`` minus a validation split and keep the best (module docstring).
 
     ``protocol`` is the evaluation protocol (``llo``, ``rand`` or ``time``; ``none`` validates with
-    :data:`VALIDATION_PROTOCOL_WITHOUT_EVAL`). Candidates still to run after ``train.auto_budget_s``
-    seconds are skipped; the first candidate always runs. With ``train.patience = 0`` and a
+    :data:`VALIDATION_PROTOCOL_WITHOUT_EVAL`). With ``train.patience = 0`` and a
     concrete objective nothing is trained: the configuration is returned as it is.
     """
     candidates = candidates_of(config)
@@ -164,32 +206,36 @@ def select_objective(
     protocol = protocol if protocol != "none" else VALIDATION_PROTOCOL_WITHOUT_EVAL
     parts = split_for(train, protocol, config.eval.min_interactions)  # type: ignore[arg-type]
     prepared = prepare(parts.train, users, items, config.data)
-    validation = validation_users(parts.test, VALIDATION_USERS, config.train.seed)
+    validation = validation_users(parts.test, config.train.validation_users, config.train.seed)
     runs = [
         (name, candidate, TrainingRun(prepared, candidate, validation=validation))
         for name, candidate in candidates
         if candidate.train.objective != "linear" or prepared.n_items <= candidate.train.linear_max_items
     ]
+    budget: Budget | None = None
     if len(runs) > 1:
-        # Half the budget compares the candidates (an equal slice each), the rest lets the winner
-        # train on; early stopping usually ends it sooner.
-        started = time.perf_counter()
-        share = config.train.auto_budget_s / 2 / len(runs)
+        budget = Budget(probe_epochs=config.train.auto_probe_epochs, max_s=config.train.auto_max_s)
+        # Every candidate first trains the same number of epochs (a closed form is done after its
+        # one fit): the probe costs what an epoch of each costs on this data and this device, and
+        # the comparison does not depend on how fast the machine is.
         for name, _, run in runs:
-            run.advance(share)
+            run.advance(epochs=config.train.auto_probe_epochs)
             log.info(
                 "candidate %s: validation ndcg %.4f after %.0f s",
                 name,
                 run.best_validation,
                 run.result.seconds,
             )
-        # The rest goes to the best candidate that can still improve: a closed form (or a run
-        # that stopped early) is judged on what it has, and must not keep the budget from the
-        # iterative runner-up it may be beating only because that one has barely started.
+        # The iterative candidate leading the probe then trains on to early stopping (at most
+        # auto_max_s): it is judged at convergence, as the closed forms are.
         unfinished = [r for r in runs if not r[2].done]
-        left = config.train.auto_budget_s - (time.perf_counter() - started)
-        if unfinished and left > 0:
-            max(unfinished, key=lambda r: r[2].best_validation)[2].advance(left)
+        if unfinished:
+            leader_name, _, leader = max(unfinished, key=lambda r: r[2].best_validation)
+            before = leader.result.seconds
+            leader.advance(seconds=config.train.auto_max_s or None)
+            budget = dataclasses.replace(
+                budget, leader=leader_name, leader_s=leader.result.seconds - before, converged=leader.stopped
+            )
         best_name, best_config, best_run = max(runs, key=lambda r: r[2].best_validation)
     else:
         best_name, best_config, best_run = runs[0]
@@ -212,6 +258,7 @@ def select_objective(
         candidates=[r for r, _ in results],
         protocol=protocol,
         tower_ranks=tower_ranks,
+        budget=budget,
     )
 
 
@@ -257,9 +304,10 @@ def _record(
 
 
 def validation_users(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
-    """The rows of at most ``limit`` users of ``frame`` (a seeded sample; all of them when fewer)."""
+    """The rows of at most ``limit`` users of ``frame`` (a seeded sample; all of them when fewer, or
+    when ``limit`` is 0)."""
     users = frame.get_column("user_id").unique().sort()
-    if users.len() <= limit:
+    if limit == 0 or users.len() <= limit:
         return frame
     chosen = users.sample(limit, seed=seed)
     return frame.filter(pl.col("user_id").is_in(chosen.implode()))

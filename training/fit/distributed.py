@@ -173,12 +173,12 @@ def interaction_loss(
     is :class:`~training.fit.interaction_task.NegativeSampler`'s loss."""
     model, negatives = task.model, task.negatives
     user_inputs, item_inputs, item_ids = batch
-    users = model.user_embedding(user_inputs)
+    users = model.user_scoring(user_inputs)
     if negatives.exact:
         every = negatives._items(model, np.arange(negatives.n_items, dtype=np.int64))
         return full_softmax_loss(users, every, item_ids - FIRST_TOKEN_INDEX, negatives.temperature)
     world = info.world_size
-    items = gather_with_grad(model.item_embedding(item_inputs), world)
+    items = gather_with_grad(model.item_scoring(item_inputs), world)
     ids = gather_plain(item_ids, world)
     local_log_q = negatives.log_expected[item_ids - FIRST_TOKEN_INDEX] if negatives.correct else None
     log_q = gather_plain(local_log_q, world) if local_log_q is not None else None

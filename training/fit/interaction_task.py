@@ -107,7 +107,8 @@ class NegativeSampler:
         prepared = batcher.prepared
         self.batcher = batcher
         self.device = device
-        self.temperature = config.model.temperature
+        # The tied head scores by raw inner products (TwoTowerModel.logit_temperature).
+        self.temperature = 1.0 if config.model.head == "tied" else config.model.temperature
         self.n_items = prepared.n_items
         self.uniform = min(cfg.uniform_negatives, self.n_items)
         self.exact = cfg.uniform_negatives >= self.n_items
@@ -127,17 +128,17 @@ class NegativeSampler:
 
     def _items(self, model: TwoTowerModel, rows: npt.NDArray[np.int64]) -> torch.Tensor:
         features = self.batcher._drop_ids(gather(self.batcher.prepared.item_features, rows))
-        return model.item_embedding(to_inputs(features, self.device))
+        return model.item_scoring(to_inputs(features, self.device))
 
     def loss(
         self, model: TwoTowerModel, user_inputs: Inputs, item_inputs: Inputs, item_ids: torch.Tensor
     ) -> torch.Tensor:
-        users = model.user_embedding(user_inputs)
+        users = model.user_scoring(user_inputs)
         target_rows = item_ids - FIRST_TOKEN_INDEX
         if self.exact:
             every_item = self._items(model, np.arange(self.n_items, dtype=np.int64))
             return full_softmax_loss(users, every_item, target_rows, self.temperature)
-        items = model.item_embedding(item_inputs)
+        items = model.item_scoring(item_inputs)
         log_q = self.log_expected[target_rows] if self.correct else None
         if self.uniform == 0:
             return sampled_softmax_loss(users, items, item_ids, self.temperature, log_q)

@@ -95,8 +95,15 @@ class SequenceTask:
         self.exact = cfg.uniform_negatives >= self.n_items
         self.uniform = min(cfg.uniform_negatives, self.n_items)
         self.id_dropout = config.model.id_dropout
-        self.temperature = config.model.temperature
+        self.temperature = self.model.logit_temperature
         self.bf16 = cfg.precision == "bf16"
+        # Target rows of an average step: with ``row_weighted_loss`` a step's sequence loss counts
+        # in proportion to its rows, so that a position in a short window weighs what one in a long
+        # window does (length bucketing makes steps of short windows only).
+        targets = int((self.windows.ends - self.windows.starts - 1).clip(min=0).sum())
+        steps = max(-(-len(self.windows) // cfg.window_batch_size), 1)
+        self.rows_per_step = max(targets / steps, 1.0)
+        self.row_weighted = cfg.row_weighted_loss
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -199,15 +206,18 @@ class SequenceTask:
 
     def loss(self, batch: SequenceBatch) -> torch.Tensor:
         """The weighted objective of one batch (forward passes only)."""
-        items = self.model.item_embedding(batch.item_inputs)
+        items = self.model.item_scoring(batch.item_inputs)
         total = torch.zeros((), device=self.device)
         if batch.user_inputs is not None and batch.valid is not None and batch.target_slots is not None:
-            states = self.model.user_embedding_every_position(batch.user_inputs)[batch.valid]
+            states = self.model.user_scoring_every_position(batch.user_inputs)[batch.valid]
             if len(states):
-                total = total + self.sequence_weight * self._loss_of(states, batch.target_slots, items, batch)
+                sequence = self._loss_of(states, batch.target_slots, items, batch)
+                if self.row_weighted:
+                    sequence = sequence * (len(states) / self.rows_per_step)
+                total = total + self.sequence_weight * sequence
         owner, slots = batch.bag_owner, batch.bag_slots
         if batch.bag_inputs is not None and owner is not None and slots is not None and len(slots):
-            users = self.model.user_embedding(batch.bag_inputs)
+            users = self.model.user_scoring(batch.bag_inputs)
             if batch.negative_slots is None:
                 # Exact: one softmax per user, read at each of its hidden items.
                 log_p = F.log_softmax(users @ items.T / self.temperature, dim=1)

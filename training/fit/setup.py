@@ -34,7 +34,8 @@ def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
         item=tower_spec(prepared.item_encoder),
         embedding_dim=m.embedding_dim,
         hidden_dims=m.hidden_dims,
-        output_dim=m.output_dim,
+        # The tied head serves its state with one augmented coordinate (serving.model.towers).
+        output_dim=m.embedding_dim + 1 if m.head == "tied" else m.output_dim,
         dropout=m.dropout,
         temperature=m.temperature,
         history_length=config.data.history_length,
@@ -42,11 +43,20 @@ def model_spec(prepared: Prepared, config: Config) -> TwoTowerSpec:
         user_id_embedding=m.user_id_embedding,
         shared_history_embedding=m.shared_history_embedding,
         history_decay=m.history_decay,
+        head=m.head,
+        sequence_layers=m.sequence_layers,
+        embedding_dropout=m.embedding_dropout,
+        item_attributes=m.item_attributes,
     )
 
 
 def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW with decoupled weight decay at the configured learning rate."""
+    """AdamW with decoupled weight decay at the configured learning rate and ``adam_beta2``."""
+    cfg = config.train
     return torch.optim.AdamW(
-        model.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay, fused=True
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(0.9, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+        fused=True,
     )

@@ -176,11 +176,14 @@ class TrainingRun:
         """Best validation NDCG so far (-1 before the first epoch or without validation)."""
         return self.best
 
-    def advance(self, seconds: float | None = None) -> None:
-        """Train epochs until :attr:`done` or, with ``seconds``, the first epoch end past it."""
+    def advance(self, seconds: float | None = None, epochs: int | None = None) -> None:
+        """Train epochs until :attr:`done`, or with ``seconds`` until the first epoch end past it, or
+        with ``epochs`` until this many more epochs have run (whichever comes first)."""
         started = time.perf_counter()
-        while not self.done:
+        ran = 0
+        while not self.done and (epochs is None or ran < epochs):
             self._epoch(len(self.result.epoch_losses))
+            ran += 1
             if seconds is not None and time.perf_counter() - started >= seconds:
                 break
         self.result.seconds += time.perf_counter() - started
