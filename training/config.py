@@ -142,11 +142,10 @@ class TrainConfig:
       ``linear_tower_rank``; the ``[model]`` dimensions do not apply);
     * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers, the user
       folded in from the history (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
-    * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction,
-      sequence with the causal encoder, linear, mf) trained for an equal share of ``auto_budget_s`` on a
-      validation split carved from the training data by the evaluation protocol; the best one
-      trains on to early stopping, is refitted on all the training data and written to the
-      manifest."""
+    * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction, SASRec,
+      linear, mf) on a validation split carved from the training data by the evaluation protocol:
+      the iterative ones for ``auto_probe_epochs`` epochs, then the leading one to early stopping;
+      the best is refitted on all the training data and written to the manifest."""
     linear_l2: float = 500.0
     """``linear``: the ridge ``lambda`` of the closed form (Steck's range is 100-1000)."""
     linear_rank: int = 2048

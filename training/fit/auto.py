@@ -93,8 +93,8 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
 """What ``auto`` tries: the set objective (random splits, whole-taste data; small steps, the last
 200 items, three in four hidden and no user-id table measured best on ml-100k rand), one example
 per interaction with in-batch + uniform negatives (the former default, strongest on short time
-splits) and next-item prediction at every position through the
-causal encoder (sequential data: leave-last-out), and the closed-form item-item model in linear
+splits), SASRec (:data:`SASREC`: next-item prediction at every position, sequential data such as
+leave-last-out), and the closed-form item-item model in linear
 towers (bag-of-items data, where EASE is the strongest known model; skipped above
 ``train.linear_max_items`` items), as a plain mean of the history and with the recent items
 weighing more (``model.history_decay`` 0.1 and 0.5: a half-life of ~7 and ~1.4 items; "what next"
