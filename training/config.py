@@ -182,6 +182,10 @@ class TrainConfig:
     auto_probe_epochs: int = 3
     """``objective = auto``: epochs every iterative candidate trains before the comparison (a closed
     form is done after its one fit); the leading iterative one then trains on to early stopping."""
+    auto_blend: bool = True
+    """``objective = auto``: also try the best candidate blended with each of the next two (score =
+    a * s1 + b * s2, itself a two-tower model; :mod:`training.fit.blend`), kept only where it beats the
+    best by more than noise on validation users its weight was not chosen on."""
     auto_max_s: float = 600.0
     """``objective = auto``: at most this many seconds for the leading iterative candidate's run to
     early stopping after the probe (whole epochs; 0: no limit). It binds only where an epoch is slow

@@ -86,6 +86,10 @@ class TwoTowerSpec:
     item_attributes: bool = True
     """``tied`` head: the item vector adds the mean of its attribute embeddings to its id row
     (False: the id row alone, as in SASRec). The ``mlp`` head always reads the attributes."""
+    parts: tuple[TwoTowerSpec, ...] = ()
+    """``blend`` head: the models whose scores it adds (see :func:`blend_spec`)."""
+    part_weights: tuple[float, ...] = ()
+    """``blend`` head: each part's user vector is multiplied by its weight."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,11 +116,17 @@ class TwoTowerSpec:
             sequence_layers=int(data.get("sequence_layers", 1)),
             embedding_dropout=float(data.get("embedding_dropout", 0.0)),
             item_attributes=bool(data.get("item_attributes", True)),
+            parts=tuple(cls.from_dict(part) for part in data.get("parts", ())),
+            part_weights=tuple(float(w) for w in data.get("part_weights", ())),
         )
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head: unknown kind {self.head!r} ({', '.join(HEADS)})")
+        if (self.head == "blend") != bool(self.parts) or len(self.parts) != len(self.part_weights):
+            raise ValueError("head 'blend': needs parts and one weight per part (and only a blend has parts)")
+        if self.parts and self.output_dim != sum(p.output_dim for p in self.parts):
+            raise ValueError(f"head 'blend': output_dim {self.output_dim} is not the sum of its parts'")
         if self.head == "tied":
             problems = [
                 (
@@ -187,7 +197,7 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float) -> 
     return nn.Sequential(*layers)
 
 
-HEADS = ("mlp", "tied")
+HEADS = ("mlp", "tied", "blend")
 
 
 class ItemTower(nn.Module):
@@ -451,15 +461,56 @@ class UserTower(nn.Module):
         return F.normalize(self.mlp(torch.cat([*user, pooled, *fields], dim=-1)), dim=-1)
 
 
+def blend_spec(parts: tuple[TwoTowerSpec, ...], weights: tuple[float, ...]) -> TwoTowerSpec:
+    """A model scoring ``sum_i weights[i] * (user_i . item_i) / sqrt(len(parts))``: its user vector is
+    the weighted concatenation of the parts' user vectors, its item vector the concatenation of their
+    unit item vectors over ``sqrt(len(parts))`` (unit again). It reads the longest of the parts'
+    histories; each part reads its own most recent ``history_length`` items of it. Parts share the
+    features (user and item tower specs) and are trained apart; the blend only serves."""
+    first = parts[0]
+    if any((p.user, p.item) != (first.user, first.item) for p in parts):
+        raise ValueError("blend: parts must be trained on the same features")
+    return TwoTowerSpec(
+        user=first.user,
+        item=first.item,
+        embedding_dim=max(p.embedding_dim for p in parts),
+        hidden_dims=(),
+        output_dim=sum(p.output_dim for p in parts),
+        dropout=0.0,
+        temperature=1.0,
+        history_length=max(p.history_length for p in parts),
+        history_encoder="blend",
+        user_id_embedding=False,
+        head="blend",
+        parts=parts,
+        part_weights=weights,
+    )
+
+
 class TwoTowerModel(nn.Module):
-    """User and item towers over a shared item-id embedding table."""
+    """User and item towers over a shared item-id embedding table (or, for a ``blend`` spec, the
+    parts' models side by side)."""
 
     def __init__(self, spec: TwoTowerSpec) -> None:
         super().__init__()
         self.spec = spec
+        if spec.head == "blend":
+            self.parts = nn.ModuleList(TwoTowerModel(part) for part in spec.parts)
+            return
+        self.parts = nn.ModuleList()
         item_ids = _embedding(spec.item.id_cardinality, spec.embedding_dim)
         self.user_tower = UserTower(spec, item_ids)
         self.item_tower = ItemTower(spec, item_ids)
+
+    def _part_models(self) -> list[TwoTowerModel]:
+        """A blend's part models, typed (a ModuleList yields plain modules)."""
+        return [part for part in self.parts if isinstance(part, TwoTowerModel)]
+
+    def _part_inputs(self, inputs: Inputs, part: TwoTowerSpec) -> Inputs:
+        """A part's view of the blend's user inputs: its own most recent ``history_length`` items."""
+        if HISTORY not in inputs:
+            return inputs
+        return {**inputs, HISTORY: inputs[HISTORY][:, -part.history_length :]}
 
     @property
     def logit_temperature(self) -> float:
@@ -469,11 +520,25 @@ class TwoTowerModel(nn.Module):
 
     def user_embedding(self, inputs: Inputs) -> Tensor:
         """(B, output_dim): the served user vector (unit for ``mlp``; ``[state, 0]`` for ``tied``)."""
+        if self.spec.head == "blend":
+            return torch.cat(
+                [
+                    weight * model.user_embedding(self._part_inputs(inputs, part))
+                    for model, part, weight in zip(
+                        self._part_models(), self.spec.parts, self.spec.part_weights, strict=True
+                    )
+                ],
+                dim=-1,
+            )
         out: Tensor = self.user_tower(inputs)
         return out
 
     def item_embedding(self, inputs: Inputs) -> Tensor:
         """(B, output_dim), unit L2 norm: the served item vector."""
+        if self.spec.head == "blend":
+            parts = [model.item_embedding(inputs) for model in self._part_models()]
+            blended: Tensor = torch.cat(parts, dim=-1) / len(parts) ** 0.5
+            return blended
         out: Tensor = self.item_tower(inputs)
         return out
 

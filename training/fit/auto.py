@@ -32,6 +32,7 @@ import polars as pl
 from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
 from training.features import Prepared, prepare
+from training.fit.blend import BlendChoice, blended, choose_blend, score_spread
 from training.fit.linear_task import choose_tower_rank
 from training.fit.trainer import TrainingRun, TrainResult, train_model
 from training.tracking import flatten, start_run
@@ -134,6 +135,19 @@ class Budget:
     """Whether it stopped early (patience exhausted) rather than at ``max_s`` or ``train.epochs``."""
 
 
+BLEND_PARTNERS = 2
+"""How many runners-up the best candidate is blended with (each costs a few validation rankings)."""
+
+
+@dataclass(frozen=True)
+class Partner:
+    """The second part of a chosen blend: its candidate name, configuration and learning rates."""
+
+    name: str
+    config: Config
+    schedule: list[float] | None
+
+
 @dataclass(frozen=True)
 class Selection:
     """The configuration to train with, and how it was chosen."""
@@ -150,6 +164,10 @@ class Selection:
     """``linear`` winner: (tower rank, validation NDCG) of each rank tried for the served width (the
     full factorisation last); the chosen one is ``config.train.linear_tower_rank``."""
     budget: Budget | None = None
+    blend: BlendChoice | None = None
+    """Set when the best candidate blended with ``partner`` beat it by more than noise: the bundle is
+    then the blend (:mod:`training.fit.blend`) of ``config`` and ``partner.config``."""
+    partner: Partner | None = None
 
     @property
     def epochs(self) -> int:
@@ -165,6 +183,14 @@ class Selection:
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
             "tower_ranks": [{"rank": rank, "validation_ndcg": score} for rank, score in self.tower_ranks],
             "budget": dataclasses.asdict(self.budget) if self.budget is not None else None,
+            "blend": None
+            if self.blend is None or self.partner is None
+            else {
+                **dataclasses.asdict(self.blend),
+                "partner": self.partner.name,
+                "partner_epochs": len(self.partner.schedule) if self.partner.schedule is not None else None,
+                "partner_config": self.partner.config.to_dict(),
+            },
         }
 
 
@@ -213,6 +239,10 @@ def select_objective(
         if candidate.train.objective != "linear" or prepared.n_items <= candidate.train.linear_max_items
     ]
     budget: Budget | None = None
+    blend: BlendChoice | None = None
+    """Set when the best candidate blended with ``partner`` beat it by more than noise: the bundle is
+    then the blend (:mod:`training.fit.blend`) of ``config`` and ``partner.config``."""
+    partner: Partner | None = None
     if len(runs) > 1:
         budget = Budget(probe_epochs=config.train.auto_probe_epochs, max_s=config.train.auto_max_s)
         # Every candidate first trains the same number of epochs (a closed form is done after its
@@ -246,11 +276,11 @@ def select_objective(
         best_name,
         ", ".join(f"{r.name}={r.validation_ndcg:.4f}" for r, _ in results),
     )
-    tower_ranks: list[tuple[int, float]] = []
-    if best_config.train.objective == "linear" and best_config.train.linear_tower_rank == 0:
-        rank, tower_ranks = choose_tower_rank(prepared, best_config, validation)
-        best_config = with_overrides(best_config, {"train": {"linear_tower_rank": rank}})
-        log.info("linear tower rank: %d (validation ndcg per rank %s)", rank, tower_ranks)
+    if len(runs) > 1 and config.train.auto_blend:
+        blend, partner = _best_blend(prepared, validation, config.eval.k, runs)
+    best_config, tower_ranks = _served_width(prepared, best_config, validation)
+    if partner is not None:
+        partner = dataclasses.replace(partner, config=_served_width(prepared, partner.config, validation)[0])
     return Selection(
         config=best_config,
         name=best_name,
@@ -259,7 +289,37 @@ def select_objective(
         protocol=protocol,
         tower_ranks=tower_ranks,
         budget=budget,
+        blend=blend,
+        partner=partner,
     )
+
+
+def _served_width(
+    prepared: Prepared, config: Config, validation: pl.DataFrame
+) -> tuple[Config, list[tuple[int, float]]]:
+    """A ``linear`` configuration with its tower rank chosen on validation (when not set), and the
+    ranks tried; any other configuration as it is."""
+    if config.train.objective != "linear" or config.train.linear_tower_rank != 0:
+        return config, []
+    rank, tried = choose_tower_rank(prepared, config, validation)
+    log.info("linear tower rank: %d (validation ndcg per rank %s)", rank, tried)
+    return with_overrides(config, {"train": {"linear_tower_rank": rank}}), tried
+
+
+def _best_blend(
+    prepared: Prepared, validation: pl.DataFrame, k: int, runs: list[tuple[str, Config, TrainingRun]]
+) -> tuple[BlendChoice | None, Partner | None]:
+    """The best candidate blended with each of the next :data:`BLEND_PARTNERS` (by validation NDCG):
+    the blend that wins by the most on held-out validation users, if any wins by more than noise."""
+    ranked = sorted(runs, key=lambda r: r[2].best_validation, reverse=True)
+    (name, _, run), best = ranked[0], None
+    for other_name, other_config, other_run in ranked[1 : 1 + BLEND_PARTNERS]:
+        choice = choose_blend(
+            prepared, validation, k, (name, run.task.model), (other_name, other_run.task.model)
+        )
+        if choice is not None and (best is None or choice.validation_ndcg > best[0].validation_ndcg):
+            best = (choice, Partner(other_name, other_config, other_run.result.schedule))
+    return best if best is not None else (None, None)
 
 
 def _record(
@@ -322,5 +382,17 @@ def fit_selected(
     selection: Selection,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train the selected configuration on ``prepared`` with the selected per-epoch learning rates."""
-    return train_model(prepared, selection.config, on_epoch, schedule=selection.schedule)
+    """Train the selected configuration on ``prepared`` with the selected per-epoch learning rates;
+    for a blend, both parts (each with its own rates), joined with the chosen share."""
+    first = train_model(prepared, selection.config, on_epoch, schedule=selection.schedule)
+    if selection.blend is None or selection.partner is None:
+        return first
+    partner = selection.partner
+    second = train_model(prepared, partner.config, on_epoch, schedule=partner.schedule)
+    scales = (score_spread(first.model, prepared), score_spread(second.model, prepared))
+    return dataclasses.replace(
+        first,
+        model=blended(first.model, second.model, selection.blend.weights(scales)),
+        epoch_losses=first.epoch_losses + second.epoch_losses,
+        seconds=first.seconds + second.seconds,
+    )

@@ -1,0 +1,130 @@
+"""Blends: a weighted sum of two trained candidates' scores, itself a two-tower model.
+
+``score = a * s1 + b * s2`` is the inner product of the concatenated user vectors ``[a u1, b u2]`` with
+the concatenated item vectors ``[i1, i2]`` (:func:`serving.model.towers.blend_spec`), so a blend is an
+ordinary bundle: serving runs both parts' towers on the same request and searches one index.
+
+Each part's scores are first divided by their spread (the standard deviation of its validation
+scores), so that the share ``w`` of the second part means the same whatever the parts' scales; the
+share is chosen on half of the validation users (every tenth of 0.1 .. 0.9) and the blend is kept only
+where, on the *other* half, its per-user NDCG beats the better part's with a one-sided 95 % lower bound
+above zero: a blend must win by more than noise, measured on users its weight was not chosen on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from serving.model.embedding import embed_items, embed_users
+from serving.model.towers import TwoTowerModel, blend_spec
+from training.evaluation.evaluate import batched, rank_test_users
+from training.features import Prepared
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+SHARES = tuple(round(0.1 * i, 1) for i in range(1, 10))
+"""Shares of the second part tried (the first part gets the rest)."""
+CONFIDENCE_Z = 1.645
+"""One-sided 95 % normal quantile of the held-out half's paired per-user gain."""
+SCALE_USERS = 512
+"""Users whose scores measure a part's spread."""
+
+
+@dataclass(frozen=True)
+class BlendChoice:
+    """Two candidates and the share of the second, as chosen on validation."""
+
+    names: tuple[str, str]
+    share: float
+    """Weight of the second part's spread-normalised scores (the first gets ``1 - share``)."""
+    validation_ndcg: float
+    """The blend's NDCG@k on the held-out half of the validation users."""
+    best_part_ndcg: float
+    """The better part's NDCG@k on the same users."""
+    gain_lower_bound: float
+    """One-sided 95 % lower bound of the per-user gain over the better part (> 0 to be kept)."""
+
+    def weights(self, scales: tuple[float, float]) -> tuple[float, float]:
+        """User-vector weights of the two parts given their score spreads."""
+        return (1.0 - self.share) / scales[0], self.share / scales[1]
+
+
+def score_spread(model: TwoTowerModel, prepared: Prepared) -> float:
+    """Standard deviation of ``model``'s scores of every item for a fixed sample of users."""
+    rows = np.arange(min(prepared.n_users, SCALE_USERS), dtype=np.int64)
+    users = embed_users(model, prepared.user_features, prepared.sequences, rows)
+    items = embed_items(model, prepared.item_features)
+    return max(float(np.std(users @ items.T)), 1e-12)
+
+
+def blended(first: TwoTowerModel, second: TwoTowerModel, weights: tuple[float, float]) -> TwoTowerModel:
+    """The blend of two trained models as one model (their weights copied, nothing trained)."""
+    model = TwoTowerModel(blend_spec((first.spec, second.spec), weights))
+    for part, trained in zip(model.parts, (first, second), strict=True):
+        part.load_state_dict(trained.state_dict())
+    return model.eval()
+
+
+def choose_blend(
+    prepared: Prepared,
+    validation: pl.DataFrame,
+    k: int,
+    first: tuple[str, TwoTowerModel],
+    second: tuple[str, TwoTowerModel],
+) -> BlendChoice | None:
+    """The share of ``second`` that blends best with ``first`` on ``validation`` (module docstring), or
+    None when no share beats the better part by more than noise on the held-out half."""
+    models = (first[1], second[1])
+    scales = (score_spread(models[0], prepared), score_spread(models[1], prepared))
+    users = [
+        embed_users(
+            m, prepared.user_features, prepared.sequences, np.arange(prepared.n_users, dtype=np.int64)
+        )
+        for m in models
+    ]
+    items = [embed_items(m, prepared.item_features) for m in models]
+
+    def per_user(weights: tuple[float, float]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        def score(rows: npt.NDArray[np.int64]) -> FloatArray:
+            out: FloatArray = weights[0] * (users[0][rows] @ items[0].T) + weights[1] * (
+                users[1][rows] @ items[1].T
+            )
+            return out
+
+        ranking = rank_test_users(batched(score), prepared, validation, k)
+        return ranking.user_rows, ranking.per_user_ndcg(k)
+
+    user_rows, alone_first = per_user((1.0, 0.0))
+    _, alone_second = per_user((0.0, 1.0))
+    choose, confirm = user_rows % 2 == 0, user_rows % 2 == 1
+    best_share, best_choose, best_scores = 0.0, -1.0, alone_first
+    for share in SHARES:
+        _, scores = per_user(((1.0 - share) / scales[0], share / scales[1]))
+        if scores[choose].mean() > best_choose:
+            best_share, best_choose, best_scores = share, float(scores[choose].mean()), scores
+    better = alone_first if alone_first[confirm].mean() >= alone_second[confirm].mean() else alone_second
+    gain = best_scores[confirm] - better[confirm]
+    bound = float(gain.mean()) - CONFIDENCE_Z * float(gain.std(ddof=1)) / np.sqrt(max(len(gain), 1))
+    choice = BlendChoice(
+        names=(first[0], second[0]),
+        share=best_share,
+        validation_ndcg=float(best_scores[confirm].mean()),
+        best_part_ndcg=float(better[confirm].mean()),
+        gain_lower_bound=bound,
+    )
+    log.info(
+        "blend %s + %s at share %.1f: held-out validation ndcg %.4f vs %.4f (gain >= %+.4f at 95%%)",
+        *choice.names,
+        choice.share,
+        choice.validation_ndcg,
+        choice.best_part_ndcg,
+        bound,
+    )
+    return choice if len(gain) > 1 and bound > 0 else None
