@@ -168,7 +168,7 @@ def test_lifecycle_campaign_and_health_charts_match_the_log(
     # Campaign "spring" over 14 days: contacted a0..a3 (a0, a1 clicked; a0 bought 10 + 20), control
     # b0..b2 (all clicked; b0 bought 30).
     (reach,) = charts["Latest campaigns: reach (members contacted)"]["data"]
-    assert (reach["x"], reach["y"]) == (["spring"], [4])
+    assert (reach["x"], reach["y"]) == (["spring 2026-03-01"], [4])
     contacted, control = charts["Campaign response rate: contacted vs control"]["data"]
     assert (contacted["y"], control["y"]) == ([0.5], [1.0])
     response, converted = charts["Campaign uplift over the control (95 % CI)"]["data"]

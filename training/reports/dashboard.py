@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # Bootstrap resamples of revenue/user per variant: the page is rebuilt per request, so fewer than
 # the file report's 2000 (the interval's ends move in the third digit, not more).
 BOOTSTRAP_RESAMPLES = 300
-# The latest campaigns shown (by send time), and at most this many campaign files read.
+# The latest campaigns shown (by send time), and at most this many campaign files read (newest first).
 LATEST_CAMPAIGNS = 6
 MAX_CAMPAIGN_FILES = 200
 
@@ -69,7 +69,9 @@ def latest_campaigns(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """(reports of the ``limit`` campaigns in ``folder`` sent last, newest first; one line per
     campaign file that could not be measured, with the reason)."""
-    paths = sorted(Path(folder).glob(f"*{CAMPAIGN_SUFFIX}"))[:MAX_CAMPAIGN_FILES]
+    # The files written last first: a folder of years of campaigns is not read whole on every request.
+    paths = sorted(Path(folder).glob(f"*{CAMPAIGN_SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    paths = paths[:MAX_CAMPAIGN_FILES]
     reports, problems = [], []
     for path in paths:
         try:
@@ -159,7 +161,8 @@ def _group_figures(
 def _campaign_figures(reports: list[dict[str, Any]]) -> list[go.Figure]:
     """Reach, response rates (contacted vs control) and uplifts with 95 % intervals, oldest left."""
     reports = list(reversed(reports))
-    names = [str(r["campaign"]) for r in reports]
+    # Name and send day: two sends of one campaign name are two bars.
+    names = [f"{r['campaign']} {str(r['sent_at'])[:10]}" for r in reports]
     figures = [
         bar_chart(names, [r["reach"] for r in reports], title="Latest campaigns: reach (members contacted)")
     ]
