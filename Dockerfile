@@ -40,7 +40,7 @@ CMD ["--bundle", "/models/bundle", "--host", "0.0.0.0", "--port", "50051", "--he
 
 FROM serve AS train
 USER root
-# The project's `train` extra (MLflow, Optuna, implicit, matplotlib, ...), from the same wheel.
+# The project's `train` extra (MLflow, Optuna, implicit, Plotly, ...), from the same wheel.
 COPY --from=build /wheels /wheels
 RUN pip install "$(ls /wheels/*.whl)[train]" && rm -rf /wheels
 USER recsys

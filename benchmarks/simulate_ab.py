@@ -18,7 +18,7 @@
    ``value = rating`` when the rating is >= 4. All of it goes through ``LogEvents``,
    timestamped with the session's real time.
 5. SIGTERM (the server compacts its WAL), then :func:`training.reports.ab_report.run_ab_report`
-   (tables, PNG plots, MLflow). The check: the two-tower variant is ranked first and its
+   (tables, the charts page, MLflow). The check: the two-tower variant is ranked first and its
    CTR beats the control's with p < 0.05.
 """
 

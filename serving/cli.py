@@ -321,21 +321,19 @@ def add_recommend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recommend_command(args: argparse.Namespace) -> None:
     from serving.campaigns.holdout import write_campaign_list
-    from serving.profiles.campaign import apply_campaign_rules, member_flags
+    from serving.profiles.campaign import ListRules, apply_campaign_rules, check_clv_available, member_flags
     from serving.recommend.batch import read_user_ids, recommend_batch
     from serving.recommend.engine import TwoTowerEngine
 
     started = time.perf_counter()
+    rules = ListRules.from_arguments(args)
     engine = TwoTowerEngine.load(args.bundle)
+    check_clv_available(engine.bundle.manifest, rules)
     users = read_user_ids(args.users)
     listed = recommend_batch(engine, users, args.k)
     profiles = member_flags(engine.bundle.path, engine.bundle.manifest)
     campaign = apply_campaign_rules(
-        listed,
-        engine.bundle_user_ids(listed.get_column("user_id")),
-        profiles,
-        args.include_flagged,
-        args.order_by_propensity,
+        listed, engine.bundle_user_ids(listed.get_column("user_id")), profiles, rules
     )
     frame = campaign.frame
     held_out = write_campaign_list(
@@ -353,5 +351,10 @@ def recommend_command(args: argparse.Namespace) -> None:
         f"to {args.out} in {seconds:.2f} s ({len(users) / max(seconds, 1e-9):.0f} users/s), "
         f"model {engine.model_version}; {campaign.flagged_removed} flagged members left out"
         + (f" ({campaign.note})" if campaign.note else "")
+        + (
+            f"; {campaign.below_min_clv_removed} members below --min-clv {rules.min_clv:g} left out"
+            if rules.min_clv is not None
+            else ""
+        )
         + (f"; {held_out}" if held_out else "")
     )

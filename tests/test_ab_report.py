@@ -1,5 +1,5 @@
 """A/B report statistics against hand-computed values, and the report over an event log
-(tables, PNG plots, MLflow run)."""
+(tables, the Plotly charts page, MLflow run)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
+from plotly_page import assert_self_contained, figures
 
 from serving._proto.recsys.v1 import events_pb2
 from serving.events.log import EventLog
@@ -151,7 +152,7 @@ def test_report_errors_name_the_problem() -> None:
         build_report(_events(), "exp", control="C")
 
 
-def test_ab_report_reads_the_log_writes_plots_and_logs_to_mlflow(
+def test_ab_report_reads_the_log_writes_charts_and_logs_to_mlflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -183,17 +184,39 @@ def test_ab_report_reads_the_log_writes_plots_and_logs_to_mlflow(
         tmp_path / "events", "exp", out, config.tracking, control="A", bootstrap_resamples=500
     )
     assert report.ranking == ["B", "A"]
-    for name in (
-        "report.json",
-        "report.txt",
-        "daily.csv",
-        "ctr_by_day.png",
-        "conversion_by_day.png",
-        "summary.png",
-    ):
+    for name in ("report.json", "report.txt", "daily.csv", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "ctr_by_day.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "report.json").read_text())["ranking"] == ["B", "A"]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["ranking"] == ["B", "A"]
+
+    # The charts draw the report's own numbers: per variant (by name) the value and its interval.
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(page)
+    charts = figures(page)
+    by_name = {v["variant"]: v for v in saved["variants"]}
+    for metric, label in (
+        ("ctr", "CTR"),
+        ("conversion", "conversion"),
+        ("revenue_per_user", "revenue per user"),
+    ):
+        (bars,) = charts[f"{label} per variant, 95 % intervals (control A)"]["data"]
+        assert bars["x"] == ["A", "B"]
+        assert bars["y"] == pytest.approx([by_name[v][metric] for v in ("A", "B")])
+        assert bars["error_y"]["array"] == pytest.approx(
+            [by_name[v][f"{metric}_ci"]["high"] - by_name[v][metric] for v in ("A", "B")]
+        )
+    # Per day and variant: a band (upper, lower edge) and the line of the daily table's CTR.
+    daily = pl.read_csv(out / "daily.csv").sort("date", "variant")
+    traces = charts["CTR (clicks / impressions) per day, 95 % Wilson intervals"]["data"]
+    for i, variant in enumerate(("A", "B")):
+        upper, lower, line = traces[3 * i : 3 * i + 3]  # per variant: the band's edges, then the line
+        rows = daily.filter(pl.col("variant") == variant)
+        assert line["name"] == variant
+        assert line["x"] == rows.get_column("date").cast(pl.Utf8).to_list()
+        assert line["y"] == pytest.approx(rows.get_column("ctr").to_list())
+        bands = [wilson_interval(c, n) for c, n in rows.select("clicks", "impressions").iter_rows()]
+        assert upper["y"] == pytest.approx([b.high for b in bands])
+        assert lower["y"] == pytest.approx([b.low for b in bands])
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("ab")
@@ -203,4 +226,4 @@ def test_ab_report_reads_the_log_writes_plots_and_logs_to_mlflow(
     assert run.data.metrics["B.ctr"] == pytest.approx(0.2)
     assert run.data.metrics["B_vs_A.ctr_p_value"] == pytest.approx(0.04767, abs=1e-4)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "ab_report")}
-    assert "ab_report/summary.png" in artifacts
+    assert "ab_report/report.html" in artifacts

@@ -50,3 +50,19 @@ def test_relative_links_of_root_documents_resolve(document: str) -> None:
     relative = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
     missing = [t for t in relative if not (REPO_ROOT / t).exists()]
     assert missing == [], f"{document}: links to missing files {missing}"
+
+
+def test_the_readme_marketers_day_commands_parse() -> None:
+    """Every `recsys` command of README's "A marketer's day" is accepted by the real parser (flags
+    renamed or removed would fail here; the commands themselves were run on `recsys demo` data)."""
+    import shlex
+
+    from training.cli.main import build_parser
+
+    day = _section((REPO_ROOT / "README.md").read_text(encoding="utf-8"), "## A marketer's day")
+    block = day.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith(".venv/bin/recsys ")]
+    assert [c[1] for c in commands] == ["recommend", "serve", "campaign-report", "dashboard"]
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command[1:])

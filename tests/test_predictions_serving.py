@@ -150,7 +150,7 @@ def test_recommend_list_leaves_flagged_members_out_and_orders_by_propensity(
     assert set(listed.get_column("user_id").to_list()) == everything - flagged
     assert listed.columns == ["user_id", "rank", "item_id", "score", "fallback"]
 
-    assert main([*base, "--order-by-propensity", "--out", str(tmp_path / "ordered.parquet")]) == 0
+    assert main([*base, "--order-by", "propensity", "--out", str(tmp_path / "ordered.parquet")]) == 0
     ordered = pl.read_parquet(tmp_path / "ordered.parquet")
     scores = ordered.get_column("purchase_propensity").to_list()
     assert scores == sorted(scores, reverse=True)
@@ -177,13 +177,84 @@ def test_lookalike_list_leaves_flagged_members_out_and_keeps_its_size(
     assert not set(clean.get_column("user_id").to_list()) & flagged
     assert clean.get_column("rank").to_list() == list(range(1, 41))
 
-    assert main([*base, "--order-by-propensity", "--out", str(tmp_path / "ordered.csv")]) == 0
+    assert main([*base, "--order-by", "propensity", "--out", str(tmp_path / "ordered.csv")]) == 0
     ordered = pl.read_csv(tmp_path / "ordered.csv", schema_overrides={"user_id": pl.Utf8})
     assert ordered.columns == ["user_id", "rank", "score", "purchase_propensity"]
     scores = ordered.get_column("purchase_propensity").to_list()
     assert scores == sorted(scores, reverse=True)
     # The same 40 most similar members, only reordered.
     assert set(ordered.get_column("user_id").to_list()) == set(clean.get_column("user_id").to_list())
+
+
+def test_lists_use_lifetime_value_as_a_criterion(fraud_bundle: FraudBundle, tmp_path: Path) -> None:
+    """--order-by clv ranks members by predicted lifetime value; --min-clv keeps only those worth at
+    least that much (members who never bought have no value and are left out)."""
+    profiles = fraud_bundle.profiles
+    assert fraud_bundle.section["clv"]["has_money"]
+    valued = profiles.filter(pl.col("clv_value").is_not_null() & ~pl.col("anomaly_flagged"))
+    threshold = float(valued.get_column("clv_value").median())
+    worth = set(valued.filter(pl.col("clv_value") >= threshold).get_column("user_id").to_list())
+    users = _write_ids(tmp_path / "users.txt", profiles.get_column("user_id").to_list())
+    base = ["recommend", "--bundle", str(fraud_bundle.bundle), "--users", str(users), "--k", "2"]
+
+    assert main([*base, "--order-by", "clv", "--out", str(tmp_path / "by_clv.csv")]) == 0
+    by_clv = pl.read_csv(tmp_path / "by_clv.csv", schema_overrides={"user_id": pl.Utf8})
+    assert by_clv.columns[-1] == "clv_value"
+    values = by_clv.get_column("clv_value").drop_nulls().to_list()
+    assert values == sorted(values, reverse=True)
+    missing = by_clv.get_column("clv_value").is_null().to_list()
+    assert missing == sorted(missing)  # members without a value (never bought) last
+    first = by_clv.row(0, named=True)
+    expected = profiles.filter(pl.col("user_id") == first["user_id"]).get_column("clv_value").item()
+    assert first["clv_value"] == pytest.approx(expected)
+
+    argv = [*base, "--min-clv", f"{threshold}", "--out", str(tmp_path / "worth.csv")]
+    assert main(argv) == 0
+    kept = pl.read_csv(tmp_path / "worth.csv", schema_overrides={"user_id": pl.Utf8})
+    listed = set(kept.get_column("user_id").to_list())
+    assert listed
+    assert listed <= worth
+    assert kept.get_column("clv_value").min() >= threshold
+
+    # A lookalike audience keeps its size with only members worth at least the threshold.
+    seeds = _write_ids(tmp_path / "seeds.txt", sorted(worth)[:3])
+    lookalike = [
+        "lookalike",
+        "--bundle",
+        str(fraud_bundle.bundle),
+        "--seed-users",
+        str(seeds),
+        "--size",
+        "20",
+    ]
+    assert (
+        main([*lookalike, "--min-clv", f"{threshold}", "--order-by", "clv", "--out", str(tmp_path / "a.csv")])
+        == 0
+    )
+    audience = pl.read_csv(tmp_path / "a.csv", schema_overrides={"user_id": pl.Utf8})
+    assert len(worth) >= 23  # enough beyond the 3 seeds to fill the list
+    assert audience.height == 20
+    assert set(audience.get_column("user_id").to_list()) <= worth
+    assert audience.get_column("clv_value").to_list() == sorted(
+        audience.get_column("clv_value"), reverse=True
+    )
+
+
+def test_lifetime_value_criteria_refuse_what_the_bundle_cannot_answer() -> None:
+    from serving.errors import FeatureUnavailableError, InvalidArgumentError
+    from serving.profiles.campaign import ListRules, check_clv_available
+
+    with pytest.raises(InvalidArgumentError, match="--min-clv: must be a finite number >= 0"):
+        ListRules(min_clv=-1.0)
+    with pytest.raises(InvalidArgumentError, match="--order-by: must be one of"):
+        ListRules(order_by="age")
+    no_money = {"profiles": {"clv": {"trained": True, "has_money": False}}}
+    with pytest.raises(FeatureUnavailableError, match="--min-clv: the training data has no amounts"):
+        check_clv_available(no_money, ListRules(min_clv=10.0))
+    untrained = {"profiles": {"clv": {"trained": False, "reason": "fewer than 20 buyers"}}}
+    with pytest.raises(FeatureUnavailableError, match="--order-by clv: fewer than 20 buyers"):
+        check_clv_available(untrained, ListRules(order_by="clv"))
+    check_clv_available(no_money, ListRules(order_by="propensity"))  # propensity needs no money
 
 
 # ------------------------------------------------------------------ campaign measurement

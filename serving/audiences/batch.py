@@ -4,9 +4,11 @@ Seeds come from a CSV/Parquet file with a ``user_id`` column, or a text file wit
 per line (the ``recsys recommend --users`` format). The output has one row per lookalike
 user: ``user_id``, ``rank`` (from 1), ``score`` (cosine to the seed direction), best first,
 seeds excluded; ``.parquet`` or CSV (any other suffix), written atomically. Members flagged
-for abnormal behaviour are left out unless ``--include-flagged``; ``--order-by-propensity``
-lists the likeliest buyers first (``rank`` is then the position in that order) with a
-``purchase_propensity`` column (:mod:`serving.profiles.campaign`).
+for abnormal behaviour are left out unless ``--include-flagged``; ``--min-clv V`` keeps only
+members with a predicted lifetime value of at least V (the list still has ``--size`` members when
+enough qualify); ``--order-by propensity|clv`` lists the likeliest buyers / the highest lifetime
+values first (``rank`` is then the position in that order) with the score's column
+(:mod:`serving.profiles.campaign`).
 
 Only argparse-level imports at module level: ``recsys`` builds its parser from
 :func:`add_lookalike_arguments` for every command.
@@ -15,6 +17,7 @@ Only argparse-level imports at module level: ``recsys`` builds its parser from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,27 +80,37 @@ def lookalike_command(args: argparse.Namespace) -> None:
 
     from serving.audiences.search import MAX_SIZE, SeedScoring, SimilarUsersQuery, validate_size
     from serving.campaigns.holdout import write_campaign_list
-    from serving.profiles.campaign import apply_campaign_rules, member_flags
+    from serving.profiles.campaign import (
+        ListRules,
+        apply_campaign_rules,
+        check_clv_available,
+        excluded_members,
+        member_flags,
+    )
     from serving.recommend.engine import TwoTowerEngine
 
     started = time.perf_counter()
+    rules = ListRules.from_arguments(args)
     engine = TwoTowerEngine.load(args.bundle)
+    check_clv_available(engine.bundle.manifest, rules)
     seeds = read_seed_ids(args.seed_users)
     size = validate_size(args.size, "--size")
     flags = member_flags(engine.bundle.path, engine.bundle.manifest)
-    # Ask for as many more as there are flagged members, so that leaving them out still fills the list.
-    extra = 0 if flags is None or args.include_flagged else int(flags.get_column("anomaly_flagged").sum())
+    # Ask for as many more as the rules leave out, so that leaving them out still fills the list.
+    extra = excluded_members(flags, rules)
     audience = engine.similar_users(
         SimilarUsersQuery(seeds, min(size + extra, MAX_SIZE), SeedScoring(args.scoring))
     )
     listed = audience_frame(audience)
     # Audience ids are the bundle's own (pseudonyms when the bundle is pseudonymised).
-    campaign = apply_campaign_rules(listed, listed.get_column("user_id"), flags, args.include_flagged, False)
-    # The `size` most similar unflagged members, then (when asked) ordered by propensity;
+    keep = dataclasses.replace(rules, order_by=None)
+    campaign = apply_campaign_rules(listed, listed.get_column("user_id"), flags, keep)
+    # The `size` most similar members the rules keep, then (when asked) ordered by the score;
     # rank = position in the written list.
     chosen = campaign.frame.head(size)
-    if args.order_by_propensity:
-        chosen = apply_campaign_rules(chosen, chosen.get_column("user_id"), flags, True, True).frame
+    if rules.order_by is not None:
+        order = ListRules(include_flagged=True, order_by=rules.order_by)
+        chosen = apply_campaign_rules(chosen, chosen.get_column("user_id"), flags, order).frame
     frame = chosen.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("rank"))
     ids = frame.get_column("user_id")
     held_out = write_campaign_list(args, frame, ids, flags, "lookalike", audience.model_version)
@@ -105,6 +118,8 @@ def lookalike_command(args: argparse.Namespace) -> None:
     print(
         f"wrote {frame.height} lookalike users of {audience.known_seeds} seed users "
         f"({audience.unknown_seeds} unknown seed ids ignored; {campaign.flagged_removed} flagged members "
-        f"left out{note}) to {args.out} in {time.perf_counter() - started:.2f} s, "
+        f"left out{note}"
+        + (f", {campaign.below_min_clv_removed} below --min-clv" if rules.min_clv is not None else "")
+        + f") to {args.out} in {time.perf_counter() - started:.2f} s, "
         f"model {audience.model_version}" + (f"; {held_out}" if held_out else "")
     )

@@ -154,6 +154,7 @@ def hold_out(
     source: str,
     model_version: str,
     ordered_by: str,
+    min_clv: float | None = None,
 ) -> HeldOut:
     """Split ``frame`` (a campaign list with ``user_id``; ``bundle_ids`` row-aligned) into the
     list to send and the control group; describe the campaign (module docstring)."""
@@ -178,6 +179,7 @@ def hold_out(
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source,
         "ordered_by": ordered_by,
+        "min_clv": min_clv,
         "model_version": model_version,
         "list": Path(out).name,
         "control_list": control_path.name if share > 0 else None,
@@ -227,7 +229,8 @@ def write_campaign_list(
         share=args.control_share,
         sent_at=parse_sent_at(args.sent_at),
         source=source,
-        ordered_by="purchase_propensity" if args.order_by_propensity else "",
+        ordered_by=args.order_by or "",
+        min_clv=args.min_clv,
         model_version=model_version,
     )
     write_campaign(held, args.out)

@@ -22,13 +22,20 @@ def cmd_segments_report(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    from training.reports.dashboard import render_dashboard
     from training.reports.dashboard_server import make_server
 
-    server = make_server(args.bundle, args.events, host=args.host, port=args.port, insecure=args.insecure)
+    server = make_server(
+        args.bundle,
+        args.events,
+        campaigns_dir=args.campaigns,
+        campaign_days=args.campaign_days,
+        host=args.host,
+        port=args.port,
+        insecure=args.insecure,
+    )
     try:
         # Build the page once before serving: a bundle without profiles fails here, with its reason.
-        render_dashboard(args.bundle, args.events)
+        server.render()
         print(f"dashboard -> {server.url} (rebuilt on each request; Ctrl-C stops)", flush=True)
         server.serve_forever()
     finally:
@@ -50,11 +57,21 @@ def add_profile_parsers(commands: Any) -> None:
     p.set_defaults(func=cmd_segments_report)
 
     p = commands.add_parser(
-        "dashboard", help="web page on loopback: KPIs over time, A/B variants, segments, model version"
+        "dashboard",
+        help="web page on loopback: KPIs over time, A/B variants, segments, campaigns, model health",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (model version, profiles)")
     p.add_argument(
         "--events", type=Path, required=True, help="event-log directory (recsys serve --events-dir)"
+    )
+    p.add_argument(
+        "--campaigns",
+        type=Path,
+        help="folder of campaign files (*.campaign.json, recsys recommend/lookalike --campaign): "
+        "the latest are measured against the event log",
+    )
+    p.add_argument(
+        "--campaign-days", type=float, default=14.0, help="campaign response window in days (default 14)"
     )
     p.add_argument("--port", type=int, default=8050, help="TCP port (default 8050; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: not exposed)")

@@ -246,23 +246,18 @@ def report_metrics(report: AbReport) -> dict[str, float]:
 
 
 def write_report(report: AbReport, out: Path) -> list[Path]:
-    """``report.json``, ``report.txt``, ``daily.csv`` and the PNG plots into ``out`` (atomic writes)."""
+    """``report.json``, ``report.txt``, ``daily.csv`` and the charts page ``report.html`` into ``out``
+    (atomic writes)."""
     from serving.storage import atomic_write_csv, atomic_write_text
-    from training.reports.ab_plots import plot_daily, plot_summary
+    from training.reports.ab_plots import write_charts
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "report.txt", format_table(report) + "\n")
     atomic_write_csv(out / "daily.csv", report.daily)
-    plots = [
-        plot_daily(report.daily, "ctr", "CTR (clicks / impressions)", out / "ctr_by_day.png"),
-        plot_daily(
-            report.daily, "conversion", "conversion (buyers / exposed users)", out / "conversion_by_day.png"
-        ),
-        plot_summary(report, out / "summary.png"),
-    ]
-    return [out / "report.json", out / "report.txt", out / "daily.csv", *plots]
+    charts = write_charts(report, out / "report.html")
+    return [out / "report.json", out / "report.txt", out / "daily.csv", charts]
 
 
 def run_ab_report(
@@ -278,7 +273,7 @@ def run_ab_report(
 
     MLflow run ``ab-report-<experiment>``: params (experiment, control, events dir), the
     metrics of :func:`report_metrics`, ``ab_report.json`` and the ``out`` directory as the
-    ``ab_report`` artifact (tables and PNG plots).
+    ``ab_report`` artifact (tables and the charts page).
     """
     from serving.events.reader import is_event_log, read_events
     from training.data.io import InputError, data_directory_hint

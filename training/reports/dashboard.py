@@ -1,83 +1,55 @@
-"""``recsys dashboard``'s page: KPIs over time, A/B variants, segments and the model, as Plotly charts.
+"""``recsys dashboard``'s page: KPIs over time, A/B variants, lifecycle stages and segments, the
+latest campaigns, the model and its health, as Plotly charts (:mod:`training.reports.charts`).
 
-One self-contained HTML page (the plotly.js bundle is inlined: no network, no CDN), built
-from the event log (:func:`serving.events.reader.read_events`) and a bundle (manifest and
-``profiles.parquet``). Definitions of the daily KPIs (UTC days, all events of the day):
+One self-contained HTML page (plotly.js inlined: no network, no CDN), built from the event log
+(:func:`serving.events.reader.read_events`), a bundle (manifest and ``profiles.parquet``) and,
+optionally, a folder of campaign files (``*.campaign.json``, written by ``recsys recommend`` /
+``recsys lookalike --campaign``). Every figure comes from code the file reports use:
 
-* **active members**: distinct users with at least one event that day;
-* **CTR** = clicks / impressions of the day (events counted as logged);
-* **conversion** = members who bought that day / active members;
-* **average order value** = purchase value / purchases of the day (purchases without a
-  value count as 0);
-* **repurchase share** = buyers of the day who had bought on an earlier day / buyers.
-
-Per A/B variant the figures and intervals are those of :func:`training.reports.ab_report.build_report`.
+* KPIs over time and per group: :mod:`training.reports.dashboard_kpis`;
+* per A/B variant: :func:`training.reports.ab_report.build_report`;
+* campaigns: :func:`training.reports.campaign_report.build_campaign_report`;
+* model health: the bundle manifest's own evaluation figures and the event log's freshness.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import plotly.graph_objects as go
 import polars as pl
 
+from serving.campaigns.holdout import CAMPAIGN_SUFFIX
 from serving.events.reader import read_events
+from serving.profiles.lifecycle import STAGES
 from training.reports.ab_report import build_report
 from training.reports.ab_results import AbReport
+from training.reports.campaign_report import build_campaign_report
+from training.reports.charts import PALETTE, bar_chart, chart_html, html_page, interval_bars, line_chart
+from training.reports.dashboard_kpis import KPI_COLUMNS, daily_kpis, group_kpis
 from training.reports.segments_report import load_profiles
+
+log = logging.getLogger(__name__)
 
 # Bootstrap resamples of revenue/user per variant: the page is rebuilt per request, so fewer than
 # the file report's 2000 (the interval's ends move in the third digit, not more).
 BOOTSTRAP_RESAMPLES = 300
+# The latest campaigns shown (by send time), and at most this many campaign files read (newest first).
+LATEST_CAMPAIGNS = 6
+MAX_CAMPAIGN_FILES = 200
 
-KPI_COLUMNS = ("active_members", "ctr", "conversion", "average_order_value", "repurchase_share")
-
-
-def daily_kpis(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per UTC day: ``date``, ``active_members``, ``impressions``, ``clicks``, ``ctr``,
-    ``buyers``, ``conversion``, ``purchases``, ``revenue``, ``average_order_value``,
-    ``repurchase_share`` (definitions in the module docstring; ratios are null on a zero
-    denominator)."""
-    frame = events.with_columns(pl.col("timestamp").dt.date().alias("day"))
-    purchases = frame.filter(pl.col("event_type") == "purchase")
-    first_purchase = purchases.group_by("user_id").agg(pl.col("day").min().alias("first_day"))
-    buyers = (
-        purchases.select("day", "user_id")
-        .unique()
-        .join(first_purchase, on="user_id")
-        .group_by("day")
-        .agg(pl.len().alias("buyers"), (pl.col("first_day") < pl.col("day")).sum().alias("repeat_buyers"))
-    )
-    counts = frame.group_by("day").agg(
-        pl.col("user_id").n_unique().alias("active_members"),
-        (pl.col("event_type") == "impression").sum().alias("impressions"),
-        (pl.col("event_type") == "click").sum().alias("clicks"),
-        (pl.col("event_type") == "purchase").sum().alias("purchases"),
-        pl.when(pl.col("event_type") == "purchase")
-        .then(pl.col("value").fill_null(0.0))
-        .sum()
-        .alias("revenue"),
-    )
-    out = counts.join(buyers, on="day", how="left").with_columns(
-        pl.col("buyers").fill_null(0), pl.col("repeat_buyers").fill_null(0)
-    )
-
-    def ratio(numerator: str, denominator: str) -> pl.Expr:
-        return pl.when(pl.col(denominator) > 0).then(pl.col(numerator) / pl.col(denominator))
-
-    return (
-        out.with_columns(
-            ratio("clicks", "impressions").alias("ctr"),
-            ratio("buyers", "active_members").alias("conversion"),
-            ratio("revenue", "purchases").alias("average_order_value"),
-            ratio("repeat_buyers", "buyers").alias("repurchase_share"),
-        )
-        .rename({"day": "date"})
-        .drop("repeat_buyers")
-        .sort("date")
-    )
+KPI_TITLES = {
+    "active_members": "Active members per day",
+    "ctr": "CTR (clicks / impressions)",
+    "conversion": "Conversion (buyers / active members)",
+    "average_order_value": "Average order value",
+    "repurchase_share": "Repurchase share (buyers who bought before)",
+    "churned_share": "Churned share (no event for the churn horizon)",
+}
 
 
 def experiment_reports(events: pl.DataFrame) -> list[AbReport]:
@@ -92,77 +64,250 @@ def experiment_reports(events: pl.DataFrame) -> list[AbReport]:
     return reports
 
 
-def _kpi_figures(kpis: pl.DataFrame) -> list[go.Figure]:
-    titles = {
-        "active_members": "Active members per day",
-        "ctr": "CTR (clicks / impressions)",
-        "conversion": "Conversion (buyers / active members)",
-        "average_order_value": "Average order value",
-        "repurchase_share": "Repurchase share (buyers who bought before)",
-    }
+def latest_campaigns(
+    folder: Path, events_dir: Path, days: float, limit: int = LATEST_CAMPAIGNS
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(reports of the ``limit`` campaigns in ``folder`` sent last, newest first; one line per
+    campaign file that could not be measured, with the reason)."""
+    # The files written last first: a folder of years of campaigns is not read whole on every request.
+    paths = sorted(Path(folder).glob(f"*{CAMPAIGN_SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    paths = paths[:MAX_CAMPAIGN_FILES]
+    reports, problems = [], []
+    for path in paths:
+        try:
+            reports.append(build_campaign_report(path, events_dir, days, 0.0))
+        except (ValueError, OSError) as exc:
+            problems.append(f"{path.name}: {exc}")
+    reports.sort(key=lambda r: str(r["sent_at"]), reverse=True)
+    return reports[:limit], problems
+
+
+def _kpi_figures(kpis: pl.DataFrame, churn_days: float) -> list[go.Figure]:
     dates = [d.isoformat() for d in kpis.get_column("date").to_list()]
+    titles = dict(KPI_TITLES, churned_share=f"Churned share (no event for {churn_days:g} days)")
     return [
-        go.Figure(
-            go.Scatter(x=dates, y=kpis.get_column(column).to_list(), mode="lines+markers", name=column),
-            layout={"title": titles[column], "height": 320},
-        )
+        line_chart(dates, {column: kpis.get_column(column).to_list()}, title=titles[column])
         for column in KPI_COLUMNS
     ]
 
 
 def _variant_figure(report: AbReport) -> go.Figure:
     names = [v.variant for v in report.variants]
-    figure = go.Figure(layout={"title": f"Experiment {report.experiment}: CTR and conversion (95 % CI)"})
-    for metric in ("ctr", "conversion"):
-        values = [getattr(v, metric) for v in report.variants]
-        intervals = [getattr(v, f"{metric}_ci") for v in report.variants]
-        figure.add_bar(
-            x=names,
-            y=values,
-            name=metric,
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": [ci.high - value for ci, value in zip(intervals, values, strict=True)],
-                "arrayminus": [value - ci.low for ci, value in zip(intervals, values, strict=True)],
-            },
+    return interval_bars(
+        names,
+        {
+            metric: (
+                [getattr(v, metric) for v in report.variants],
+                [(getattr(v, f"{metric}_ci").low, getattr(v, f"{metric}_ci").high) for v in report.variants],
+            )
+            for metric in ("ctr", "conversion")
+        },
+        title=f"Experiment {report.experiment}: CTR and conversion (95 % CI)",
+    )
+
+
+def _in_order(frame: pl.DataFrame, column: str, order: tuple[str, ...]) -> pl.DataFrame:
+    """``frame`` sorted by ``column`` in ``order`` (values outside it last, by value)."""
+    if not order:
+        return frame.sort(column)
+    rank = pl.col(column).cast(pl.Utf8).replace_strict(order, range(len(order)), default=len(order))
+    return frame.sort(rank, pl.col(column))
+
+
+def _group_figures(
+    events: pl.DataFrame, profiles: pl.DataFrame, column: str, name: str, order: tuple[str, ...] = ()
+) -> list[go.Figure]:
+    """Members per group (the bundle) and each group's conversion and revenue per member (the log)."""
+    counts = _in_order(profiles.group_by(column).len().drop_nulls(column), column, order)
+    figures = [
+        bar_chart(
+            [str(v) for v in counts.get_column(column).to_list()],
+            counts.get_column("len").to_list(),
+            title=f"Members per {name}",
         )
-    figure.update_layout(barmode="group", height=360)
+    ]
+    kpis = _in_order(group_kpis(events, profiles, column), column, order)
+    if kpis.height:
+        labels = [str(v) for v in kpis.get_column(column).to_list()]
+        figure = go.Figure(
+            layout={
+                "title": {"text": f"Per {name}: conversion and revenue per member in the log"},
+                "height": 340,
+                "yaxis": {"title": {"text": "conversion"}},
+                "yaxis2": {"title": {"text": "revenue per member"}, "overlaying": "y", "side": "right"},
+                "barmode": "group",
+                "legend": {"orientation": "h", "y": -0.2},
+            }
+        )
+        figure.add_bar(
+            x=labels,
+            y=kpis.get_column("conversion").to_list(),
+            name="conversion",
+            offsetgroup=0,
+            marker_color=PALETTE[0],
+        )
+        figure.add_bar(
+            x=labels,
+            y=kpis.get_column("revenue_per_member").to_list(),
+            name="revenue per member",
+            yaxis="y2",
+            offsetgroup=1,
+            marker_color=PALETTE[1],
+        )
+        figures.append(figure)
+    return figures
+
+
+def _campaign_figures(reports: list[dict[str, Any]]) -> list[go.Figure]:
+    """Reach, response rates (contacted vs control) and uplifts with 95 % intervals, oldest left."""
+    reports = list(reversed(reports))
+    # Name and send day: two sends of one campaign name are two bars.
+    names = [f"{r['campaign']} {str(r['sent_at'])[:10]}" for r in reports]
+    figures = [
+        bar_chart(names, [r["reach"] for r in reports], title="Latest campaigns: reach (members contacted)")
+    ]
+    rates = go.Figure(
+        layout={"title": {"text": "Campaign response rate: contacted vs control"}, "height": 340}
+    )
+    for i, group in enumerate(("treatment", "control")):
+        rates.add_bar(
+            x=names,
+            y=[r["groups"][group]["response_rate"] for r in reports],
+            name="contacted" if group == "treatment" else "control",
+            marker_color=PALETTE[i],
+        )
+    figures.append(rates)
+    for keys, title in (
+        (("response_rate", "conversion_rate"), "Campaign uplift over the control (95 % CI)"),
+        (("revenue_per_member",), "Campaign uplift in revenue per member (95 % CI)"),
+    ):
+        series = {}
+        for key in keys:
+            found = [r["uplift"][key] for r in reports]
+            series[key.replace("_", " ")] = (
+                [u["difference"] if u else None for u in found],
+                [(u["low"], u["high"]) if u else (None, None) for u in found],
+            )
+        figures.append(_uplift_bars(names, series, title))
+    return figures
+
+
+def _uplift_bars(
+    names: list[str], series: dict[str, tuple[list[Any], list[tuple[Any, Any]]]], title: str
+) -> go.Figure:
+    """:func:`interval_bars` where a campaign without a control (no uplift) has no bar."""
+    clean = {
+        label: (
+            [v if v is not None else 0.0 for v in values],
+            [(low, high) if low is not None else (0.0, 0.0) for low, high in intervals],
+        )
+        for label, (values, intervals) in series.items()
+    }
+    figure = interval_bars(names, clean, title=title)
+    for trace, (values, _) in zip(figure.data, series.values(), strict=True):
+        trace.y = values  # None where there is no uplift: no bar rather than a zero
     return figure
 
 
-def _count_figure(profiles: pl.DataFrame, column: str, title: str) -> go.Figure:
-    counts = profiles.group_by(column).len().drop_nulls(column).sort(column)
-    return go.Figure(
-        go.Bar(x=[str(v) for v in counts.get_column(column).to_list()], y=counts.get_column("len").to_list()),
-        layout={"title": title, "height": 320},
+def _health_figure(manifest: dict[str, Any], events: pl.DataFrame, now: datetime) -> go.Figure:
+    """The model's own figures (offline ranking metric, look-ahead models' AUCs, CLV holdout
+    predicted / actual) and freshness (hours since the last logged event, days since the
+    profiles' clock), as indicators."""
+    section = manifest.get("profiles", {})
+    metrics = manifest.get("metrics", {})
+    k = manifest.get("config", {}).get("eval", {}).get("k", 10)
+    tiles: list[tuple[str, float | None, str]] = [
+        (f"recall@{k} (offline)", metrics.get(f"recall@{k}"), ".3f"),
+        ("churn AUC", section.get("churn", {}).get("auc"), ".3f"),
+        ("propensity AUC", section.get("propensity", {}).get("auc"), ".3f"),
+    ]
+    validation = section.get("clv", {}).get("validation", {})
+    if validation.get("actual_total"):
+        tiles.append(
+            (
+                "CLV holdout: predicted / actual",
+                validation["predicted_total"] / validation["actual_total"],
+                ".2f",
+            )
+        )
+    if events.height:
+        last = events.get_column("timestamp").max()
+        assert isinstance(last, datetime)
+        tiles.append(("hours since the last event", (now - last).total_seconds() / 3600, ".1f"))
+    if "clock" in section:
+        tiles.append(
+            ("days since the profiles' clock", (now.timestamp() - int(section["clock"])) / 86_400, ".1f")
+        )
+    figure = go.Figure(
+        layout={
+            "title": {"text": f"Model {manifest['model_version']}: health"},
+            "height": 360,
+            "grid": {"rows": 2, "columns": 3, "pattern": "independent"},
+            "margin": {"t": 70, "b": 10},
+        }
     )
+    for position, (label, value, number_format) in enumerate(tiles):
+        figure.add_trace(
+            go.Indicator(
+                mode="number",
+                value=value,
+                title={"text": label, "font": {"size": 14}},
+                number={"valueformat": number_format, "font": {"size": 36}},
+                domain={"row": position // 3, "column": position % 3},
+            )
+        )
+    return figure
 
 
-def render_dashboard(bundle: Path, events_dir: Path, *, now: datetime | None = None) -> str:
-    """The page (complete HTML, plotly.js inlined) for ``bundle`` and the event log at ``events_dir``.
+def render_dashboard(
+    bundle: Path,
+    events_dir: Path,
+    *,
+    campaigns_dir: Path | None = None,
+    campaign_days: float = 14.0,
+    now: datetime | None = None,
+) -> str:
+    """The page (complete HTML, plotly.js inlined) for ``bundle``, the event log at ``events_dir``
+    and the campaign files in ``campaigns_dir`` (measured over ``campaign_days`` after sending).
 
     Raises the bundle reader's errors for a bundle without valid profiles.
     """
+    now = now or datetime.now(UTC)
     manifest, profiles = load_profiles(bundle)
     events = read_events(events_dir)
-    figures = _kpi_figures(daily_kpis(events))
-    figures += [_variant_figure(report) for report in experiment_reports(events)]
-    figures.append(_count_figure(profiles, "lifecycle", "Members per lifecycle stage"))
-    if "segment" in profiles.columns:
-        figures.append(_count_figure(profiles, "segment", "Members per embedding segment"))
-    charts = [
-        figure.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-        for i, figure in enumerate(figures)
+    churn_days = float(manifest["profiles"].get("churn", {}).get("horizon_days") or 30.0)
+    notes = []
+    sections: list[tuple[str, list[go.Figure]]] = [
+        ("Model", [_health_figure(manifest, events, now)]),
+        ("KPIs over time", _kpi_figures(daily_kpis(events, churn_days), churn_days)),
+        ("A/B experiments", [_variant_figure(report) for report in experiment_reports(events)]),
     ]
-    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    joinable = events
+    if manifest.get("config", {}).get("privacy", {}).get("pseudonymise_user_ids"):
+        # The log holds raw ids, the bundle pseudonyms: members cannot be matched without the key.
+        joinable = events.head(0)
+        notes.append("pseudonymised bundle: the per-group charts count members only")
+    groups = _group_figures(joinable, profiles, "lifecycle", "lifecycle stage", STAGES)
+    if "segment" in profiles.columns:
+        groups += _group_figures(joinable, profiles, "segment", "embedding segment")
+    sections.append(("Lifecycle stages and segments", groups))
+    if campaigns_dir is not None:
+        campaigns, problems = latest_campaigns(campaigns_dir, events_dir, campaign_days)
+        notes += problems
+        sections.append(("Latest campaigns", _campaign_figures(campaigns) if campaigns else []))
     header = (
         f"<h1>Recommendations dashboard</h1><p>model <b>{escape(str(manifest['model_version']))}</b>, "
-        f"{profiles.height} members in the bundle, {events.height} events in the log; built {stamp}</p>"
+        f"{profiles.height} members in the bundle, {events.height} events in the log; "
+        f"built {now:%Y-%m-%d %H:%M:%S} UTC</p>"
+        + "".join(f"<p class='note'>{escape(note)}</p>" for note in notes)
     )
-    return (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>recsys dashboard</title>"
-        "<style>body{font-family:Helvetica,Arial,sans-serif;margin:24px 40px}"
-        ".charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}</style>"
-        f"</head><body>{header}<div class='charts'>{''.join(charts)}</div></body></html>"
+    body = header + "".join(
+        f"<h2>{escape(title)}</h2><div class='charts'>{''.join(chart_html(f) for f in figures)}</div>"
+        for title, figures in sections
+        if figures
     )
+    css = (
+        ".charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}"
+        ".note{color:#666;font-size:12px}"
+    )
+    return html_page("recsys dashboard", body, css)

@@ -25,12 +25,27 @@ class DashboardServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], bundle: Path, events_dir: Path) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        bundle: Path,
+        events_dir: Path,
+        campaigns_dir: Path | None = None,
+        campaign_days: float = 14.0,
+    ) -> None:
         super().__init__(address, _Handler)
         self.bundle = bundle
         self.events_dir = events_dir
+        self.campaigns_dir = campaigns_dir
+        self.campaign_days = campaign_days
         # One page build at a time: each reads the whole log, and two at once only double the memory.
         self.render_lock = threading.Lock()
+
+    def render(self) -> str:
+        """The page as it stands now (:func:`training.reports.dashboard.render_dashboard`)."""
+        return render_dashboard(
+            self.bundle, self.events_dir, campaigns_dir=self.campaigns_dir, campaign_days=self.campaign_days
+        )
 
     @property
     def url(self) -> str:
@@ -47,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             with self.server.render_lock:
-                page = render_dashboard(self.server.bundle, self.server.events_dir).encode("utf-8")
+                page = self.server.render().encode("utf-8")
         except Exception:  # the server stays up; the reason goes to the operator's log, not the page
             log.exception("dashboard: building the page failed")
             self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "building the page failed (see the server log)")
@@ -64,21 +79,39 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    bundle: Path, events_dir: Path, *, host: str = "127.0.0.1", port: int = 0, insecure: bool = False
+    bundle: Path,
+    events_dir: Path,
+    *,
+    campaigns_dir: Path | None = None,
+    campaign_days: float = 14.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    insecure: bool = False,
 ) -> DashboardServer:
     """A bound (not yet serving) dashboard server; ``port`` 0 picks a free port (see ``.url``).
 
     Raises :class:`ValueError` for a non-loopback ``host`` without ``insecure``, a port out of
-    range, or a missing bundle or event-log directory.
+    range, a missing bundle, event-log or campaigns directory, or ``campaign_days`` <= 0.
     """
     if not is_loopback(host) and not insecure:
         raise ValueError(f"host {host!r}: not loopback; the page has no authentication (pass --insecure)")
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port}: must be in 0..65535")
-    for name, path in (("bundle", bundle), ("events", events_dir)):
+    if not campaign_days > 0:
+        raise ValueError(f"--campaign-days {campaign_days}: must be > 0")
+    folders = [("bundle", bundle), ("events", events_dir)]
+    if campaigns_dir is not None:
+        folders.append(("campaigns", campaigns_dir))
+    for name, path in folders:
         if not Path(path).is_dir():
-            raise ValueError(f"{name} {path}: not a directory")
-    return DashboardServer((host, port), Path(bundle), Path(events_dir))
+            raise ValueError(f"--{name} {path}: not a directory")
+    return DashboardServer(
+        (host, port),
+        Path(bundle),
+        Path(events_dir),
+        Path(campaigns_dir) if campaigns_dir is not None else None,
+        campaign_days,
+    )
 
 
 def start_in_thread(server: DashboardServer) -> threading.Thread:

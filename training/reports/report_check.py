@@ -4,7 +4,8 @@
 
 Exit 0 when Chromium produced a PNG with visible content (more than a few distinct
 colours), 1 otherwise, 2 when no Chromium is installed (Debian: ``apt-get install
-chromium``). The page needs no network (the reports are self-contained).
+chromium``). The page needs no network (the reports are self-contained; their charts are drawn by the
+plotly.js inlined in the page, given up to 10 s of virtual time).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def find_browser() -> str | None:
     return None
 
 
-def screenshot(html: Path, png: Path, width: int = 1400, height: int = 2000, timeout: float = 120.0) -> Path:
-    """Render ``html`` into ``png`` with headless Chromium; raises RuntimeError on failure."""
+def _run_browser(target: str, output: list[str], width: int, height: int, timeout: float) -> str:
+    """Run headless Chromium on ``target`` with the ``output`` flags; its stdout. RuntimeError on failure."""
     browser = find_browser()
     if browser is None:
         raise RuntimeError("no Chromium found (apt-get install chromium)")
@@ -40,15 +41,32 @@ def screenshot(html: Path, png: Path, width: int = 1400, height: int = 2000, tim
             "--no-sandbox",  # running as root in containers
             "--disable-gpu",
             "--hide-scrollbars",
+            "--virtual-time-budget=10000",  # let the charts' scripts draw before the shot
             f"--user-data-dir={profile}",
-            f"--screenshot={Path(png).resolve()}",
+            *output,
             f"--window-size={width},{height}",
-            Path(html).resolve().as_uri(),
+            target,
         ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0 or not Path(png).is_file():
+    if done.returncode != 0:
         raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def screenshot(html: Path, png: Path, width: int = 1400, height: int = 2000, timeout: float = 120.0) -> Path:
+    """Render ``html`` into ``png`` with headless Chromium; raises RuntimeError on failure."""
+    _run_browser(
+        Path(html).resolve().as_uri(), [f"--screenshot={Path(png).resolve()}"], width, height, timeout
+    )
+    if not Path(png).is_file():
+        raise RuntimeError(f"chromium wrote no screenshot to {png}")
     return Path(png)
+
+
+def drawn_charts(url: str, timeout: float = 120.0) -> int:
+    """How many Plotly charts headless Chromium drew on the page at ``url`` (a file URI or an
+    http URL): the plot containers in the DOM after the scripts ran."""
+    return _run_browser(url, ["--dump-dom"], 1400, 2000, timeout).count('class="plot-container')
 
 
 def distinct_colours(png: Path) -> int:

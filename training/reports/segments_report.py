@@ -4,8 +4,8 @@ For a marketing analyst, charts before tables: key figures (members, clock, chur
 embedding segment sizes, the R x F heat map with the named RFM segment of each cell,
 named RFM segment sizes, the lifecycle funnel, the top item and user attributes of each
 segment (by lift), the churn-risk distribution (and mean risk per lifecycle stage), and
-the silhouette curve that chose k. Inline SVG only: no JavaScript, no fonts or scripts
-from the network (the page opens offline and in locked-down mail clients).
+the silhouette curve that chose k. Plotly charts (:mod:`training.reports.charts`), plotly.js
+inlined once: nothing is loaded from the network (the page opens offline in a browser).
 
 Reads only the bundle's manifest and ``profiles.parquet`` (checksums verified first).
 """
@@ -25,16 +25,24 @@ from serving.profiles.lifecycle import STAGES
 from serving.profiles.rfm import SEGMENTS, segment
 from serving.profiles.store import read_profiles
 from serving.storage import atomic_write_text
-from training.reports.svg_charts import PALETTE, bar_chart, funnel, heat_map, histogram, line_chart
+from training.reports.charts import (
+    PALETTE,
+    bar_chart,
+    chart_html,
+    funnel_chart,
+    heat_map,
+    histogram_chart,
+    html_page,
+    line_chart,
+)
 
 CSS = """
-body { font-family: Helvetica, Arial, sans-serif; margin: 24px 40px; color: #222; background: #fafafa; }
 h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 2px solid #4e79a7; padding-bottom: 4px; }
 .sub { color: #666; margin-top: 0; }
 .kpis { display: flex; gap: 16px; flex-wrap: wrap; margin: 20px 0; }
 .kpi { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 12px 18px; min-width: 150px; }
 .kpi .v { font-size: 26px; font-weight: bold; color: #4e79a7; } .kpi .l { font-size: 12px; color: #666; }
-.row { display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; }
+.row { display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; } .row > div { min-width: 480px; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 12px 16px; margin: 8px 0; }
 .segments { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 14px; }
 table { border-collapse: collapse; font-size: 13px; } td, th { padding: 3px 8px; text-align: left; }
@@ -54,11 +62,14 @@ def _kpi(value: str, label: str) -> str:
 
 
 def _segment_card(description: dict[str, Any], color: str, churn: float | None) -> str:
-    def lifts(entries: list[dict[str, Any]]) -> list[tuple[str, float]]:
-        return [(f"{e['attribute']}={e['value']} ({e['share']:.0%})", float(e["lift"])) for e in entries]
+    def lifts(entries: list[dict[str, Any]], title: str) -> str:
+        labels = [f"{e['attribute']}={e['value']} ({e['share']:.0%})" for e in entries]
+        values = [float(e["lift"]) for e in entries]
+        text = [f"×{v:.3g}" for v in values]
+        return chart_html(bar_chart(labels, values, title=title, colors=color, horizontal=True, text=text))
 
-    items = lifts(description.get("top_item_attributes", []))
-    users = lifts(description.get("top_user_attributes", []))
+    items = description.get("top_item_attributes", [])
+    users = description.get("top_user_attributes", [])
     risk = f" · mean churn risk {churn:.0%}" if churn is not None else ""
     parts = [
         f"<div class='card' style='border-left: 6px solid {color}'>"
@@ -66,11 +77,9 @@ def _segment_card(description: dict[str, Any], color: str, churn: float | None) 
         f"<span class='note'>{description['size']:,} members ({description['share']:.0%}){risk}</span>"
     ]
     if items:
-        parts.append("<div class='note'>Item attributes (lift vs everyone)</div>")
-        parts.append(bar_chart(items, width=420, label_width=250, color=color, value_format="×{}"))
+        parts.append(lifts(items, f"Segment {description['segment']}: item attributes (lift vs everyone)"))
     if users:
-        parts.append("<div class='note'>Member attributes (lift vs everyone)</div>")
-        parts.append(bar_chart(users, width=420, label_width=250, color=color, value_format="×{}"))
+        parts.append(lifts(users, f"Segment {description['segment']}: member attributes (lift vs everyone)"))
     parts.append("</div>")
     return "".join(parts)
 
@@ -101,19 +110,27 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
 
     # Segment sizes.
     colors = [PALETTE[d["segment"] % len(PALETTE)] for d in descriptions]
-    sizes_chart = bar_chart(
-        [(f"{d['segment']}: {_shorten(d['label'], 48)}", float(d["size"])) for d in descriptions],
-        width=800,
-        label_width=400,
-        colors=colors,
+    sizes_chart = chart_html(
+        bar_chart(
+            [f"{d['segment']}: {_shorten(d['label'], 48)}" for d in descriptions],
+            [float(d["size"]) for d in descriptions],
+            title="Members per embedding segment",
+            colors=colors,
+            horizontal=True,
+            text=[f"{d['size']:,}" for d in descriptions],
+        )
     )
-    silhouettes = [(float(k), float(v)) for k, v in segments.get("silhouettes", {}).items()]
+    silhouettes = sorted((int(k), float(v)) for k, v in segments.get("silhouettes", {}).items())
     silhouette_chart = (
-        line_chart(
-            sorted(silhouettes),
-            highlight=float(segments.get("k", 0)),
-            x_title="k (segments)",
-            y_title="silhouette",
+        chart_html(
+            line_chart(
+                [k for k, _ in silhouettes],
+                {"silhouette": [v for _, v in silhouettes]},
+                title="Choice of k (silhouette; red: chosen)",
+                highlight=int(segments.get("k", 0)),
+                x_title="k (segments)",
+                y_title="silhouette",
+            )
         )
         if silhouettes
         else "<p class='note'>k was configured, not chosen by silhouette.</p>"
@@ -128,25 +145,38 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
         segment(pl.col("r"), pl.col("f"), bins).alias("name")
     )
     labels = {(int(r), int(f)): str(name).replace("_", " ") for r, f, name in names.iter_rows()}
-    rfm_map = heat_map(
-        cells,
-        scores,
-        scores,
-        row_title="R (recency score)",
-        column_title="F (frequency score)",
-        labels=labels,
+    rows = scores  # plotly draws the first row at the bottom: highest recency on top
+    rfm_map = chart_html(
+        heat_map(
+            [[cells.get((r, f), 0.0) for f in scores] for r in rows],
+            rows,
+            scores,
+            title="Members per R × F cell (and its named segment)",
+            row_title="R (recency score)",
+            column_title="F (frequency score)",
+            labels=[[labels.get((r, f), "") for f in scores] for r in rows],
+        )
     )
     rfm_counts = section["rfm"]["counts"]
-    rfm_chart = bar_chart(
-        [(name.replace("_", " "), float(rfm_counts.get(name, 0))) for name in SEGMENTS],
-        width=560,
-        label_width=170,
-        color=PALETTE[1],
+    rfm_chart = chart_html(
+        bar_chart(
+            [name.replace("_", " ") for name in SEGMENTS],
+            [float(rfm_counts.get(name, 0)) for name in SEGMENTS],
+            title="Members per named RFM segment",
+            colors=PALETTE[1],
+            horizontal=True,
+        )
     )
 
     # Lifecycle funnel and churn risk by stage.
     stage_counts = section["lifecycle"]["counts"]
-    funnel_chart = funnel([(stage.replace("_", " "), float(stage_counts.get(stage, 0))) for stage in STAGES])
+    lifecycle_chart = chart_html(
+        funnel_chart(
+            [stage.replace("_", " ") for stage in STAGES],
+            [float(stage_counts.get(stage, 0)) for stage in STAGES],
+            title="Members per lifecycle stage",
+        )
+    )
     rules = "".join(f"<li>{escape(rule)}</li>" for rule in section["lifecycle"].get("rules", []))
 
     churn_html = "<p class='note'>No churn model: " + escape(str(churn.get("reason", "not trained"))) + "</p>"
@@ -160,16 +190,24 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
         segment_risk = {int(s): float(r) for s, r in by_segment.iter_rows() if r is not None}
         churn_html = (
             "<div class='row'><div>"
-            + histogram(
-                [int(c) for c in counts], [float(e) for e in edges], x_title="churn risk (probability)"
+            + chart_html(
+                histogram_chart(
+                    [int(c) for c in counts],
+                    [float(e) for e in edges],
+                    title="Members per churn-risk band",
+                    x_title="churn risk (probability)",
+                )
             )
             + "</div><div>"
-            + bar_chart(
-                [(s.replace("_", " "), float(stage_risk.get(s) or 0.0)) for s in STAGES if s in stage_risk],
-                width=480,
-                label_width=110,
-                color=PALETTE[3],
-                title="Mean churn risk by lifecycle stage",
+            + chart_html(
+                bar_chart(
+                    [s.replace("_", " ") for s in STAGES if s in stage_risk],
+                    [float(stage_risk.get(s) or 0.0) for s in STAGES if s in stage_risk],
+                    title="Mean churn risk by lifecycle stage",
+                    colors=PALETTE[3],
+                    horizontal=True,
+                    text=[f"{float(stage_risk.get(s) or 0.0):.0%}" for s in STAGES if s in stage_risk],
+                )
             )
             + "</div></div>"
             + "<p class='note'>Logistic regression on profile features; label: "
@@ -189,10 +227,7 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
         "value": "interaction count (the data's values are not amounts)",
         "none": "interaction count (no values in the data)",
     }.get(section.get("monetary_source", ""), "")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Member segments report</title>
-<style>{CSS}</style></head><body>
-<h1>Member segments report</h1>
+    body = f"""<h1>Member segments report</h1>
 <p class="sub">Model {escape(str(manifest.get("model_version", "")))} · data clock {clock:%Y-%m-%d %H:%M} UTC
 (latest interaction) · monetary = {escape(money)}</p>
 <div class="kpis">{"".join(kpis)}</div>
@@ -200,21 +235,21 @@ def render(manifest: dict[str, Any], profiles: pl.DataFrame) -> str:
 <p class="note">k-means on the model's user embeddings; each segment is described by the attribute values
 over-represented among its members (lift = share in the segment / share over everyone).</p>
 <div class="row"><div>{sizes_chart}</div>
-<div><div class="note">Choice of k</div>{silhouette_chart}</div></div>
+<div>{silhouette_chart}</div></div>
 <h2>RFM: recency × frequency</h2>
 <p class="note">Scores are quantile bins over members (higher = more recent / more frequent); each cell
 shows the members in it and its named segment.</p>
-<div class="row"><div>{rfm_map}</div><div><div class="note">Named RFM segments</div>{rfm_chart}</div></div>
+<div class="row"><div>{rfm_map}</div><div>{rfm_chart}</div></div>
 <h2>Lifecycle</h2>
-<div class="row"><div>{funnel_chart}</div>
+<div class="row"><div>{lifecycle_chart}</div>
 <div class="card"><b>Rules</b> (first match wins)<ul>{rules}</ul></div></div>
 <h2>Churn risk</h2>
 {churn_html}
 <h2>Top attributes per segment</h2>
 <div class="segments">{cards}</div>
 <p class="note">Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by recsys segments-report.</p>
-</body></html>
 """
+    return html_page("Member segments report", body, CSS)
 
 
 def _shorten(text: str, limit: int) -> str:
