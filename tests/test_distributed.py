@@ -133,11 +133,13 @@ def test_train_nproc_2_writes_one_registered_bundle(
     for override in (
         *WORKER_OVERRIDES,
         "train.objective=interaction",
-        "train.epochs=1",
+        "train.epochs=2",
+        "train.patience=1",
         "train.batch_size=64",
     ):
         args += ["--set", override]
-    args += ["--set", f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"']
+    tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
+    args += ["--set", tracking]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "(2 worker(s))" in out
@@ -146,6 +148,26 @@ def test_train_nproc_2_writes_one_registered_bundle(
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["info"]["distributed"]["world_size"] == 2
     assert len(manifest["info"]["distributed"]["rank_samples_per_second"]) == 2
+    # Held-out figures as single-process training writes them: the manifest, the MLflow run, the gate.
+    metrics = manifest["metrics"]
+    assert {"ndcg@10", "recall@10"} <= metrics.keys()
+    assert 0.0 < metrics["ndcg@10"] <= 1.0
+    objective = manifest["info"]["objective"]
+    assert objective["chosen"] == "interaction"
+    assert objective["validation_protocol"] == "llo"
+    assert objective["candidates"][0]["epochs_run"] == 2
+    assert len(objective["schedule"]) >= 1
+    prepared_users = json.loads((tmp_path / "bundle.prepared" / "manifest.json").read_text())["users"]
+    assert manifest["info"]["distributed"]["holdout"]["users"] == prepared_users  # every user sampled
+    assert manifest["info"]["distributed"]["refit_full"] is True
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    logged = client.get_run(str(client.get_model_version("recsys-two-tower", "1").run_id)).data.metrics
+    assert logged["ndcg_at_10"] == pytest.approx(metrics["ndcg@10"])
+    assert "validation_ndcg_at_10" in logged
+    assert main(["promote", "--version", "1", "--alias", "champion", "--set", tracking]) == 0
+    assert f"ndcg@10 {metrics['ndcg@10']:.4f}" in capsys.readouterr().out
     assert loaded.sequences.items.size == open_count(tmp_path / "bundle.prepared")
     # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]

@@ -10,7 +10,7 @@ holds at a time, not by the data. ``prepared(all shards)`` is the whole data set
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,11 @@ from serving.model.history import Sequences
 from training.data.io import InputError
 from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
 from training.features import Prepared
+
+SHARD_COLUMNS = ("user_index", "item_index", "timestamp")
+
+ShardRows = Callable[[pl.DataFrame], pl.DataFrame]
+"""Keeps some of one shard's events (:meth:`PreparedShards.prepared`)."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,12 @@ class PreparedShards:
     def shard_path(self, shard: int) -> Path:
         return self.root / "shards" / shard_name(shard)
 
-    def prepared(self, shards: Sequence[int]) -> Prepared:
+    def prepared(self, shards: Sequence[int], rows: ShardRows | None = None) -> Prepared:
         """The events of ``shards`` as a Prepared (global encoders, features and popularity).
+
+        ``rows``: what to keep of each shard's events (``user_index, item_index, timestamp`` in the
+        shard's order in, the kept rows out, each user's still in time order; deterministic, as it
+        runs twice per shard): the training rows of a run with a held-out split.
 
         Two passes over the shards: per-user counts, then each shard's events written straight
         into their users' slots. Users are disjoint across shards and time-ordered within one,
@@ -63,7 +72,7 @@ class PreparedShards:
         n_users = self.entities.n_users
         counts = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
-            user_rows, _ = self._read_shard(shard, columns=("user_index",))
+            user_rows, _ = self._read_shard(shard, ("user_index",), rows)
             counts += np.bincount(user_rows, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         item_indices = np.empty(int(indptr[-1]), dtype=np.int64)
@@ -71,7 +80,7 @@ class PreparedShards:
         # would still get every event, in shard order, rather than overwritten or unset slots.
         filled = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
-            user_rows, items = self._read_shard(shard, columns=("user_index", "item_index"))
+            user_rows, items = self._read_shard(shard, ("user_index", "item_index"), rows)
             order = np.argsort(user_rows, kind="stable")
             user_rows, items = user_rows[order], items[order]
             starts = np.flatnonzero(np.r_[True, user_rows[1:] != user_rows[:-1]]) if len(user_rows) else order
@@ -82,15 +91,23 @@ class PreparedShards:
             raise InputError(f"{self.root}: shards changed while being read")
         return replace(self.entities, sequences=Sequences(indptr, item_indices))
 
-    def _read_shard(
-        self, shard: int, columns: tuple[str, ...]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """(user rows, item indices) of one shard; item indices are empty unless asked for."""
+    def read_shard(self, shard: int, columns: Sequence[str] = SHARD_COLUMNS) -> pl.DataFrame:
+        """``columns`` of one shard's events, in the shard's order (user, then time)."""
         path = self.shard_path(shard)
         try:
-            frame = pl.read_parquet(path, columns=list(columns))
+            return pl.read_parquet(path, columns=list(columns))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputError(f"{path}: cannot be read: {exc}") from exc
+
+    def _read_shard(
+        self, shard: int, columns: tuple[str, ...], rows: ShardRows | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(user rows, item indices) of one shard's kept ``rows``; item indices are empty unless
+        asked for."""
+        path = self.shard_path(shard)
+        frame = self.read_shard(shard, columns if rows is None else SHARD_COLUMNS)
+        if rows is not None:
+            frame = rows(frame)
         users = frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX
         if len(users) and (users.min() < 0 or users.max() >= self.entities.n_users):
             raise InputError(f"{path}: holds user indices outside the vocabulary")
