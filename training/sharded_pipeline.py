@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from serving.model.towers import TwoTowerModel
     from training.data.shards import PreparedShards
     from training.fit.auto import Selection
-    from training.fit.distributed import ShardedResult, ShardedTraining
+    from training.fit.distributed import RankInfo, ShardedResult, ShardedTraining
     from training.fit.shard_holdout import ShardHoldout
     from training.tracking import Tracker
 
@@ -96,16 +96,18 @@ class ShardedSummary:
 
 def check_config(config: Config) -> None:
     """Refuse what the sharded path cannot do, naming the field."""
-    if config.train.objective == "auto":
-        raise ValueError(
-            "train.objective = 'auto' is single-process (it trains candidates on a validation split): "
-            "with --nproc/--prepared set a concrete objective, e.g. --set train.objective=interaction"
-        )
     if config.train.objective in CLOSED_FORM_OBJECTIVES:
         raise ValueError(
             f"train.objective = {config.train.objective!r} is a closed form over every interaction at "
             "once (one process, items x items memory): with --nproc/--prepared set an iterative "
             "objective (interaction, sequence, bag or mixed)"
+        )
+    from training.fit.distributed import DATA_PARALLEL_OBJECTIVES
+
+    if config.train.objective not in (*DATA_PARALLEL_OBJECTIVES, "auto"):
+        raise ValueError(
+            f"train.objective = {config.train.objective!r} does not train data-parallel: with "
+            f"--nproc/--prepared set auto or one of {', '.join(DATA_PARALLEL_OBJECTIVES)}"
         )
     if config.privacy.pseudonymise_user_ids:
         raise ValueError(
@@ -231,6 +233,7 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
     from training.fit.shard_holdout import carve_holdout
 
     check_config(config)
+    objective = config.train.objective
     info = rank_from_env()
     device = device_for(config, info)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -242,6 +245,8 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
     with process_group(info, device):
         data = open_prepared(prepared)
         holdout = carve_holdout(data, config)
+        chosen = _choose_objective(data, holdout, config, info)
+        config = chosen.config if chosen is not None else config
         evaluated = _train(ShardedTraining(data, config, info, device, holdout=holdout), max_steps)
         metrics = _test_metrics(evaluated.model, data, holdout, config) if info.is_main else {}
         final = evaluated
@@ -251,7 +256,8 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
             final = _train(ShardedTraining(data, config, info, device, schedule=schedule), max_steps)
     if not info.is_main:
         return  # only rank 0 writes
-    run = ShardedRun(config, data, holdout, evaluated, final, metrics, _selection(config, holdout, evaluated))
+    selection = _selection(config, holdout, evaluated, chosen)
+    run = ShardedRun(config, data, holdout, evaluated, final, metrics, selection, objective)
     summary = _write_outputs(run, out, overwrite, info.world_size)
     report = os.environ.get(REPORT_ENV)
     if report:
@@ -293,11 +299,55 @@ def _test_metrics(
     return metrics
 
 
-def _selection(config: Config, holdout: ShardHoldout | None, evaluated: ShardedResult) -> Selection:
-    """The objective record (:meth:`training.fit.auto.Selection.manifest`) of a concrete objective:
-    one candidate, validated by early stopping when there was a validation part."""
+def _choose_objective(
+    data: PreparedShards, holdout: ShardHoldout | None, config: Config, info: RankInfo
+) -> Selection | None:
+    """``auto``: rank 0 runs :func:`training.fit.auto.select_objective` in one process on the
+    sampled users' rows (the test part left out; ``train.auto_budget_s``, memory bounded by the
+    sample), trying the candidates that train data-parallel, and every rank gets its choice; None
+    for a concrete objective. The candidate runs are not logged to MLflow (the run opens after
+    training); their table goes into the bundle manifest."""
+    from training.fit.auto import CANDIDATES, select_objective
+    from training.fit.distributed import DATA_PARALLEL_OBJECTIVES, broadcast_from_main
+
+    if config.train.objective != "auto":
+        return None
+    chosen: Selection | None = None
+    if info.is_main:
+        assert holdout is not None  # carve_holdout always samples for auto
+        names = [n for n, o in CANDIDATES if o["train"]["objective"] in DATA_PARALLEL_OBJECTIVES]
+        untracked = replace(config, tracking=replace(config.tracking, enabled=False))
+        entities = data.entities
+        started = time.perf_counter()
+        chosen = select_objective(
+            holdout.known_by_id(entities),
+            entities.user_table,
+            entities.item_table,
+            untracked,
+            config.eval.protocol,
+            names=names,
+        )
+        chosen = replace(chosen, config=replace(chosen.config, tracking=config.tracking))
+        log.info(
+            "auto on %d sampled users (%.0f s): %s",
+            len(holdout.users),
+            time.perf_counter() - started,
+            chosen.name,
+        )
+    return broadcast_from_main(chosen, info)
+
+
+def _selection(
+    config: Config, holdout: ShardHoldout | None, evaluated: ShardedResult, chosen: Selection | None
+) -> Selection:
+    """The objective record (:meth:`training.fit.auto.Selection.manifest`): ``auto``'s choice and
+    candidate table (on the sampled users) or, for a concrete objective, one candidate validated by
+    early stopping; the epochs and schedule are those of the run on every shard."""
     from training.fit.auto import CandidateResult, Selection
 
+    if chosen is not None:
+        schedule = evaluated.schedule if evaluated.validation else None
+        return replace(chosen, schedule=schedule)
     if not evaluated.validation:
         return Selection(config=config, name=config.train.objective, schedule=None)
     epochs = len(evaluated.epoch_losses)
@@ -333,9 +383,27 @@ class ShardedRun:
     metrics: dict[str, float]
     selection: Selection
 
+    base_objective: str = ""
+    """``train.objective`` as configured (``auto`` or the concrete one)."""
+
     @property
     def refit(self) -> bool:
         return self.final is not self.evaluated
+
+
+def _auto_record(run: ShardedRun) -> dict[str, Any]:
+    """How ``auto`` chose on the sharded path (added to the manifest's objective record)."""
+    from training.fit.auto import CANDIDATES
+    from training.fit.distributed import DATA_PARALLEL_OBJECTIVES
+
+    return {
+        "chosen_on": "sampled users",
+        "sample_users": len(run.holdout.users) if run.holdout is not None else 0,
+        "sample_events": run.holdout.known.height if run.holdout is not None else 0,
+        "not_tried": [n for n, o in CANDIDATES if o["train"]["objective"] not in DATA_PARALLEL_OBJECTIVES],
+        "not_tried_because": "not data-parallel: a closed form needs every interaction in one process",
+        "validation_on_every_shard": max(run.evaluated.validation) if run.evaluated.validation else None,
+    }
 
 
 def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int) -> ShardedSummary:
@@ -357,9 +425,12 @@ def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int)
         "refit_full": run.refit,
     }
     train_seconds = run.evaluated.seconds + (result.seconds if run.refit else 0.0)
+    objective = run.selection.manifest()
+    if run.selection.candidates and run.base_objective == "auto":
+        objective["sharded"] = _auto_record(run)
     info = {
         "protocol": config.eval.protocol,
-        "objective": run.selection.manifest(),
+        "objective": objective,
         "epoch_losses": result.epoch_losses,
         "train_seconds": round(train_seconds, 3),
         "inputs": data.manifest.get("inputs", {}),

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,12 @@ from training.fit.trainer import Plateau, Task, make_task, peak_rss_mb
 
 log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
+T = TypeVar("T")
+
+
+DATA_PARALLEL_OBJECTIVES = ("interaction", "sequence", "bag", "mixed")
+"""Objectives :class:`ShardedTraining` runs (:func:`bind_shard`): the closed forms (``linear``,
+``mf``) need every interaction in one process at once."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,15 @@ def process_group(info: RankInfo, device: str) -> Iterator[None]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def broadcast_from_main(value: T, info: RankInfo) -> T:
+    """Rank 0's ``value`` on every rank (pickled; other ranks pass a placeholder such as None)."""
+    if info.world_size == 1:
+        return value
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return cast("T", box[0])
 
 
 def shards_of(info: RankInfo, shards: int) -> list[int]:

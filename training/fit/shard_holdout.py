@@ -91,6 +91,11 @@ class ShardHoldout:
             return None
         return _with_sequences(entities, self.known), _by_id(entities, self.test)
 
+    def known_by_id(self, entities: Prepared) -> pl.DataFrame:
+        """The sampled users' rows but the test part, by id: where ``auto`` chooses the objective
+        (as single-process training chooses inside its training part)."""
+        return _by_id(entities, self.known)
+
     def manifest(self) -> dict[str, Any]:
         """What the bundle manifest records of the split."""
         return {
@@ -114,10 +119,11 @@ def sample_users(n_users: int, limit: int, seed: int) -> IntArray:
 
 def carve_holdout(data: PreparedShards, config: Config, limit: int = HOLDOUT_USERS) -> ShardHoldout | None:
     """The holdout of a sharded run (module docstring); None when nothing is to be held out
-    (``eval.protocol = "none"`` and ``train.patience = 0``)."""
+    (``eval.protocol = "none"``, ``train.patience = 0`` and a concrete objective: ``auto`` chooses
+    on the sampled users' rows, :meth:`ShardHoldout.known_by_id`)."""
     protocol = config.eval.protocol
     validate = config.train.patience > 0
-    if protocol == "none" and not validate:
+    if protocol == "none" and not validate and config.train.objective != "auto":
         return None
     users = sample_users(data.entities.n_users, limit, config.train.seed)
     wanted = pl.Series(users).implode()
