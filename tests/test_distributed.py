@@ -31,6 +31,7 @@ from training.fit.interaction_task import InteractionTask
 from training.sharded_pipeline import DistributedTrainingError, ShardedInputs, launch_training
 
 GLOBAL_BATCH = 24
+KEY_ENV = "RECSYS_TEST_ID_KEY"
 WORKER_OVERRIDES = (
     "train.progress=false",
     "train.device=cpu",
@@ -120,6 +121,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
     from serving.bundle.format import load_bundle
 
     monkeypatch.chdir(tmp_path)  # MLflow's artifact store (./mlruns) of rank 0, which inherits it
+    monkeypatch.setenv(KEY_ENV, "test-key-0123456789-abcdef")  # so do the workers' key variable
 
     bundle = tmp_path / "bundle"
     args = [
@@ -134,6 +136,8 @@ def test_train_nproc_2_writes_one_registered_bundle(
         *WORKER_OVERRIDES,
         "train.objective=auto",
         "train.auto_budget_s=2",
+        "privacy.pseudonymise_user_ids=true",
+        f'privacy.key_env="{KEY_ENV}"',
         "train.epochs=2",
         "train.patience=1",
         "train.batch_size=64",
@@ -149,6 +153,8 @@ def test_train_nproc_2_writes_one_registered_bundle(
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["info"]["distributed"]["world_size"] == 2
     assert len(manifest["info"]["distributed"]["rank_samples_per_second"]) == 2
+    # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]
     # Held-out figures as single-process training writes them: the manifest, the MLflow run, the gate.
     metrics = manifest["metrics"]
     assert {"ndcg@10", "recall@10"} <= metrics.keys()
@@ -173,9 +179,20 @@ def test_train_nproc_2_writes_one_registered_bundle(
     assert "validation_ndcg_at_10" in logged
     assert main(["promote", "--version", "1", "--alias", "champion", "--set", tracking]) == 0
     assert f"ndcg@10 {metrics['ndcg@10']:.4f}" in capsys.readouterr().out
+    # Member profiles of every member, by pseudonym; served by raw id (the key hashes it) as any bundle's.
+    assert manifest["privacy"]["key_env"] == KEY_ENV
+    profiles = pl.read_parquet(bundle / "profiles.parquet")
+    assert profiles.height == prepared_users
+    assert profiles.get_column("user_id").str.starts_with("p_").all()
+    assert profiles.get_column("segment").null_count() == 0
+    raw_user = pl.read_parquet(synth / "interactions.parquet").get_column("user_id")[0]
+    assert main(["profile", "--bundle", str(bundle), "--user", raw_user]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["user_id"] == raw_user
+    assert profile["lifecycle"]
+    assert main(["segments-report", "--bundle", str(bundle), "--out", str(tmp_path / "segments.html")]) == 0
+    assert "segment" in (tmp_path / "segments.html").read_text().lower()
     assert loaded.sequences.items.size == open_count(tmp_path / "bundle.prepared")
-    # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]
 
 
 def open_count(prepared: Path) -> int:

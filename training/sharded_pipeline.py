@@ -109,11 +109,6 @@ def check_config(config: Config) -> None:
             f"train.objective = {config.train.objective!r} does not train data-parallel: with "
             f"--nproc/--prepared set auto or one of {', '.join(DATA_PARALLEL_OBJECTIVES)}"
         )
-    if config.privacy.pseudonymise_user_ids:
-        raise ValueError(
-            "privacy.pseudonymise_user_ids is not supported by the sharded path yet: pseudonymise the "
-            "input files first or train single-process"
-        )
 
 
 def default_prepared_dir(out: Path) -> Path:
@@ -152,6 +147,7 @@ def launch_training(
             config.data,
             shards=inputs.shards,
             overwrite=True,
+            privacy=config.privacy,
         )
     shards = int(read_prepared_manifest(prepared)["shards"])
     if shards < nproc:
@@ -244,6 +240,11 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     with process_group(info, device):
         data = open_prepared(prepared)
+        if config.privacy.pseudonymise_user_ids and not data.manifest.get("privacy"):
+            raise ValueError(
+                f"privacy.pseudonymise_user_ids is set but {prepared} holds raw user ids: prepare it "
+                "again with the same setting (recsys prepare --set privacy.pseudonymise_user_ids=true)"
+            )
         holdout = carve_holdout(data, config)
         chosen = _choose_objective(data, holdout, config, info)
         config = chosen.config if chosen is not None else config
@@ -410,6 +411,7 @@ def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int)
     """Rank 0: the bundle over every shard, the MLflow run and the registered version."""
     from serving.bundle.format import write_bundle
     from training.pipeline import BUNDLE_ARTIFACT, bundle_contents, log_index_calibration
+    from training.profiles.build import profiles_for_bundle
     from training.tracking import flatten, start_run
 
     config, data, result, metrics = run.config, run.data, run.final, run.metrics
@@ -437,9 +439,10 @@ def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int)
         "input_counts": counts,
         "distributed": distributed,
     }
+    everything = data.prepared(range(data.shards))
     assembled = bundle_contents(
         result.model,
-        data.prepared(range(data.shards)),
+        everything,
         config.index,
         config=run.selection.config.to_dict(),
         metrics=metrics,
@@ -478,6 +481,23 @@ def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int)
             }
         )
         log_index_calibration(tracker, assembled.index)
+        tracker.log_params({"user_index.type": assembled.user_index.built.spec.type})
+        # Profiles of every member from a scan of the shards (the same builders as single-process).
+        profiles = profiles_for_bundle(
+            config.profiles,
+            data.events(),
+            data.entities.user_table,
+            data.entities.item_table,
+            everything,
+            assembled.user_embeddings,
+            tracker,
+        )
+        contents = replace(
+            contents,
+            profiles=profiles.frame if profiles is not None else None,
+            profiles_manifest=profiles.manifest if profiles is not None else {},
+            privacy=dict(data.manifest.get("privacy") or {}),
+        )
         write_bundle(out, contents, overwrite=overwrite)
         log.info(
             "bundle %s written to %s (%.1f s after training)", version, out, time.perf_counter() - started

@@ -25,7 +25,8 @@ from training.data.io import InputError
 from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
 from training.features import Prepared
 
-SHARD_COLUMNS = ("user_index", "item_index", "timestamp")
+KEY_COLUMNS = ("user_index", "item_index", "timestamp")
+"""What training reads of each event (:meth:`PreparedShards.read_shard`'s default)."""
 
 ShardRows = Callable[[pl.DataFrame], pl.DataFrame]
 """Keeps some of one shard's events (:meth:`PreparedShards.prepared`)."""
@@ -91,7 +92,28 @@ class PreparedShards:
             raise InputError(f"{self.root}: shards changed while being read")
         return replace(self.entities, sequences=Sequences(indptr, item_indices))
 
-    def read_shard(self, shard: int, columns: Sequence[str] = SHARD_COLUMNS) -> pl.DataFrame:
+    def events(self) -> pl.LazyFrame:
+        """Every event of every shard by id (``user_id, item_id, timestamp, event_type, value``),
+        lazily: a scan of the shards joined with the vocabularies (member profiles read it)."""
+        entities = self.entities
+        ids = {
+            name: pl.DataFrame(
+                {
+                    f"{name}_index": np.arange(len(encoder.ids.tokens), dtype=np.int64) + FIRST_TOKEN_INDEX,
+                    f"{name}_id": encoder.ids.tokens,
+                }
+            ).lazy()
+            for name, encoder in (("user", entities.user_encoder), ("item", entities.item_encoder))
+        }
+        paths = [str(self.shard_path(shard)) for shard in range(self.shards)]
+        return (
+            pl.scan_parquet(paths)
+            .join(ids["user"], on="user_index", how="left", maintain_order="left")
+            .join(ids["item"], on="item_index", how="left", maintain_order="left")
+            .select("user_id", "item_id", "timestamp", "event_type", "value")
+        )
+
+    def read_shard(self, shard: int, columns: Sequence[str] = KEY_COLUMNS) -> pl.DataFrame:
         """``columns`` of one shard's events, in the shard's order (user, then time)."""
         path = self.shard_path(shard)
         try:
@@ -105,7 +127,7 @@ class PreparedShards:
         """(user rows, item indices) of one shard's kept ``rows``; item indices are empty unless
         asked for."""
         path = self.shard_path(shard)
-        frame = self.read_shard(shard, columns if rows is None else SHARD_COLUMNS)
+        frame = self.read_shard(shard, columns if rows is None else KEY_COLUMNS)
         if rows is not None:
             frame = rows(frame)
         users = frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX
