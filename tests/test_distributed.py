@@ -201,7 +201,9 @@ def open_count(prepared: Path) -> int:
 
 def test_a_dead_worker_fails_the_run_naming_its_rank(synth: Path, tmp_path: Path) -> None:
     tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
-    config = load_config(None, [*WORKER_OVERRIDES, "train.objective=sequence", "train.epochs=1", tracking])
+    # No held-out split (every rank would read every shard for it): each rank reads its own shards only.
+    overrides = ["train.objective=sequence", "train.epochs=1", "eval.protocol=none", "train.patience=0"]
+    config = load_config(None, [*WORKER_OVERRIDES, *overrides, tracking])
     prepared = tmp_path / "prepared"
     prepare_shards(synth / "interactions.parquet", None, None, prepared, config.data, shards=2)
     # Rank 1 of 2 reads shard 1 (and only it): damaged, so that worker dies on reading it.

@@ -248,10 +248,12 @@ def _worker(config: Config, prepared: Path, out: Path, overwrite: bool, max_step
         holdout = carve_holdout(data, config)
         chosen = _choose_objective(data, holdout, config, info)
         config = chosen.config if chosen is not None else config
-        evaluated = _train(ShardedTraining(data, config, info, device, holdout=holdout), max_steps)
+        rows = holdout if holdout is not None and holdout.holds_out else None
+        evaluated = _train(ShardedTraining(data, config, info, device, holdout=rows), max_steps)
         metrics = _test_metrics(evaluated.model, data, holdout, config) if info.is_main else {}
         final = evaluated
-        if holdout is not None and (config.train.refit_full or holdout.protocol == "none"):
+        refit = config.train.refit_full or config.eval.protocol == "none"
+        if holdout is not None and holdout.holds_out and refit:
             # As single-process training: the validated epochs again, on every event.
             schedule = evaluated.schedule if evaluated.validation else None
             final = _train(ShardedTraining(data, config, info, device, schedule=schedule), max_steps)

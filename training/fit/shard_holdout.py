@@ -65,6 +65,11 @@ class ShardHoldout:
     """``time``: the last timestamp trained on (every later event is held out of training)."""
     sampled_events: int
 
+    @property
+    def holds_out(self) -> bool:
+        """Whether training leaves anything out (not so for ``auto``'s sample alone)."""
+        return self.cut is not None or self.trained.height < self.sampled_events
+
     def training_rows(self, frame: pl.DataFrame) -> pl.DataFrame:
         """One shard's events (``user_index, item_index, timestamp``, shard order) without the
         held-out rows: for :meth:`training.data.shards.PreparedShards.prepared`."""
