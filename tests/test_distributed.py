@@ -149,6 +149,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
     out = capsys.readouterr().out
     assert "(2 worker(s))" in out
     assert "registered version 1" in out
+    assert "metrics: recall@10=" in out
     loaded = load_bundle(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["info"]["distributed"]["world_size"] == 2
