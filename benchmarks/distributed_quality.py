@@ -44,6 +44,9 @@ def main() -> None:
     overrides = [
         "train.objective=interaction",
         f"train.epochs={args.epochs}",
+        # Exactly --epochs on the whole training part: the split and the evaluation are this script's.
+        "eval.protocol=none",
+        "train.patience=0",
         "train.progress=false",
         f'tracking.tracking_uri="sqlite:///{work.resolve()}/mlflow.db"',
         *args.overrides,

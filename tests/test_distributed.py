@@ -31,6 +31,7 @@ from training.fit.interaction_task import InteractionTask
 from training.sharded_pipeline import DistributedTrainingError, ShardedInputs, launch_training
 
 GLOBAL_BATCH = 24
+KEY_ENV = "RECSYS_TEST_ID_KEY"
 WORKER_OVERRIDES = (
     "train.progress=false",
     "train.device=cpu",
@@ -120,6 +121,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
     from serving.bundle.format import load_bundle
 
     monkeypatch.chdir(tmp_path)  # MLflow's artifact store (./mlruns) of rank 0, which inherits it
+    monkeypatch.setenv(KEY_ENV, "test-key-0123456789-abcdef")  # so do the workers' key variable
 
     bundle = tmp_path / "bundle"
     args = [
@@ -132,23 +134,67 @@ def test_train_nproc_2_writes_one_registered_bundle(
     args += ["--out", str(bundle), "--nproc", "2", "--shards", "4"]
     for override in (
         *WORKER_OVERRIDES,
-        "train.objective=interaction",
-        "train.epochs=1",
+        "train.objective=auto",
+        "train.auto_probe_epochs=1",
+        "train.auto_max_s=2",
+        "privacy.pseudonymise_user_ids=true",
+        f'privacy.key_env="{KEY_ENV}"',
+        "train.epochs=2",
+        "train.patience=1",
         "train.batch_size=64",
     ):
         args += ["--set", override]
-    args += ["--set", f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"']
+    tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
+    args += ["--set", tracking]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "(2 worker(s))" in out
     assert "registered version 1" in out
+    assert "metrics: recall@10=" in out
     loaded = load_bundle(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["info"]["distributed"]["world_size"] == 2
     assert len(manifest["info"]["distributed"]["rank_samples_per_second"]) == 2
-    assert loaded.sequences.items.size == open_count(tmp_path / "bundle.prepared")
     # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]
+    # Held-out figures as single-process training writes them: the manifest, the MLflow run, the gate.
+    metrics = manifest["metrics"]
+    assert {"ndcg@10", "recall@10"} <= metrics.keys()
+    assert 0.0 < metrics["ndcg@10"] <= 1.0
+    # auto chose among the data-parallel candidates on the sampled users; the winner ran on every shard.
+    objective = manifest["info"]["objective"]
+    tried = {c["name"] for c in objective["candidates"]}
+    assert tried == {"bag", "interaction", "sasrec"}
+    assert objective["chosen"] in tried
+    assert objective["sharded"]["not_tried"] == ["linear", "linear-decay-0.1", "linear-decay-0.5", "mf"]
+    assert objective["validation_protocol"] == "llo"
+    assert 1 <= len(objective["schedule"]) <= 2
+    assert manifest["config"]["train"]["objective"] in {"bag", "interaction", "sequence"}
+    prepared_users = json.loads((tmp_path / "bundle.prepared" / "manifest.json").read_text())["users"]
+    assert manifest["info"]["distributed"]["holdout"]["users"] == prepared_users  # every user sampled
+    assert manifest["info"]["distributed"]["refit_full"] is True
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    logged = client.get_run(str(client.get_model_version("recsys-two-tower", "1").run_id)).data.metrics
+    assert logged["ndcg_at_10"] == pytest.approx(metrics["ndcg@10"])
+    assert "validation_ndcg_at_10" in logged
+    assert main(["promote", "--version", "1", "--alias", "champion", "--set", tracking]) == 0
+    assert f"ndcg@10 {metrics['ndcg@10']:.4f}" in capsys.readouterr().out
+    # Member profiles of every member, by pseudonym; served by raw id (the key hashes it) as any bundle's.
+    assert manifest["privacy"]["key_env"] == KEY_ENV
+    profiles = pl.read_parquet(bundle / "profiles.parquet")
+    assert profiles.height == prepared_users
+    assert profiles.get_column("user_id").str.starts_with("p_").all()
+    assert profiles.get_column("segment").null_count() == 0
+    raw_user = pl.read_parquet(synth / "interactions.parquet").get_column("user_id")[0]
+    assert main(["profile", "--bundle", str(bundle), "--user", raw_user]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["user_id"] == raw_user
+    assert profile["lifecycle"]
+    assert main(["segments-report", "--bundle", str(bundle), "--out", str(tmp_path / "segments.html")]) == 0
+    assert "segment" in (tmp_path / "segments.html").read_text().lower()
+    assert loaded.sequences.items.size == open_count(tmp_path / "bundle.prepared")
 
 
 def open_count(prepared: Path) -> int:
@@ -157,7 +203,9 @@ def open_count(prepared: Path) -> int:
 
 def test_a_dead_worker_fails_the_run_naming_its_rank(synth: Path, tmp_path: Path) -> None:
     tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
-    config = load_config(None, [*WORKER_OVERRIDES, "train.objective=sequence", "train.epochs=1", tracking])
+    # No held-out split (every rank would read every shard for it): each rank reads its own shards only.
+    overrides = ["train.objective=sequence", "train.epochs=1", "eval.protocol=none", "train.patience=0"]
+    config = load_config(None, [*WORKER_OVERRIDES, *overrides, tracking])
     prepared = tmp_path / "prepared"
     prepare_shards(synth / "interactions.parquet", None, None, prepared, config.data, shards=2)
     # Rank 1 of 2 reads shard 1 (and only it): damaged, so that worker dies on reading it.
@@ -165,11 +213,6 @@ def test_a_dead_worker_fails_the_run_naming_its_rank(synth: Path, tmp_path: Path
     with pytest.raises(DistributedTrainingError, match=r"worker rank 1 of 2 failed .*part-00001\.parquet"):
         launch_training(config, ShardedInputs(prepared=prepared), tmp_path / "bundle", nproc=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no bundle, no MLflow store
-
-
-def test_sharded_training_refuses_auto(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"train\.objective = 'auto'"):
-        launch_training(load_config(None, []), ShardedInputs(prepared=tmp_path), tmp_path / "b", nproc=2)
 
 
 @pytest.mark.parametrize("objective", ["linear", "mf"])

@@ -125,3 +125,39 @@ def test_sequences_of_some_shards_are_whole_and_a_shard_named_twice_is_refused(
         np.testing.assert_array_equal(some.sequences.row(user), expected)
     with pytest.raises(ValueError, match="name a shard twice"):
         shards.prepared([1, 1])
+
+
+def test_pseudonymised_prepare_writes_no_raw_user_id(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.pseudonym import Pseudonymiser
+    from training.config import load_config
+
+    monkeypatch.setenv("RECSYS_TEST_ID_KEY", "test-key-0123456789-abcdef")
+    config = load_config(None, ["privacy.pseudonymise_user_ids=true", 'privacy.key_env="RECSYS_TEST_ID_KEY"'])
+    prepare_shards(
+        synth / "interactions.parquet",
+        synth / "users.parquet",
+        synth / "items.parquet",
+        tmp_path / "prep",
+        config.data,
+        shards=2,
+        privacy=config.privacy,
+    )
+    shards = open_prepared(tmp_path / "prep")
+    pseudonymise = Pseudonymiser(b"test-key-0123456789-abcdef")
+    raw = pl.read_parquet(synth / "interactions.parquet").get_column("user_id").unique()
+    assert sorted(shards.entities.user_encoder.ids.tokens.to_list()) == sorted(pseudonymise(u) for u in raw)
+    assert shards.manifest["privacy"]["key_env"] == "RECSYS_TEST_ID_KEY"
+    # Every string written (tables, vocabularies, shards) is free of the raw ids.
+    raw_ids = set(raw.to_list())
+    for file in (tmp_path / "prep").rglob("*.parquet"):
+        frame = pl.read_parquet(file)
+        for column in frame.columns:
+            if frame.schema[column] == pl.Utf8:
+                assert raw_ids.isdisjoint(frame.get_column(column).to_list()), file
+    # The events keep their event types and values (member profiles read them), by pseudonym.
+    events = shards.events().collect()
+    assert events.height == shards.interactions
+    assert events.get_column("user_id").str.starts_with("p_").all()
+    assert events.get_column("event_type").n_unique() > 1

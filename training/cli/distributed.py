@@ -97,5 +97,9 @@ def run_sharded_train(args: argparse.Namespace, config: Config) -> None:
         f"per rank: {', '.join(f'{r:.0f}' for r in summary.rank_samples_per_second)}), "
         f"peak RSS per rank during training: {', '.join(f'{m:.0f}' for m in summary.rank_peak_rss_mb)} MiB"
     )
+    if summary.metrics:
+        print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.metrics.items()))
+    if summary.validation:
+        print(f"validation ndcg per epoch: {', '.join(f'{v:.4f}' for v in summary.validation)}")
     if summary.registered_version:
         print(f"MLflow run {summary.run_id}, registered version {summary.registered_version}")

@@ -75,6 +75,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         config.data,
         shards=args.shards,
         overwrite=args.overwrite,
+        privacy=config.privacy,
     )
     print(
         f"{summary.interactions} interactions ({summary.duplicates_dropped} duplicates dropped), "

@@ -10,7 +10,7 @@ holds at a time, not by the data. ``prepared(all shards)`` is the whole data set
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,12 @@ from serving.model.history import Sequences
 from training.data.io import InputError
 from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
 from training.features import Prepared
+
+KEY_COLUMNS = ("user_index", "item_index", "timestamp")
+"""What training reads of each event (:meth:`PreparedShards.read_shard`'s default)."""
+
+ShardRows = Callable[[pl.DataFrame], pl.DataFrame]
+"""Keeps some of one shard's events (:meth:`PreparedShards.prepared`)."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,12 @@ class PreparedShards:
     def shard_path(self, shard: int) -> Path:
         return self.root / "shards" / shard_name(shard)
 
-    def prepared(self, shards: Sequence[int]) -> Prepared:
+    def prepared(self, shards: Sequence[int], rows: ShardRows | None = None) -> Prepared:
         """The events of ``shards`` as a Prepared (global encoders, features and popularity).
+
+        ``rows``: what to keep of each shard's events (``user_index, item_index, timestamp`` in the
+        shard's order in, the kept rows out, each user's still in time order; deterministic, as it
+        runs twice per shard): the training rows of a run with a held-out split.
 
         Two passes over the shards: per-user counts, then each shard's events written straight
         into their users' slots. Users are disjoint across shards and time-ordered within one,
@@ -63,7 +73,7 @@ class PreparedShards:
         n_users = self.entities.n_users
         counts = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
-            user_rows, _ = self._read_shard(shard, columns=("user_index",))
+            user_rows, _ = self._read_shard(shard, ("user_index",), rows)
             counts += np.bincount(user_rows, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         item_indices = np.empty(int(indptr[-1]), dtype=np.int64)
@@ -71,7 +81,7 @@ class PreparedShards:
         # would still get every event, in shard order, rather than overwritten or unset slots.
         filled = np.zeros(n_users, dtype=np.int64)
         for shard in shards:
-            user_rows, items = self._read_shard(shard, columns=("user_index", "item_index"))
+            user_rows, items = self._read_shard(shard, ("user_index", "item_index"), rows)
             order = np.argsort(user_rows, kind="stable")
             user_rows, items = user_rows[order], items[order]
             starts = np.flatnonzero(np.r_[True, user_rows[1:] != user_rows[:-1]]) if len(user_rows) else order
@@ -82,15 +92,44 @@ class PreparedShards:
             raise InputError(f"{self.root}: shards changed while being read")
         return replace(self.entities, sequences=Sequences(indptr, item_indices))
 
-    def _read_shard(
-        self, shard: int, columns: tuple[str, ...]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """(user rows, item indices) of one shard; item indices are empty unless asked for."""
+    def events(self) -> pl.LazyFrame:
+        """Every event of every shard by id (``user_id, item_id, timestamp, event_type, value``),
+        lazily: a scan of the shards joined with the vocabularies (member profiles read it)."""
+        entities = self.entities
+        ids = {
+            name: pl.DataFrame(
+                {
+                    f"{name}_index": np.arange(len(encoder.ids.tokens), dtype=np.int64) + FIRST_TOKEN_INDEX,
+                    f"{name}_id": encoder.ids.tokens,
+                }
+            ).lazy()
+            for name, encoder in (("user", entities.user_encoder), ("item", entities.item_encoder))
+        }
+        paths = [str(self.shard_path(shard)) for shard in range(self.shards)]
+        return (
+            pl.scan_parquet(paths)
+            .join(ids["user"], on="user_index", how="left", maintain_order="left")
+            .join(ids["item"], on="item_index", how="left", maintain_order="left")
+            .select("user_id", "item_id", "timestamp", "event_type", "value")
+        )
+
+    def read_shard(self, shard: int, columns: Sequence[str] = KEY_COLUMNS) -> pl.DataFrame:
+        """``columns`` of one shard's events, in the shard's order (user, then time)."""
         path = self.shard_path(shard)
         try:
-            frame = pl.read_parquet(path, columns=list(columns))
+            return pl.read_parquet(path, columns=list(columns))
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise InputError(f"{path}: cannot be read: {exc}") from exc
+
+    def _read_shard(
+        self, shard: int, columns: tuple[str, ...], rows: ShardRows | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(user rows, item indices) of one shard's kept ``rows``; item indices are empty unless
+        asked for."""
+        path = self.shard_path(shard)
+        frame = self.read_shard(shard, columns if rows is None else KEY_COLUMNS)
+        if rows is not None:
+            frame = rows(frame)
         users = frame.get_column("user_index").to_numpy().astype(np.int64) - FIRST_TOKEN_INDEX
         if len(users) and (users.min() < 0 or users.max() >= self.entities.n_users):
             raise InputError(f"{path}: holds user indices outside the vocabulary")

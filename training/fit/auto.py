@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,11 +205,13 @@ def with_overrides(config: Config, overrides: Mapping[str, Mapping[str, Any]]) -
     return resolved
 
 
-def candidates_of(config: Config) -> list[tuple[str, Config]]:
-    """The configurations to compare: :data:`CANDIDATES` for ``auto``, else ``config`` alone."""
+def candidates_of(config: Config, names: Collection[str] | None = None) -> list[tuple[str, Config]]:
+    """The configurations to compare: :data:`CANDIDATES` (those in ``names`` when given) for
+    ``auto``, else ``config`` alone."""
     if config.train.objective != "auto":
         return [(config.train.objective, config)]
-    return [(name, with_overrides(config, overrides)) for name, overrides in CANDIDATES]
+    chosen = [(n, o) for n, o in CANDIDATES if names is None or n in names]
+    return [(name, with_overrides(config, overrides)) for name, overrides in chosen]
 
 
 def select_objective(
@@ -219,14 +221,17 @@ def select_objective(
     config: Config,
     protocol: str,
     parent_run_id: str | None = None,
+    names: Collection[str] | None = None,
 ) -> Selection:
     """Train every candidate on ``train`` minus a validation split and keep the best (module docstring).
+
+    ``names``: try only these of :data:`CANDIDATES` (the sharded path's data-parallel ones).
 
     ``protocol`` is the evaluation protocol (``llo``, ``rand`` or ``time``; ``none`` validates with
     :data:`VALIDATION_PROTOCOL_WITHOUT_EVAL`). With ``train.patience = 0`` and a
     concrete objective nothing is trained: the configuration is returned as it is.
     """
-    candidates = candidates_of(config)
+    candidates = candidates_of(config, names)
     if config.train.patience == 0 and len(candidates) == 1:
         return Selection(config=config, name=candidates[0][0], schedule=None)
     protocol = protocol if protocol != "none" else VALIDATION_PROTOCOL_WITHOUT_EVAL

@@ -20,12 +20,17 @@ Contract (what every rank does, :class:`ShardedTraining`):
   no larger than ``uniform_negatives``) every rank already scores every item. Sequence objectives
   weight each rank's mean by its share of the step's loss rows, so the average over ranks is the
   global mean; their uniform negatives are drawn per rank (not gathered).
-* **Schedule**: ``train.epochs`` epochs, a linear warm-up over the first epoch then a cosine decay
-  per epoch (no validation split in the sharded path: early stopping and ``auto`` need one).
+* **Schedule**: a linear warm-up over the first epoch, then, as in single-process training
+  (:func:`training.fit.trainer.train_model`): with a validation part (``holdout``,
+  :mod:`training.fit.shard_holdout`) rank 0 computes NDCG@``eval.k`` on it after every epoch and
+  broadcasts it, so every rank takes the same :class:`~training.fit.trainer.Plateau` decisions
+  (learning-rate cuts, the stop) and keeps the same best epoch's weights; with a ``schedule`` (the
+  rates of such a run) exactly those epochs; with neither, ``train.epochs`` epochs of a cosine decay.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -33,7 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -45,15 +50,23 @@ from serving.model.features import FIRST_TOKEN_INDEX
 from serving.model.towers import Inputs, TwoTowerModel
 from training.config import Config
 from training.data.shards import PreparedShards
+from training.evaluation.evaluate import evaluate
 from training.features import Prepared
 from training.fit.auto import with_overrides
 from training.fit.interaction_task import ExampleBatcher, InteractionTask
 from training.fit.losses import full_softmax_loss, sampled_softmax_loss
 from training.fit.sequence_task import SequenceTask
-from training.fit.trainer import Task, make_task, peak_rss_mb
+from training.fit.shard_holdout import ShardHoldout
+from training.fit.trainer import Plateau, Task, make_task, peak_rss_mb
 
 log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
+T = TypeVar("T")
+
+
+DATA_PARALLEL_OBJECTIVES = ("interaction", "sequence", "bag", "mixed")
+"""Objectives :class:`ShardedTraining` runs (:func:`bind_shard`): the closed forms (``linear``,
+``mf``) need every interaction in one process at once."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,15 @@ def process_group(info: RankInfo, device: str) -> Iterator[None]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def broadcast_from_main(value: T, info: RankInfo) -> T:
+    """Rank 0's ``value`` on every rank (pickled; other ranks pass a placeholder such as None)."""
+    if info.world_size == 1:
+        return value
+    box: list[Any] = [value]
+    dist.broadcast_object_list(box, src=0)
+    return cast("T", box[0])
 
 
 def shards_of(info: RankInfo, shards: int) -> list[int]:
@@ -237,6 +259,12 @@ class ShardedResult:
     rank_samples_per_second: list[float] = field(default_factory=list)
     """Per rank (index = rank), every rank's figure (gathered)."""
     rank_peak_rss_mb: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    """Validation NDCG@k after each epoch (empty without a validation part)."""
+    best_epoch: int = 0
+    """Epochs whose weights were kept (all of them without a validation part)."""
+    schedule: list[float] = field(default_factory=list)
+    """Learning rate of each kept epoch (replayed by a refit on every event)."""
 
     @property
     def samples_per_second(self) -> float:
@@ -246,15 +274,28 @@ class ShardedResult:
 class ShardedTraining:
     """One rank's share of data-parallel training over a prepared directory (module docstring)."""
 
-    def __init__(self, data: PreparedShards, config: Config, info: RankInfo, device: str) -> None:
+    def __init__(
+        self,
+        data: PreparedShards,
+        config: Config,
+        info: RankInfo,
+        device: str,
+        *,
+        holdout: ShardHoldout | None = None,
+        schedule: list[float] | None = None,
+    ) -> None:
+        """``holdout``: train without its held-out rows and, unless ``schedule`` is given, stop early
+        on its validation part; ``schedule``: per-epoch learning rates to replay (module docstring).
+        ``config.train.objective`` is concrete (``auto`` is resolved before)."""
         self.data, self.info = data, info
         self.config = config
-        if config.train.objective == "auto":
-            raise ValueError(
-                "train.objective = 'auto' needs a validation split, which the sharded path does not carve: "
-                "set a concrete objective (interaction, sequence, bag or mixed), e.g. "
-                "--set train.objective=interaction"
-            )
+        self.holdout, self.schedule = holdout, schedule
+        self.validating = schedule is None and holdout is not None and bool(holdout.validation_protocol)
+        self.validation = (
+            holdout.validation_data(data.entities)
+            if holdout is not None and self.validating and info.is_main
+            else None
+        )
         rank_config = per_rank_config(with_overrides(config, {"train": {"device": device}}), info.world_size)
         self.shards = shards_of(info, data.shards)
         # The model and optimizer are built on an empty shard set; bind_shard brings the examples.
@@ -280,7 +321,8 @@ class ShardedTraining:
         """Example positions of each step of one epoch on this rank, shard after shard (shuffled)."""
         task = self.task
         for shard in task.rng.permutation(np.asarray(self.shards, dtype=np.int64)):
-            bind_shard(task, self.data.prepared([int(shard)]))
+            rows = self.holdout.training_rows if self.holdout is not None else None
+            bind_shard(task, self.data.prepared([int(shard)], rows))
             n = len(task)
             for positions in task.batches(task.rng.permutation(n).astype(np.int64)):
                 if isinstance(task, InteractionTask) and len(positions) != self.batch_rows:
@@ -307,14 +349,24 @@ class ShardedTraining:
         return int(flags[0]) == self.info.world_size, int(flags[1])
 
     def run(self, max_steps: int | None = None) -> ShardedResult:
-        """Train ``train.epochs`` epochs (each at most ``max_steps`` steps); collective on every rank."""
+        """Train (module docstring: schedule), each epoch at most ``max_steps`` steps; collective on
+        every rank."""
         cfg, task, world = self.config.train, self.task, self.info.world_size
-        epochs = cfg.epochs
+        epochs = len(self.schedule) if self.schedule is not None else cfg.epochs
         estimated = self._steps_per_epoch()
         result = ShardedResult(model=task.model)
+        plateau = Plateau(cfg.patience, cfg.lr_cuts, cfg.learning_rate)
+        best_state: dict[str, torch.Tensor] | None = None
+        rates: list[float] = []
         started = time.perf_counter()
         for epoch in range(epochs):
-            rate = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+            if self.schedule is not None:
+                rate = self.schedule[epoch]
+            elif self.validating:
+                rate = plateau.rate
+            else:
+                rate = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+            rates.append(rate)
             total, steps = 0.0, 0
             batches = self._positions()
             while max_steps is None or steps < max_steps:
@@ -341,15 +393,35 @@ class ShardedTraining:
             result.steps += steps
             mean = self._mean(total / max(steps, 1))
             result.epoch_losses.append(mean)
+            message = ""
+            if self.validating:
+                score = self._validation_score()
+                result.validation.append(score)
+                message = f", validation ndcg@{self.config.eval.k} {score:.4f}"
+                if plateau.update(epoch, score):
+                    best_state = copy.deepcopy(task.model.state_dict())
             log.info(
-                "rank %d epoch %d/%d: %d steps, loss %.4f, peak RSS %.0f MiB",
+                "rank %d epoch %d/%d: %d steps, lr %.2g, loss %.4f%s, peak RSS %.0f MiB",
                 self.info.rank,
                 epoch + 1,
                 epochs,
                 steps,
+                rate,
                 mean,
+                message,
                 peak_rss_mb(),
             )
+            if plateau.stopped:
+                log.info(
+                    "early stop: best validation ndcg %.4f at epoch %d", plateau.best, plateau.best_epoch
+                )
+                break
+        if best_state is not None:
+            task.model.load_state_dict(best_state)
+            result.best_epoch = plateau.best_epoch
+        else:
+            result.best_epoch = len(result.epoch_losses)
+        result.schedule = rates[: result.best_epoch]
         result.seconds = time.perf_counter() - started
         mine = torch.tensor([result.rows / max(result.seconds, 1e-9), peak_rss_mb()], dtype=torch.float64)
         every = gather_plain(mine.to(self.device), self.info.world_size).cpu().view(self.info.world_size, -1)
@@ -357,6 +429,21 @@ class ShardedTraining:
         result.rank_peak_rss_mb = [float(r[1]) for r in every]
         task.model.eval()
         return result
+
+    def _validation_score(self) -> float:
+        """NDCG@``eval.k`` on the validation part, computed by rank 0 and broadcast to every rank
+        (the early-stopping decisions then agree everywhere)."""
+        score = 0.0
+        if self.validation is not None:
+            prepared, frame = self.validation
+            self.task.model.eval()
+            k = self.config.eval.k
+            score = evaluate(self.task.model, prepared, frame, k)[f"ndcg@{k}"]
+        if self.info.world_size == 1:
+            return score
+        tensor = torch.tensor([score], dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return float(tensor[0])
 
     def _mean(self, value: float) -> float:
         if self.info.world_size == 1:

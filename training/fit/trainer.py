@@ -97,6 +97,39 @@ LR_CUT_FACTOR = 0.25
 """Learning-rate factor at each validation plateau."""
 
 
+@dataclass
+class Plateau:
+    """Early stopping on a validation score, one :meth:`update` per epoch (single-process and sharded
+    training share it): ``patience`` epochs without a better score cut ``rate`` by
+    :data:`LR_CUT_FACTOR`; the plateau after ``lr_cuts`` cuts sets ``stopped``."""
+
+    patience: int
+    lr_cuts: int
+    rate: float
+    best: float = -1.0
+    best_epoch: int = 0
+    """1-based epoch of ``best`` (0 before the first update)."""
+    stale: int = 0
+    cuts: int = 0
+    stopped: bool = False
+
+    def update(self, epoch: int, score: float) -> bool:
+        """Record 0-based ``epoch``'s score; True when it is the best so far (keep its weights)."""
+        improved = score > self.best
+        if improved:
+            self.best, self.best_epoch, self.stale = score, epoch + 1, 0
+        else:
+            self.stale += 1
+        if self.patience > 0 and self.stale >= self.patience:
+            self.stale = 0
+            if self.cuts >= self.lr_cuts:
+                self.stopped = True
+            else:
+                self.cuts += 1
+                self.rate *= LR_CUT_FACTOR
+        return improved
+
+
 def train_model(
     prepared: Prepared,
     config: Config,
@@ -163,18 +196,18 @@ class TrainingRun:
         self.epochs = 1 if closed_form else len(schedule) if schedule is not None else cfg.epochs
         self.result = TrainResult(model=self.task.model)
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best, self.stale, self.cuts, self.rate = -1.0, 0, 0, cfg.learning_rate
+        self.plateau = Plateau(cfg.patience, cfg.lr_cuts, cfg.learning_rate)
+        self.rate = cfg.learning_rate
         self.rates: list[float] = []
-        self.stopped = False
 
     @property
     def done(self) -> bool:
-        return self.stopped or len(self.result.epoch_losses) >= self.epochs
+        return self.plateau.stopped or len(self.result.epoch_losses) >= self.epochs
 
     @property
     def best_validation(self) -> float:
         """Best validation NDCG so far (-1 before the first epoch or without validation)."""
-        return self.best
+        return self.plateau.best
 
     def advance(self, seconds: float | None = None, epochs: int | None = None) -> None:
         """Train epochs until :attr:`done`, or with ``seconds`` until the first epoch end past it, or
@@ -219,23 +252,18 @@ class TrainingRun:
             score = evaluate(task.model, self.prepared, self.validation, k)[f"ndcg@{k}"]
             self.result.validation.append(score)
             message += f" validation ndcg@{k} {score:.4f}"
-            if score > self.best:
-                self.best, self.result.best_epoch, self.stale = score, epoch + 1, 0
+            if self.plateau.update(epoch, score):
+                self.result.best_epoch = self.plateau.best_epoch
                 self.best_state = copy.deepcopy(task.model.state_dict())
-            else:
-                self.stale += 1
-            if cfg.patience > 0 and self.stale >= cfg.patience:
-                self.stale = 0
-                if self.cuts >= cfg.lr_cuts:
-                    self.stopped = True
-                else:
-                    self.cuts += 1
-                    self.rate *= LR_CUT_FACTOR
+            if self.schedule is None:
+                self.rate = self.plateau.rate
         log.info(message)
         if self.on_epoch is not None:
             self.on_epoch(epoch, epoch_loss)
-        if self.stopped:
-            log.info("early stop: best validation ndcg %.4f at epoch %d", self.best, self.result.best_epoch)
+        if self.plateau.stopped:
+            log.info(
+                "early stop: best validation ndcg %.4f at epoch %d", self.plateau.best, self.result.best_epoch
+            )
 
     def finish(self) -> TrainResult:
         """The best epoch's weights (the last epoch's without validation) and the run's record."""

@@ -64,7 +64,7 @@ class BuiltProfiles:
 
 
 def build_profiles(
-    interactions: pl.DataFrame,
+    interactions: pl.DataFrame | pl.LazyFrame,
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     user_attributes: tuple[str, ...],
@@ -74,7 +74,7 @@ def build_profiles(
     options: ProfileOptions,
     anomaly: AnomalyResult | None = None,
 ) -> BuiltProfiles:
-    """Profiles of every user in ``interactions``.
+    """Profiles of every user in ``interactions`` (eager, or lazy such as a scan of prepared shards).
 
     ``user_attributes`` / ``item_attributes``: the columns the encoders kept (personal
     data is never among them). ``user_ids`` and ``user_embeddings`` are aligned rows
@@ -276,7 +276,7 @@ def _jsonable(value: Any) -> Any:
 
 def profiles_for_bundle(
     options: ProfileOptions,
-    interactions: pl.DataFrame,
+    interactions: pl.DataFrame | pl.LazyFrame,
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     prepared: Prepared,
