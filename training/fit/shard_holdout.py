@@ -31,15 +31,16 @@ from training.config import Config
 from training.data.shards import PreparedShards
 from training.evaluation import split_for
 from training.features import Prepared
-from training.fit.auto import VALIDATION_PROTOCOL_WITHOUT_EVAL, VALIDATION_USERS
+from training.fit.auto import VALIDATION_PROTOCOL_WITHOUT_EVAL
 
 log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 
-HOLDOUT_USERS = VALIDATION_USERS
+HOLDOUT_USERS = 8000
 """At most this many users are split (a seeded sample): their test rows give the bundle's figures and
 their validation rows the early stopping; every one of them is ranked against the whole catalogue,
-so the cost of an evaluation is bounded whatever the number of users."""
+so the cost of an evaluation is bounded whatever the number of users (``train.validation_users``
+is not read here: its 0, every user, would not be bounded on data that needs shards)."""
 
 _SPLIT_COLUMNS = {"user_index": "user_id", "item_index": "item_id"}
 

@@ -201,6 +201,11 @@ class TrainingRun:
         self.rates: list[float] = []
 
     @property
+    def stopped(self) -> bool:
+        """Whether early stopping ended the run (converged, not cut short by a budget)."""
+        return self.plateau.stopped
+
+    @property
     def done(self) -> bool:
         return self.plateau.stopped or len(self.result.epoch_losses) >= self.epochs
 
