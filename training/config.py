@@ -137,7 +137,7 @@ class TrainConfig:
     * ``sequence``: one pass per user window, the next item predicted at every position;
     * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
     * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
-    * ``linear``: the closed-form item-item model (EASE) written into linear towers
+    * ``linear``: the closed-form item-item model (EASE or SLIST: ``linear_model``) written into linear towers
       (:mod:`training.fit.linear_task`; the towers' width is the kept rank + 1, see
       ``linear_tower_rank``; the ``[model]`` dimensions do not apply);
     * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers, the user
@@ -146,8 +146,28 @@ class TrainConfig:
       linear, mf) on a validation split carved from the training data by the evaluation protocol:
       the iterative ones for ``auto_probe_epochs`` epochs, then the leading one to early stopping;
       the best is refitted on all the training data and written to the manifest."""
+    linear_model: Literal["ease", "slist"] = "ease"
+    """``linear``: which closed form fills the item x item weights.
+
+    * ``ease``: EASE (Steck 2019): the user's items reconstructed from the same items, ridge
+      ``linear_l2``, zero diagonal; the strongest closed form on bag-of-items data;
+    * ``slist``: SLIST (Choi et al. 2021, :mod:`training.fit.slist`): EASE-like user rows mixed with
+      a regression of every recency-weighted prefix of a user's sequence onto the items that follow
+      it ("what next"), ``slist_alpha``, ``slist_decay``, ``slist_l2``.
+
+    Both go through the same factorisation and towers, so serving is the same."""
     linear_l2: float = 500.0
-    """``linear``: the ridge ``lambda`` of the closed form (Steck's range is 100-1000)."""
+    """``linear`` with ``ease``: the ridge ``lambda`` of the closed form (Steck's range is 100-1000)."""
+    slist_alpha: float = 0.5
+    """``linear`` with ``slist``: weight of the whole-user rows (SLIS) against the prefix -> next
+    rows (SLIT, ``1 - slist_alpha``); 1 is a user-row ridge, 0 pure next-item regression."""
+    slist_decay: float = 0.5
+    """``linear`` with ``slist``: training rows weigh the item ``j`` places before the prefix's end,
+    and the target ``j`` places after the next one, ``exp(-slist_decay * j)`` (0: all alike). The
+    served decay is ``model.history_decay``, so one fit serves several."""
+    slist_l2: float = 10.0
+    """``linear`` with ``slist``: the ridge of the closed form; its rows are l1-normalised, so it is
+    on another scale than ``linear_l2``."""
     linear_rank: int = 2048
     """``linear``: rank of the factorised item-item weights (exact for smaller catalogues). The
     towers are ``linear_tower_rank`` (or this) wide plus one."""
@@ -423,6 +443,19 @@ def validate(config: Config) -> None:
             "train.auto_max_s: must be a finite number >= 0 (0: no limit)",
         ),
         (config.train.linear_l2 > 0, "train.linear_l2: must be > 0"),
+        (
+            config.train.linear_model in ("ease", "slist"),
+            f"train.linear_model: must be 'ease' or 'slist', got {config.train.linear_model!r}",
+        ),
+        (0 <= config.train.slist_alpha <= 1, "train.slist_alpha: must be in [0, 1]"),
+        (
+            config.train.slist_decay >= 0 and math.isfinite(config.train.slist_decay),
+            "train.slist_decay: must be a finite number >= 0",
+        ),
+        (
+            config.train.slist_l2 > 0 and math.isfinite(config.train.slist_l2),
+            "train.slist_l2: must be a finite number > 0",
+        ),
         (config.train.linear_rank >= 1, "train.linear_rank: must be >= 1"),
         (config.train.linear_tower_rank >= 0, "train.linear_tower_rank: must be >= 0 (0: chosen)"),
         (0 < config.train.linear_rank_keep <= 1, "train.linear_rank_keep: must be in (0, 1]"),

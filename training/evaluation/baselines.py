@@ -42,8 +42,10 @@ __all__ = [
     "Baseline",
     "Popularity",
     "baseline_scores",
+    "gram_matrix",
     "interaction_matrix",
     "make_baseline",
+    "spd_inverse",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,10 +163,10 @@ class EASE:
         if self.l2 <= 0:
             raise ValueError(f"EASE: l2 must be > 0 (it makes X^T X invertible), got {self.l2}")
         x = interaction_matrix(train, self.dtype)
-        gram = _gram(x, self.dtype)
+        gram = gram_matrix(x, self.dtype)
         gram[np.diag_indices(n_items)] += self.l2
         with threadpool_limits(limits=self.blas_threads, user_api="blas"):
-            inverse = _spd_inverse(gram)
+            inverse = spd_inverse(gram)
         del gram  # overwritten by the inverse; drop the name so nothing uses it by mistake
         diagonal = inverse.diagonal().copy()
         # B_ij = -P_ij / P_jj: scale column j by -1 / P_jj, in place (no second n x n matrix).
@@ -184,7 +186,7 @@ class EASE:
         return {"l2": self.l2, "dtype": np.dtype(self.dtype).name, "blas_threads": self.blas_threads}
 
 
-def _gram(x: sp.csr_matrix, dtype: type[np.floating[Any]]) -> FloatArray:
+def gram_matrix(x: sp.csr_matrix, dtype: type[np.floating[Any]]) -> FloatArray:
     """Dense ``X^T X``, one block of columns at a time.
 
     A single sparse product would hold every co-occurring item pair as a sparse entry (12+ bytes each,
@@ -201,7 +203,7 @@ def _gram(x: sp.csr_matrix, dtype: type[np.floating[Any]]) -> FloatArray:
     return gram
 
 
-def _spd_inverse(matrix: FloatArray) -> FloatArray:
+def spd_inverse(matrix: FloatArray) -> FloatArray:
     """Inverse of a symmetric positive-definite matrix by Cholesky (``potrf`` + ``potri``), in place.
 
     Half the flops of an LU inverse. ``matrix`` is consumed: its memory holds the result (LAPACK works in

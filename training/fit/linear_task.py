@@ -1,5 +1,8 @@
 """The ``linear`` objective: a closed-form item-item model written into the two towers.
 
+The item-item weights ``B`` are EASE's (below) or, with ``train.linear_model = "slist"``, SLIST's
+next-item closed form (:mod:`training.fit.slist`); everything after ``B`` is the same.
+
 EASE (Steck 2019) is the strongest closed-form recommender on bag-of-items data: with the binary
 user x item matrix ``X`` and ``P = (X^T X + l2 I)^-1``, the item-item weights are ``B = -P / diag(P)``
 (zero diagonal) and a user's scores are ``x_u B``. ``x_u B`` is a sum over the user's items, which is
@@ -40,6 +43,7 @@ from training.evaluation.baselines import EASE
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
 from training.features import Prepared
 from training.fit.closed_form import ClosedFormTask, linear_tower_spec, write_linear
+from training.fit.slist import slist_weights
 
 log = logging.getLogger(__name__)
 
@@ -118,27 +122,55 @@ def closed_form_dim(n_items: int, config: Config) -> int:
 
 
 Factors = tuple[FloatArray, FloatArray]
-_last_fit: tuple[weakref.ref[Prepared], tuple[float, int, int, int], Factors] | None = None
-"""The most recent fit, kept while its data lives: ``auto`` tries several history decays over the same
-closed form (the decay only weighs the history rows) and several tower ranks over the same
-factorisation (a rank keeps the leading columns), and the fit is the expensive part."""
+_FITS_KEPT = 2
+_recent_fits: list[tuple[weakref.ref[Prepared], tuple[object, ...], Factors]] = []
+"""The most recent fits (newest last), kept while their data lives: ``auto`` tries several history
+decays over the same closed form (the decay only weighs the history rows), EASE and SLIST side by side,
+and several tower ranks over the winner's factorisation (a rank keeps the leading columns); the fit is
+the expensive part."""
+
+
+def fit_key(config: Config) -> tuple[object, ...]:
+    """What a fit depends on besides the data: two configurations with the same key share it."""
+    cfg = config.train
+    common = (cfg.linear_model, cfg.linear_rank, cfg.linear_max_items, cfg.seed)
+    if cfg.linear_model == "slist":
+        return (*common, cfg.slist_alpha, cfg.slist_decay, cfg.slist_l2, config.data.history_length)
+    return (*common, cfg.linear_l2)
+
+
+def item_item_weights(prepared: Prepared, config: Config) -> FloatArray:
+    """The closed form's ``items x items`` weights ``B`` (``train.linear_model``), zero diagonal."""
+    cfg = config.train
+    if cfg.linear_model == "slist":
+        return slist_weights(
+            prepared,
+            alpha=cfg.slist_alpha,
+            decay=cfg.slist_decay,
+            l2=cfg.slist_l2,
+            longest=config.data.history_length,
+            max_items=cfg.linear_max_items,
+        )
+    ease = EASE(l2=cfg.linear_l2, max_items=cfg.linear_max_items)
+    ease.fit(prepared)
+    assert ease.weights is not None
+    weights: FloatArray = ease.weights
+    return weights
 
 
 def fit_factors(prepared: Prepared, config: Config) -> Factors:
     """(history rows, target rows) of the closed form on ``prepared`` at ``train.linear_rank``, leading
     components first (module docstring); the target rows are not yet unit (:func:`to_unit_targets`)."""
-    global _last_fit
-    cfg = config.train
-    key = (cfg.linear_l2, cfg.linear_rank, cfg.linear_max_items, cfg.seed)
-    if _last_fit is not None and _last_fit[0]() is prepared and _last_fit[1] == key:
-        return _last_fit[2]
-    _last_fit = None  # release the previous factors before computing new ones
-    ease = EASE(l2=cfg.linear_l2, max_items=cfg.linear_max_items)
-    ease.fit(prepared)
-    assert ease.weights is not None
-    factors = factorise(ease.weights, cfg.linear_rank, cfg.seed)
-    del ease
-    _last_fit = (weakref.ref(prepared), key, factors)
+    key = fit_key(config)
+    _recent_fits[:] = [fit for fit in _recent_fits if fit[0]() is not None]
+    for fit in _recent_fits:
+        if fit[0]() is prepared and fit[1] == key:
+            return fit[2]
+    del _recent_fits[: max(len(_recent_fits) - _FITS_KEPT + 1, 0)]  # release before computing anew
+    weights = item_item_weights(prepared, config)
+    factors = factorise(weights, config.train.linear_rank, config.train.seed)
+    del weights
+    _recent_fits.append((weakref.ref(prepared), key, factors))
     return factors
 
 
@@ -201,7 +233,7 @@ def _with_tower_rank(config: Config, rank: int) -> TrainConfig:
 
 
 class LinearTask(ClosedFormTask):
-    """EASE fitted and written into linear towers (module docstring)."""
+    """EASE or SLIST fitted and written into linear towers (module docstring)."""
 
     def __init__(self, prepared: Prepared, config: Config) -> None:
         spec = linear_tower_spec(
@@ -221,4 +253,5 @@ class LinearTask(ClosedFormTask):
         history, targets = history[:, :rank], to_unit_targets(targets[:, :rank])
         user, item = self.model.user_tower, self.model.item_tower
         write_linear(self.model, [(user.item_ids, history), (item.item_ids, targets)], targets.shape[1])
-        return f"linear: {self.prepared.n_items} items, tower rank {rank} of {factorised}"
+        model = self.config.train.linear_model
+        return f"linear ({model}): {self.prepared.n_items} items, tower rank {rank} of {factorised}"
