@@ -86,6 +86,11 @@ def check_config(config: Config) -> None:
             "once (one process, items x items memory): with --nproc/--prepared set an iterative "
             "objective (interaction, sequence, bag or mixed)"
         )
+    if config.train.objective == "elsa":
+        raise ValueError(
+            "train.objective = 'elsa' is single-process for now (its item matrix is trained outside the "
+            "data-parallel model wrapper): with --nproc/--prepared set interaction, sequence, bag or mixed"
+        )
     if config.privacy.pseudonymise_user_ids:
         raise ValueError(
             "privacy.pseudonymise_user_ids is not supported by the sharded path yet: pseudonymise the "
