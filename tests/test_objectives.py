@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pytest
+import scipy.sparse as sp
 import torch
 from conftest import tiny_config
 
@@ -33,6 +34,7 @@ from training.evaluation.baselines import EASE, IALS, baseline_scores, interacti
 from training.evaluation.evaluate import batched, evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
 from training.fit.auto import CANDIDATES, Selection, candidates_of, fit_selected, select_objective
+from training.fit.factor_task import fit_factors
 from training.fit.linear_task import factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
@@ -381,22 +383,25 @@ def test_history_decay_round_trips_and_is_refused_where_it_has_no_meaning() -> N
         load_config(None, ["model.history_decay=-1"])
 
 
-def test_the_mf_objective_ranks_as_the_ials_fold_in_of_the_history(interactions: pl.DataFrame) -> None:
-    """The user tower folds iALS's item factors in from the history: it ranks as the ridge fold-in
-    ``(Y^T Y + reg I)^-1 Y^T p_u`` does, and about as well as iALS's own user factors."""
+def test_the_mf_objective_ranks_as_the_fold_in_of_its_factors(interactions: pl.DataFrame) -> None:
+    """The user tower folds the item factors in from the history: it ranks as the ridge fold-in
+    ``(Y^T Y + reg I)^-1 Y^T p_u`` does (each pair once: the fit sees the binary matrix, the tower the
+    history with its repeats), and about as well as ``implicit``'s iALS with its own user factors."""
     config = tiny_config("train.objective=mf", "train.mf_factors=8", "data.history_length=1000")
-    parts = split_for(interactions, "rand", 3)
+    once = interactions.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    parts = split_for(once, "rand", 3)
     train_part = prepare(parts.train, None, None, config.data)
     result = train_model(train_part, config)
     assert len(result.epoch_losses) == 1
     assert result.model.spec.output_dim == 9
     assert not result.model.spec.user_id_embedding  # nothing per user: recent items and new users work
-    als = IALS(factors=8, regularization=config.train.mf_regularization, seed=config.train.seed)
-    als.fit(train_part)
-    assert als.item_factors is not None
-    y = als.item_factors.astype(np.float64)
+    cfg = config.train
+    _, items, ridge = fit_factors(
+        interaction_matrix(train_part), 8, cfg.mf_regularization, cfg.mf_regularization_exponent, cfg.seed
+    )
+    y = items.astype(np.float64)
     x = interaction_matrix(train_part, np.float64)
-    folded = np.linalg.solve(y.T @ y + config.train.mf_regularization * np.eye(8), (x @ y).T).T
+    folded = np.linalg.solve(y.T @ y + ridge * np.eye(8), (x @ y).T).T
 
     def fold_in_scores(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         scores: npt.NDArray[np.float64] = folded[rows] @ y.T
@@ -405,8 +410,26 @@ def test_the_mf_objective_ranks_as_the_ials_fold_in_of_the_history(interactions:
     ours = rank_test_users(two_tower_scores(result.model, train_part), train_part, parts.test, 10)
     fold_in = rank_test_users(batched(fold_in_scores), train_part, parts.test, 10)
     assert (ours.topk == fold_in.topk).mean() > 0.99
+    als = IALS(factors=8, seed=config.train.seed)
+    als.fit(train_part)
     theirs = rank_test_users(baseline_scores(als), train_part, parts.test, 10)
     assert ours.metrics(10)["ndcg@10"] >= 0.9 * theirs.metrics(10)["ndcg@10"]
+
+
+def test_each_mf_half_step_is_every_rows_own_ridge_solution() -> None:
+    """The shared eigendecomposition solves each row with its own frequency-scaled ridge
+    ``reg * (count + other side's size) ** exponent``: the last item factors are, row by row, the
+    ridge solution given the user factors (checked with one solve per row)."""
+    rng = np.random.default_rng(0)
+    matrix = sp.csr_matrix((rng.random((60, 25)) < 0.2).astype(np.float32))
+    users, items, ridge = fit_factors(matrix, 4, 0.05, 1.0, 0)
+    counts = np.diff(matrix.tocsc().indptr)
+    x = users.astype(np.float64)
+    for i in range(25):
+        own = 0.05 * (counts[i] + 60)
+        expected = np.linalg.solve(x.T @ x + own * np.eye(4), x.T @ matrix[:, [i]].toarray().ravel())
+        np.testing.assert_allclose(items[i], expected, rtol=1e-4, atol=1e-5)
+    assert ridge == pytest.approx(0.05 * (matrix.sum() / 60 + 25), rel=1e-5)  # at the mean user
 
 
 def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp_path: Path) -> None:
@@ -419,9 +442,8 @@ def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp
     config = tiny_config(
         "train.objective=mf",
         "train.mf_factors=8",
-        # At the default ridge of 10 the 60-item synthetic catalogue's factors collapse to one
-        # (popularity) direction, and every history folds in to the same list.
-        "train.mf_regularization=0.5",
+        # The default frequency-scaled ridge: a fixed ridge of 10 collapsed this 60-item catalogue's
+        # factors to one direction (tests/test_scalable_objectives.py).
         "data.history_length=1000",
         "eval.protocol=none",
         "tracking.enabled=false",

@@ -129,7 +129,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: Literal["auto", "interaction", "sequence", "bag", "mixed", "linear", "mf"] = "auto"
+    objective: Literal["auto", "interaction", "sequence", "bag", "mixed", "linear", "mf", "elsa"] = "auto"
     """What the model learns from (:mod:`training.fit.trainer` runs it):
 
     * ``interaction``: one example per interaction (history before it, in-batch + uniform
@@ -142,8 +142,11 @@ class TrainConfig:
       ``linear_tower_rank``; the ``[model]`` dimensions do not apply);
     * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers, the user
       folded in from the history (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
+    * ``elsa``: the low-rank linear item-item model (ELSA) trained by mini-batches of users and
+      written into linear towers (:mod:`training.fit.elsa_task`; ``elsa_rank`` wide, memory
+      items x rank: the scalable counterpart of ``linear``);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction, SASRec,
-      linear, mf) on a validation split carved from the training data by the evaluation protocol:
+      linear, mf, ELSA) on a validation split carved from the training data by the evaluation protocol:
       the iterative ones for ``auto_probe_epochs`` epochs, then the leading one to early stopping;
       the best is refitted on all the training data and written to the manifest."""
     linear_model: Literal["ease", "slist"] = "ease"
@@ -183,10 +186,18 @@ class TrainConfig:
     linear_max_items: int = 30_000
     """``linear``: larger catalogues are refused (the closed form holds an items x items matrix:
     3.4 GiB at 30,000 items); ``auto`` skips the candidate above it."""
+    elsa_rank: int = 256
+    """``elsa``: columns of the item matrix ``A`` (the towers' width)."""
+    elsa_batch_size: int = 128
+    """``elsa``: users per step."""
     mf_factors: int = 32
     """``mf``: factors of the iALS fit (the towers are one wider)."""
-    mf_regularization: float = 10.0
-    """``mf``: iALS's ridge on the factors."""
+    mf_regularization: float = 0.01
+    """``mf``: the ridge on the factors, scaled per row by ``(its count + the other side's size) **
+    mf_regularization_exponent`` (frequency-scaled, google-research/ials)."""
+    mf_regularization_exponent: float = 1.0
+    """``mf``: the exponent of the frequency scaling of ``mf_regularization`` (0: one fixed ridge, as
+    ``implicit``; 1: proportional to the row's share of the loss)."""
     bag_weight: float = 0.5
     """Weight of the bag loss in ``mixed`` (0: pure sequence, 1: pure bag)."""
     bag_dropout: float = 0.5
@@ -460,13 +471,19 @@ def validate(config: Config) -> None:
         (config.train.linear_tower_rank >= 0, "train.linear_tower_rank: must be >= 0 (0: chosen)"),
         (0 < config.train.linear_rank_keep <= 1, "train.linear_rank_keep: must be in (0, 1]"),
         (config.train.linear_max_items >= 1, "train.linear_max_items: must be >= 1"),
+        (config.train.elsa_rank >= 1, "train.elsa_rank: must be >= 1"),
+        (config.train.elsa_batch_size >= 1, "train.elsa_batch_size: must be >= 1"),
         (config.train.mf_factors >= 1, "train.mf_factors: must be >= 1"),
         (
             config.train.mf_regularization >= 0 and math.isfinite(config.train.mf_regularization),
             "train.mf_regularization: must be a finite number >= 0",
         ),
         (
-            config.train.objective in ("auto", "interaction", "bag", "linear", "mf")
+            0 <= config.train.mf_regularization_exponent <= 2,
+            "train.mf_regularization_exponent: must be in [0, 2]",
+        ),
+        (
+            config.train.objective in ("auto", "interaction", "bag", "linear", "mf", "elsa")
             or config.model.history_encoder in ("mean", "causal"),
             "model.history_encoder: the sequence and mixed objectives need 'mean' or 'causal'",
         ),
@@ -479,10 +496,10 @@ def validate(config: Config) -> None:
             config.model.history_decay == 0
             or (
                 config.model.history_encoder == "mean"
-                and config.train.objective in ("auto", "interaction", "bag", "linear", "mf")
+                and config.train.objective in ("auto", "interaction", "bag", "linear", "mf", "elsa")
             ),
             "model.history_decay: needs model.history_encoder = 'mean' and an objective without "
-            "every-position training (interaction, bag, linear)",
+            "every-position training (interaction, bag, linear, mf, elsa)",
         ),
         (
             config.privacy.key_env.isidentifier(),

@@ -29,6 +29,7 @@ from serving.model.towers import TwoTowerModel, TwoTowerSpec
 from training.config import Config
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared
+from training.fit.elsa_task import ElsaTask
 from training.fit.factor_task import FactorTask
 from training.fit.interaction_task import InteractionTask
 from training.fit.linear_task import LinearTask
@@ -90,6 +91,8 @@ def make_task(prepared: Prepared, config: Config) -> Task:
         return LinearTask(prepared, config)
     if objective == "mf":
         return FactorTask(prepared, config)
+    if objective == "elsa":
+        return ElsaTask(prepared, config)
     raise ValueError(f"train.objective {objective!r}: resolve 'auto' with training.fit.auto first")
 
 

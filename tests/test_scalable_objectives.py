@@ -1,0 +1,163 @@
+"""The candidates that need no items x items matrix: ``elsa`` (low-rank linear item-item model trained
+by mini-batches) and ``mf`` with frequency-scaled regularisation, both in linear towers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import tiny_config
+
+from serving.model.features import FIRST_TOKEN_INDEX
+from training.config import ConfigError, load_config
+from training.data.synth import SynthSummary
+from training.evaluation import split_for
+from training.evaluation.baselines import Popularity, baseline_scores, interaction_matrix
+from training.evaluation.evaluate import batched, rank_test_users, two_tower_scores
+from training.features import Prepared, prepare
+from training.fit.elsa_task import ElsaTask, elsa_loss
+from training.fit.factor_task import fit_factors
+from training.fit.trainer import train_model
+
+ELSA = ("train.objective=elsa", "train.elsa_rank=16", "train.elsa_batch_size=32", "data.history_length=1000")
+
+
+@pytest.fixture(scope="module")
+def interactions(synth_data: SynthSummary) -> pl.DataFrame:
+    return pl.read_parquet(synth_data.interactions_path)
+
+
+@pytest.fixture(scope="module")
+def prepared(interactions: pl.DataFrame) -> Prepared:
+    return prepare(interactions, None, None, tiny_config(*ELSA).data)
+
+
+def test_the_elsa_loss_is_the_normalised_mse_of_the_dense_prediction(prepared: Prepared) -> None:
+    """The Gram-matrix form of the loss equals ELSA's normalised MSE of ``x (A A^T - I)`` computed
+    items-wide (up to its constant ``2 / items``), gradient included."""
+    task = ElsaTask(prepared, tiny_config(*ELSA))
+    batch = task.build(np.arange(40, dtype=np.int64))
+    ours = elsa_loss(task.weights, batch)
+    (ours_grad,) = torch.autograd.grad(ours, task.weights)
+    x = torch.from_numpy(interaction_matrix(prepared)[task.users[:40]].toarray())
+    a = torch.nn.functional.normalize(task.weights, dim=-1)
+    prediction = x @ a @ a.T - x
+    nmse = torch.nn.functional.mse_loss(
+        torch.nn.functional.normalize(prediction, dim=-1), torch.nn.functional.normalize(x, dim=-1)
+    )
+    (dense_grad,) = torch.autograd.grad(nmse * prepared.n_items / 2, task.weights)
+    assert ours.item() == pytest.approx(nmse.item() * prepared.n_items / 2, rel=1e-4)
+    torch.testing.assert_close(ours_grad, dense_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_elsa_trains_ranks_as_its_item_matrix_and_beats_popularity(interactions: pl.DataFrame) -> None:
+    """Loss falls; the towers rank unseen items as ``x A A^T`` does (the ``-I`` only touches seen
+    items); the lists beat popularity on held-out interactions; memory is items x rank. Each pair
+    once: the fit sees the binary matrix, the tower the history with its repeats."""
+    config = tiny_config(*ELSA, "train.epochs=15", "train.learning_rate=0.01")
+    once = interactions.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    parts = split_for(once, "rand", 3)
+    train_part = prepare(parts.train, None, None, config.data)
+    result = train_model(train_part, config)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    table = result.model.item_tower.item_ids.weight.detach()
+    assert table.shape == (train_part.n_items + FIRST_TOKEN_INDEX, 16)  # items x rank, nothing items-wide
+    a = table[FIRST_TOKEN_INDEX:].double().numpy()
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    x = interaction_matrix(train_part, np.float64)
+
+    def dense_scores(rows: np.ndarray) -> np.ndarray:
+        scores: np.ndarray = np.asarray(x[rows] @ a) @ a.T
+        return scores
+
+    ours = rank_test_users(two_tower_scores(result.model, train_part), train_part, parts.test, 10)
+    dense = rank_test_users(batched(dense_scores), train_part, parts.test, 10)
+    assert (ours.topk == dense.topk).mean() > 0.98
+    popularity = Popularity()
+    popularity.fit(train_part)
+    baseline = rank_test_users(baseline_scores(popularity), train_part, parts.test, 10)
+    assert ours.metrics(10)["ndcg@10"] > 1.1 * baseline.metrics(10)["ndcg@10"]
+
+
+def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp_path: Path) -> None:
+    """Trained with early stopping through the pipeline and served from the bundle: recent items move
+    known users' lists, an unknown user with recent items gets a personalised list (not the fallback,
+    non-zero scores, different lists for different items)."""
+    from serving.recommend.engine import TwoTowerEngine
+    from serving.recommend.types import RecommendQuery
+    from training.pipeline import train
+
+    config = tiny_config(
+        *ELSA,
+        "train.patience=2",
+        "train.epochs=12",
+        "eval.protocol=none",
+        "tracking.enabled=false",
+        "profiles.enabled=false",
+    )
+    train(config, synth_data.interactions_path, None, None, tmp_path / "bundle")
+    engine = TwoTowerEngine.load(tmp_path / "bundle")
+    spec = engine.bundle.spec
+    assert spec.hidden_dims == ()
+    assert spec.output_dim == 16
+    assert not spec.user_id_embedding
+    users = engine.bundle.users.get_column("user_id").to_list()[:40]
+    items = engine.bundle.item_encoder.ids.tokens.to_list()
+    rng = np.random.default_rng(0)
+    moved = 0
+    for user in users:
+        recent = tuple(items[i] for i in rng.choice(len(items), 5, replace=False))
+        before = [i.item_id for i in engine.recommend(RecommendQuery(user, 10)).items]
+        after = [i.item_id for i in engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent)).items]
+        moved += before != after
+    assert moved >= 0.5 * len(users)
+    lists = set()
+    for start in range(0, 50, 10):
+        answer = engine.recommend(
+            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 3]))
+        )
+        assert answer.fallback_reason is None
+        assert any(item.score != 0.0 for item in answer.items)
+        lists.add(tuple(item.item_id for item in answer.items))
+    assert len(lists) >= 4
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("train.objective=elsaa", "train.objective"),
+        ("train.elsa_rank=0", "train.elsa_rank"),
+        ("train.elsa_batch_size=0", "train.elsa_batch_size"),
+        ("train.mf_regularization_exponent=-1", "train.mf_regularization_exponent"),
+        ("train.mf_regularization_exponent=3", "train.mf_regularization_exponent"),
+    ],
+)
+def test_bad_scalable_settings_are_refused_naming_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def _distinct_top_lists(prepared: Prepared, regularization: float, exponent: float) -> int:
+    """Distinct top-10 lists (seen items excluded) among the users under the fold-in of the fit."""
+    matrix = interaction_matrix(prepared, np.float64)
+    _, items, ridge = fit_factors(matrix.astype(np.float32).tocsr(), 8, regularization, exponent, 0)
+    y = items.astype(np.float64)
+    users = np.linalg.solve(y.T @ y + ridge * np.eye(y.shape[1]), (matrix @ y).T).T
+    scores = users @ y.T
+    scores[matrix.nonzero()] = -np.inf
+    return len({tuple(np.argsort(-row, kind="stable")[:10]) for row in scores})
+
+
+def test_frequency_scaled_mf_keeps_the_tiny_catalogue_apart(prepared: Prepared) -> None:
+    """A fixed ridge of 10 collapses the 60-item catalogue's factors to one (popularity) direction, so
+    users get nearly one list; the default frequency-scaled ridge keeps their lists apart."""
+    config = tiny_config()
+    collapsed = _distinct_top_lists(prepared, 10.0, 0.0)
+    scaled = _distinct_top_lists(
+        prepared, config.train.mf_regularization, config.train.mf_regularization_exponent
+    )
+    assert scaled >= 0.8 * prepared.n_users
+    assert scaled > 2 * collapsed
