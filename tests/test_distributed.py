@@ -166,7 +166,14 @@ def test_train_nproc_2_writes_one_registered_bundle(
     tried = {c["name"] for c in objective["candidates"]}
     assert tried == {"bag", "interaction", "sasrec"}
     assert objective["chosen"] in tried
-    assert objective["sharded"]["not_tried"] == ["linear", "linear-decay-0.1", "linear-decay-0.5", "mf", "elsa"]
+    assert objective["sharded"]["not_tried"] == [
+        "linear",
+        "linear-decay-0.1",
+        "linear-decay-0.5",
+        "slist",
+        "mf",
+        "elsa",
+    ]
     assert objective["validation_protocol"] == "llo"
     assert 1 <= len(objective["schedule"]) <= 2
     assert manifest["config"]["train"]["objective"] in {"bag", "interaction", "sequence"}

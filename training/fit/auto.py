@@ -45,7 +45,7 @@ SASREC: Mapping[str, Mapping[str, Any]] = {
         "learning_rate": 1e-3,
         "adam_beta2": 0.98,
         "weight_decay": 0.0,
-        "uniform_negatives": 256,
+        "uniform_negatives": 2048,
         "patience": 10,
         "lr_cuts": 0,
         "row_weighted_loss": True,
@@ -88,6 +88,14 @@ CANDIDATES: tuple[tuple[str, Mapping[str, Mapping[str, Any]]], ...] = (
     (
         "linear-decay-0.5",
         {"train": {"objective": "linear"}, "data": {"history_length": 1000}, "model": {"history_decay": 0.5}},
+    ),
+    (
+        "slist",
+        {
+            "train": {"objective": "linear", "linear_model": "slist"},
+            "data": {"history_length": 1000},
+            "model": {"history_decay": 0.5},
+        },
     ),
     ("mf", {"train": {"objective": "mf"}, "data": {"history_length": 1000}}),
     ("elsa", {"train": {"objective": "elsa"}, "data": {"history_length": 1000}}),
