@@ -33,7 +33,7 @@ from training.evaluation import split_for
 from training.evaluation.baselines import EASE, IALS, baseline_scores, interaction_matrix
 from training.evaluation.evaluate import batched, evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
-from training.fit.auto import CANDIDATES, Selection, candidates_of, fit_selected, select_objective
+from training.fit.auto import CANDIDATES, Selection, candidates_of, family, fit_selected, select_objective
 from training.fit.factor_task import fit_factors
 from training.fit.linear_task import factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
@@ -210,7 +210,7 @@ def test_auto_tries_every_candidate_on_a_validation_split_and_picks_the_best(
     assert len(final.epoch_losses) == selection.epochs
 
 
-def test_auto_probes_every_candidate_then_trains_the_leader_to_convergence(
+def test_auto_probes_every_candidate_then_trains_each_familys_leader_to_convergence(
     interactions: pl.DataFrame,
 ) -> None:
     config = tiny_config(
@@ -221,18 +221,26 @@ def test_auto_probes_every_candidate_then_trains_the_leader_to_convergence(
     budget = selection.budget
     assert budget is not None
     assert budget.probe_epochs == 1
-    iterative = [n for n, c in candidates_of(config) if c.train.objective not in CLOSED_FORM_OBJECTIVES]
+    iterative = {n: c for n, c in candidates_of(config) if c.train.objective not in CLOSED_FORM_OBJECTIVES}
+    leaders = {leader.name: leader for leader in budget.leaders}
     # The probe: one epoch each (a closed form is done after its one fit) ...
-    assert {n: e for n, e in ran.items() if n != budget.leader} == {
-        name: 1 for name, _ in CANDIDATES if name != budget.leader
+    assert {n: e for n, e in ran.items() if n not in leaders} == {
+        name: 1 for name, _ in CANDIDATES if name not in leaders
     }
-    # ... then the best iterative candidate of the probe trains on: here to train.epochs, since
-    # patience is never exhausted (not converged), within auto_max_s.
-    assert budget.leader in iterative
-    assert ran[budget.leader] == 4
-    assert not budget.converged
-    assert budget.leader_s > 0
-    assert json.loads(json.dumps(selection.manifest()))["budget"]["leader"] == budget.leader
+    # ... then the best iterative candidate of the probe in each family trains on: here to
+    # train.epochs, since patience is never exhausted (not converged), within auto_max_s.
+    assert {leader.family for leader in budget.leaders} == {"sequence", "set"}
+    for leader in budget.leaders:
+        assert family(iterative[leader.name]) == leader.family
+        probed = [n for n, c in iterative.items() if family(c) == leader.family]
+        assert ran[leader.name] == 4
+        assert not leader.converged
+        assert leader.seconds > 0
+        # It led its family's probe (the others kept their probe's figure).
+        scores = {c.name: c.validation_ndcg for c in selection.candidates}
+        assert max(probed, key=scores.__getitem__) == leader.name
+    manifest = json.loads(json.dumps(selection.manifest()))
+    assert [leader["name"] for leader in manifest["budget"]["leaders"]] == list(leaders)
     capped = select_objective(
         interactions,
         None,
@@ -240,10 +248,11 @@ def test_auto_probes_every_candidate_then_trains_the_leader_to_convergence(
         dataclasses.replace(config, train=dataclasses.replace(config.train, auto_max_s=1e-6)),
         "rand",
     )
-    # A limit shorter than an epoch: the leader gets one more epoch (whole epochs), no more.
+    # A limit shorter than an epoch: each leader gets one more epoch (whole epochs), no more.
     assert capped.budget is not None
-    assert capped.budget.leader
-    assert {c.name: c.epochs_run for c in capped.candidates}[capped.budget.leader] == 2
+    capped_runs = {c.name: c.epochs_run for c in capped.candidates}
+    assert capped.budget.leaders
+    assert all(capped_runs[leader.name] == 2 for leader in capped.budget.leaders)
 
 
 def test_a_run_advanced_in_slices_is_the_run_advanced_at_once(interactions: pl.DataFrame) -> None:

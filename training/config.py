@@ -147,7 +147,8 @@ class TrainConfig:
       items x rank: the scalable counterpart of ``linear``);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction, SASRec,
       linear, mf, ELSA) on a validation split carved from the training data by the evaluation protocol:
-      the iterative ones for ``auto_probe_epochs`` epochs, then the leading one to early stopping;
+      the iterative ones for ``auto_probe_epochs`` epochs, then the leading one of each family
+      (next-item sequence models; set models) to early stopping;
       the best is refitted on all the training data and written to the manifest."""
     linear_model: Literal["ease", "slist"] = "ease"
     """``linear``: which closed form fills the item x item weights.
@@ -212,15 +213,16 @@ class TrainConfig:
     """Learning-rate cuts at validation plateaus before training stops."""
     auto_probe_epochs: int = 3
     """``objective = auto``: epochs every iterative candidate trains before the comparison (a closed
-    form is done after its one fit); the leading iterative one then trains on to early stopping."""
+    form is done after its one fit); the leading iterative one of each family (next-item sequence
+    models, set models) then trains on to early stopping."""
     auto_blend: bool = True
     """``objective = auto``: also try the best candidate blended with each of the next two (score =
     a * s1 + b * s2, itself a two-tower model; :mod:`training.fit.blend`), kept only where it beats the
     best by more than noise on validation users its weight was not chosen on."""
     auto_max_s: float = 600.0
-    """``objective = auto``: at most this many seconds for the leading iterative candidate's run to
+    """``objective = auto``: at most this many seconds for each leading iterative candidate's run to
     early stopping after the probe (whole epochs; 0: no limit). It binds only where an epoch is slow
-    (large data on a CPU); the manifest says whether the leader converged."""
+    (large data on a CPU); the manifest says whether each leader converged."""
     epochs: int = 100
     """At most this many epochs with a validation split (early stopping usually ends sooner);
     exactly this many with ``patience = 0``."""

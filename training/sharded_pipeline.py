@@ -307,10 +307,10 @@ def _choose_objective(
 ) -> Selection | None:
     """``auto``: rank 0 runs :func:`training.fit.auto.select_objective` in one process on the
     sampled users' rows (the test part left out; a probe of ``train.auto_probe_epochs`` each, the
-    leader to early stopping within ``train.auto_max_s``; memory bounded by the sample), trying the
-    candidates that train data-parallel, no blend (the ranks train one model), and every rank gets
-    its choice; None for a concrete objective. The candidate runs are not logged to MLflow (the run
-    opens after training); their table goes into the bundle manifest."""
+    leader of each family to early stopping within ``train.auto_max_s``; memory bounded by the
+    sample), trying the candidates that train data-parallel, no blend (the ranks train one model),
+    and every rank gets its choice; None for a concrete objective. The candidate runs are not logged
+    to MLflow (the run opens after training); their table goes into the bundle manifest."""
     from training.fit.auto import CANDIDATES, select_objective
     from training.fit.distributed import DATA_PARALLEL_OBJECTIVES, broadcast_from_main
 
