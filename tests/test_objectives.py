@@ -451,8 +451,10 @@ def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp
     config = tiny_config(
         "train.objective=mf",
         "train.mf_factors=8",
-        # The default frequency-scaled ridge: a fixed ridge of 10 collapsed this 60-item catalogue's
-        # factors to one direction (tests/test_scalable_objectives.py).
+        # The frequency-scaled ridge: the default fixed ridge of 10 collapses this 60-item
+        # catalogue's factors to one direction (tests/test_scalable_objectives.py).
+        "train.mf_regularization=0.01",
+        "train.mf_regularization_exponent=1.0",
         "data.history_length=1000",
         "eval.protocol=none",
         "tracking.enabled=false",
