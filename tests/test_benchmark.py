@@ -72,6 +72,14 @@ def test_run_benchmark_rejects_bad_arguments(synth_data: SynthSummary) -> None:
         run_benchmark(synth_data.interactions_path.parent, "llo", config=config, models=["svd"])
     with pytest.raises(ValueError, match="unknown protocol"):
         run_benchmark(synth_data.interactions_path.parent, "loo", config=config, models=["popularity"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown protocol 'next'"):
+        run_benchmark(
+            synth_data.interactions_path.parent,
+            "rand",
+            config=config,
+            models=["popularity"],
+            validation_protocol="next",  # type: ignore[arg-type]
+        )
     with pytest.raises(ValueError, match="not an item attribute"):
         run_benchmark(
             synth_data.interactions_path.parent,
@@ -95,6 +103,22 @@ def test_baselines_only_without_tracking_or_attributes(tmp_path: Path, synth_dat
     assert "diversity@5" not in result.rows[0].metrics
     assert "diversity" not in result.table()
     assert "ndcg@5" in result.table()
+
+
+def test_the_two_tower_model_can_validate_with_another_protocol_than_the_split(
+    synth_data: SynthSummary,
+) -> None:
+    """A default bundle validates "what next" (eval.protocol = llo) whatever its future: scored on a
+    random split, auto's validation split is carved leave-last-out."""
+    config = tiny_config("tracking.enabled=false", "train.objective=linear", "train.linear_tower_rank=8")
+    data = synth_data.interactions_path.parent
+    mixed = run_benchmark(
+        data, "rand", config=config, models=["two_tower"], validation_protocol="llo", show=False
+    )
+    same = run_benchmark(data, "rand", config=config, models=["two_tower"], show=False)
+    assert mixed.rows[0].params["objective.validation_protocol"] == "llo"
+    assert same.rows[0].params["objective.validation_protocol"] == "rand"
+    assert mixed.rows[0].metrics["users"] == same.rows[0].metrics["users"]  # one test split
 
 
 def test_format_table_aligns_and_marks_missing_values() -> None:

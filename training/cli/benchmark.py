@@ -52,6 +52,16 @@ def add_benchmark_parser(
         metavar="COLUMN",
         help="item column for diversity@k (default: the first categorical or list item attribute)",
     )
+    p.add_argument(
+        "--validation-protocol",
+        choices=PROTOCOL_CHOICES,
+        default=None,
+        help=(
+            "protocol of the two-tower model's validation split (default: --protocol); "
+            "e.g. --protocol rand --validation-protocol llo scores what a default bundle "
+            "(eval.protocol = llo) does on a random future"
+        ),
+    )
     add_config_arguments(p)
     p.set_defaults(func=cmd_benchmark)
     return p
@@ -69,6 +79,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         config=config,
         models=args.models if args.models is not None else MODELS,
         diversity_attribute=args.diversity_attribute,
+        validation_protocol=args.validation_protocol,
     )
     if result.run_id:
         print(

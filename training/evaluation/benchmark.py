@@ -196,6 +196,7 @@ def run_benchmark(
     models: Sequence[str] = MODELS,
     *,
     diversity_attribute: str | None = None,
+    validation_protocol: Protocol | None = None,
     show: bool = True,
 ) -> BenchmarkResult:
     """Benchmark ``models`` on ``data_dir`` split once by ``protocol`` (module docstring).
@@ -208,6 +209,10 @@ def run_benchmark(
             not used apart from ``min_interactions``: ``protocol`` and ``k`` are.
         models: Names from :data:`MODELS`, fitted and shown in this order.
         diversity_attribute: Item column for ``diversity@k``; default: see :func:`diversity_attribute_of`.
+        validation_protocol: The protocol the two-tower model's ``auto`` carves its validation split
+            with (default: ``protocol``). A bundle trained with the default ``eval.protocol`` (``llo``)
+            validates "what next" whatever its future is; ``protocol="rand"`` with
+            ``validation_protocol="llo"`` measures that default on a "what else" future.
         show: Print the table (to stdout) when done.
 
     Raises:
@@ -217,8 +222,9 @@ def run_benchmark(
     """
     config = config if config is not None else Config()
     names = _parse_models(models)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    for given in (protocol, validation_protocol or protocol):
+        if given not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {given!r}; choose from {', '.join(PROTOCOLS)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     data_dir = Path(data_dir)
@@ -259,7 +265,14 @@ def run_benchmark(
                 started = time.perf_counter()
                 child_id = child.info.run_id if child.info is not None else None
                 scores, train_part, params = _fit(
-                    name, parts.train, base, data.users, data.items, config, protocol, child_id
+                    name,
+                    parts.train,
+                    base,
+                    data.users,
+                    data.items,
+                    config,
+                    validation_protocol or protocol,
+                    child_id,
                 )
                 fitted = time.perf_counter()
                 ranking = rank_test_users(scores, train_part, parts.test, k)
@@ -342,7 +355,13 @@ def _fit(
     result = fit_selected(prepared, selection)
     chosen = selection.config.to_dict()
     params = flatten({"model": chosen["model"], "train": chosen["train"]})
-    params.update({"objective.chosen": selection.name, "objective.epochs": selection.epochs})
+    params.update(
+        {
+            "objective.chosen": selection.name,
+            "objective.epochs": selection.epochs,
+            "objective.validation_protocol": protocol,
+        }
+    )
     params.update(
         {f"objective.{c.name}.validation_ndcg": round(c.validation_ndcg, 5) for c in selection.candidates}
     )
