@@ -173,6 +173,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
         "slist",
         "mf",
         "elsa",
+        "elsa-decay-0.5",
     ]
     assert objective["validation_protocol"] == "llo"
     assert 1 <= len(objective["schedule"]) <= 2
