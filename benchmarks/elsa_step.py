@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,10 +50,18 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batches = [random_batch(args.items, args.batch, args.per_user, rng) for _ in range(args.steps)]
-    for name, loss_of, largest in (
-        ("gram", lambda w, b: elsa_loss(w, b), args.items * args.rank),
-        ("dense", lambda w, b: dense_loss(w, b, args.items), max(args.batch, args.rank) * args.items),
-    ):
+
+    def gram(weights: torch.Tensor, batch: ElsaBatch) -> torch.Tensor:
+        return elsa_loss(weights, batch)
+
+    def dense(weights: torch.Tensor, batch: ElsaBatch) -> torch.Tensor:
+        return dense_loss(weights, batch, args.items)
+
+    forms: list[tuple[str, Callable[[torch.Tensor, ElsaBatch], torch.Tensor], int]] = [
+        ("gram", gram, args.items * args.rank),
+        ("dense", dense, max(args.batch, args.rank) * args.items),
+    ]
+    for name, loss_of, largest in forms:
         torch.manual_seed(0)
         weights = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(args.items, args.rank)))
         optimizer = torch.optim.Adam([weights], lr=5e-3)
