@@ -1,4 +1,4 @@
-"""One ELSA training step two ways: the Gram form of the loss (``training.fit.elsa_task.elsa_loss``,
+"""One ELSA training step two ways: the Gram form of the loss (``training.fit.linear.elsa_task.elsa_loss``,
 ``O(nnz x rank + items x rank^2)``, nothing items-wide) and the textbook dense form (the
 ``batch x items`` prediction ``x A A^T - x`` and ELSA's normalised MSE over it), forward + backward +
 Adam on random binary user rows. Prints seconds per step and the largest tensor each form builds.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from training.fit.elsa_task import ElsaBatch, elsa_loss
+from training.fit.linear.elsa_task import ElsaBatch, elsa_loss
 
 
 def random_batch(items: int, batch: int, per_user: int, rng: np.random.Generator) -> ElsaBatch:

@@ -34,8 +34,8 @@ from training.evaluation.baselines import EASE, IALS, baseline_scores, interacti
 from training.evaluation.evaluate import batched, evaluate, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
 from training.fit.auto import CANDIDATES, Selection, candidates_of, family, fit_selected, select_objective
-from training.fit.factor_task import fit_factors
-from training.fit.linear_task import factorise, to_unit_targets
+from training.fit.linear.factor_task import fit_factors
+from training.fit.linear.linear_task import factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
 from training.fit.trainer import TrainingRun, train_model

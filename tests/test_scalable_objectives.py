@@ -18,8 +18,8 @@ from training.evaluation import split_for
 from training.evaluation.baselines import Popularity, baseline_scores, interaction_matrix
 from training.evaluation.evaluate import batched, rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
-from training.fit.elsa_task import ElsaTask, elsa_loss
-from training.fit.factor_task import fit_factors
+from training.fit.linear.elsa_task import ElsaTask, elsa_loss
+from training.fit.linear.factor_task import fit_factors
 from training.fit.trainer import train_model
 
 ELSA = ("train.objective=elsa", "train.elsa_rank=16", "train.elsa_batch_size=32", "data.history_length=1000")

@@ -16,8 +16,8 @@ from training.data.synth import SynthSummary
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
 from training.features import Prepared, prepare
 from training.fit.auto import with_overrides
-from training.fit.linear_task import LinearTask
-from training.fit.slist import next_item_rows, slist_weights
+from training.fit.linear.linear_task import LinearTask
+from training.fit.linear.slist import next_item_rows, slist_weights
 
 CYCLE = 12
 """Items of the synthetic cycle: item ``i`` is always followed by item ``i + 1`` (mod ``CYCLE``)."""

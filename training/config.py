@@ -138,12 +138,12 @@ class TrainConfig:
     * ``bag``: the user's items with ``bag_dropout`` of them hidden, the hidden ones predicted;
     * ``mixed``: ``(1 - bag_weight) * sequence + bag_weight * bag`` on the same windows;
     * ``linear``: the closed-form item-item model (EASE or SLIST: ``linear_model``) written into linear towers
-      (:mod:`training.fit.linear_task`; the towers' width is the kept rank + 1, see
+      (:mod:`training.fit.linear.linear_task`; the towers' width is the kept rank + 1, see
       ``linear_tower_rank``; the ``[model]`` dimensions do not apply);
     * ``mf``: implicit-feedback matrix factorisation (iALS) written into linear towers, the user
-      folded in from the history (:mod:`training.fit.factor_task`; ``mf_factors + 1`` wide);
+      folded in from the history (:mod:`training.fit.linear.factor_task`; ``mf_factors + 1`` wide);
     * ``elsa``: the low-rank linear item-item model (ELSA) trained by mini-batches of users and
-      written into linear towers (:mod:`training.fit.elsa_task`; ``elsa_rank`` wide, memory
+      written into linear towers (:mod:`training.fit.linear.elsa_task`; ``elsa_rank`` wide, memory
       items x rank: the scalable counterpart of ``linear``);
     * ``auto``: each candidate of :data:`training.fit.auto.CANDIDATES` (bag, interaction, SASRec,
       linear, mf, ELSA) on a validation split carved from the training data by the evaluation protocol:
@@ -155,7 +155,7 @@ class TrainConfig:
 
     * ``ease``: EASE (Steck 2019): the user's items reconstructed from the same items, ridge
       ``linear_l2``, zero diagonal; the strongest closed form on bag-of-items data;
-    * ``slist``: SLIST (Choi et al. 2021, :mod:`training.fit.slist`): EASE-like user rows mixed with
+    * ``slist``: SLIST (Choi et al. 2021, :mod:`training.fit.linear.slist`): EASE-like user rows mixed with
       a regression of every recency-weighted prefix of a user's sequence onto the items that follow
       it ("what next"), ``slist_alpha``, ``slist_decay``, ``slist_l2``.
 

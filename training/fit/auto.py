@@ -15,7 +15,8 @@ then trains the chosen configuration on the whole training part for the winner's
 (:func:`fit_selected`), so the final model sees every training interaction. With a concrete
 objective the same path runs with one candidate and no budget: early stopping picks the epoch count.
 A ``linear`` winner then gets its served width: the narrowest tower rank that keeps
-``train.linear_rank_keep`` of its validation NDCG (:func:`~training.fit.linear_task.choose_tower_rank`).
+``train.linear_rank_keep`` of its validation NDCG
+(:func:`~training.fit.linear.linear_task.choose_tower_rank`).
 
 Every candidate is an MLflow child run of the caller's run (params, validation curve, best
 epoch); the choice and the table of candidates go into the bundle manifest.
@@ -35,7 +36,7 @@ from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
 from training.features import Prepared, prepare
 from training.fit.blend import BlendChoice, blended, choose_blend, score_spread
-from training.fit.linear_task import choose_tower_rank
+from training.fit.linear.linear_task import choose_tower_rank
 from training.fit.trainer import TrainingRun, TrainResult, train_model
 from training.tracking import flatten, start_run
 

@@ -29,10 +29,10 @@ from serving.model.towers import TwoTowerModel, TwoTowerSpec
 from training.config import Config
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared
-from training.fit.elsa_task import ElsaTask
-from training.fit.factor_task import FactorTask
 from training.fit.interaction_task import InteractionTask
-from training.fit.linear_task import LinearTask
+from training.fit.linear.elsa_task import ElsaTask
+from training.fit.linear.factor_task import FactorTask
+from training.fit.linear.linear_task import LinearTask
 from training.fit.sequence_task import SequenceTask
 
 log = logging.getLogger(__name__)

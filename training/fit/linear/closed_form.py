@@ -1,10 +1,11 @@
 """What every closed-form objective shares: the trainer's task protocol around one fit, and writing
 fitted rows into linear towers.
 
-A closed-form task (:mod:`training.fit.linear_task`, :mod:`training.fit.factor_task`) is one epoch of
-one step (``closed_form = True`` tells :class:`~training.fit.trainer.TrainingRun`): the step fits on
-every interaction of its data and writes the result into the towers, which are linear (no hidden
-layer) so that the identity on the id part and zero on the rest pass the fitted rows through.
+A closed-form task (:mod:`training.fit.linear.linear_task`, :mod:`training.fit.linear.factor_task`)
+is one epoch of one step (``closed_form = True`` tells :class:`~training.fit.trainer.TrainingRun`):
+the step fits on every interaction of its data and writes the result into the towers, which are
+linear (no hidden layer) so that the identity on the id part and zero on the rest pass the fitted
+rows through.
 """
 
 from __future__ import annotations

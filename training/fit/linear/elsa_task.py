@@ -4,7 +4,7 @@ ELSA (Vančura et al., RecSys 2022, recombee/ELSA) is EASE's scalable cousin: an
 (items x rank, rows L2-normalised) and a user's scores ``x_u (A A^T - I)``, fitted by Adam on
 mini-batches of user rows ``x_u`` with the normalised-MSE loss ``|p/|p| - x/|x||^2`` of the
 prediction ``p = x_u (A A^T - I)``. It holds ``items x rank`` numbers, never ``items x items``, so
-it serves catalogues that the closed form (:mod:`training.fit.linear_task`) refuses.
+it serves catalogues that the closed form (:mod:`training.fit.linear.linear_task`) refuses.
 
 **As two towers.** For an item the user has not seen, ``x_u`` has a zero in its column, so the
 ``-I`` term vanishes and its score is ``(x_u A) . a_i``; seen items are excluded at serving and
@@ -12,7 +12,7 @@ evaluation anyway. So the towers are: item = row ``a_i`` of ``A`` (already a uni
 tower's normalisation requires), user = the (mean) pool of the history's rows of ``A`` (the sum up to
 a per-user scale, which never changes a ranking). One table serves both sides
 (``shared_history_embedding``), the towers are linear (identity on the id / history part, zero on
-attributes), written through :func:`~training.fit.closed_form.write_linear` like EASE: serving,
+attributes), written through :func:`~training.fit.linear.closed_form.write_linear` like EASE: serving,
 the fold-in of recent items (:mod:`serving.model.fold_in`) and the bundle need nothing new, and
 :rpc:`SimilarItems` gets ELSA's own item-item cosine.
 
@@ -45,7 +45,7 @@ from serving.model.towers import TwoTowerModel
 from training.config import Config
 from training.evaluation.baselines import interaction_matrix
 from training.features import Prepared
-from training.fit.closed_form import linear_tower_spec, write_linear
+from training.fit.linear.closed_form import linear_tower_spec, write_linear
 from training.fit.setup import resolve_device, seed_everything
 
 IntArray = npt.NDArray[np.int64]

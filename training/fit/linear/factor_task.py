@@ -11,8 +11,8 @@ a per-user scale, which never changes a ranking). Known users get iALS's fold-in
 history; the request's recent items move the answer; an unknown user with recent items gets a real
 list from them (the serving contract every objective keeps). The towers are linear (identity on the
 history part, zero on the attributes), and the item rows are made unit vectors with the extra
-coordinate of :func:`training.fit.linear_task.to_unit_targets`, so the inner product keeps the
-ranking. Like :class:`~training.fit.linear_task.LinearTask`, a one-step closed-form task.
+coordinate of :func:`training.fit.linear.linear_task.to_unit_targets`, so the inner product keeps the
+ranking. Like :class:`~training.fit.linear.linear_task.LinearTask`, a one-step closed-form task.
 
 **Regularisation that fits the data** (Rendle et al., "Revisiting the performance of iALS on item
 recommendation benchmarks", RecSys 2022, google-research/ials): each row's ridge is
@@ -38,8 +38,8 @@ import scipy.sparse as sp
 from training.config import Config
 from training.evaluation.baselines import interaction_matrix
 from training.features import Prepared
-from training.fit.closed_form import ClosedFormTask, FloatArray, linear_tower_spec, write_linear
-from training.fit.linear_task import to_unit_targets
+from training.fit.linear.closed_form import ClosedFormTask, FloatArray, linear_tower_spec, write_linear
+from training.fit.linear.linear_task import to_unit_targets
 
 ALS_ITERATIONS = 15
 """Alternations of the fit (``implicit``'s default, as the benchmark's baseline)."""

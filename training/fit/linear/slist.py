@@ -16,7 +16,7 @@ closed form over stacked rows::
 An l1-normalised, recency-weighted prefix is what the user tower computes at serving (the decayed
 mean of the history rows), so ``B`` is fitted on the inputs it is served on; the serving decay stays
 ``model.history_decay``, so one fit serves several decays. ``B`` goes through the same factorisation
-and towers as EASE (:mod:`training.fit.linear_task`). Its diagonal is zeroed: a user's own items are
+and towers as EASE (:mod:`training.fit.linear.linear_task`). Its diagonal is zeroed: a user's own items are
 excluded from every list, so it never changes a served ranking, while the near-identity an
 unconstrained ridge puts there would take the factorisation's leading components.
 

@@ -1,7 +1,7 @@
 """The ``linear`` objective: a closed-form item-item model written into the two towers.
 
 The item-item weights ``B`` are EASE's (below) or, with ``train.linear_model = "slist"``, SLIST's
-next-item closed form (:mod:`training.fit.slist`); everything after ``B`` is the same.
+next-item closed form (:mod:`training.fit.linear.slist`); everything after ``B`` is the same.
 
 EASE (Steck 2019) is the strongest closed-form recommender on bag-of-items data: with the binary
 user x item matrix ``X`` and ``P = (X^T X + l2 I)^-1``, the item-item weights are ``B = -P / diag(P)``
@@ -42,8 +42,8 @@ from training.config import Config, TrainConfig
 from training.evaluation.baselines import EASE
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
 from training.features import Prepared
-from training.fit.closed_form import ClosedFormTask, linear_tower_spec, write_linear
-from training.fit.slist import slist_weights
+from training.fit.linear.closed_form import ClosedFormTask, linear_tower_spec, write_linear
+from training.fit.linear.slist import slist_weights
 
 log = logging.getLogger(__name__)
 
