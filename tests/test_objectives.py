@@ -13,6 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from conftest import tiny_config
+from realtime_contract import lists_moved_by_recent_items, unknown_user_lists
 
 from serving.model.features import PAD_INDEX
 from serving.model.history import Sequences
@@ -445,7 +446,6 @@ def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp
     """Recent items move a known user's list; an unknown user with recent items gets a list made from
     them (not the fallback, not all-zero scores, different for different items)."""
     from serving.recommend.engine import TwoTowerEngine
-    from serving.recommend.types import RecommendQuery
     from training.pipeline import train
 
     config = tiny_config(
@@ -463,26 +463,9 @@ def test_an_mf_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, tmp
     train(config, synth_data.interactions_path, None, None, tmp_path / "bundle")
     engine = TwoTowerEngine.load(tmp_path / "bundle")
     users = engine.bundle.users.get_column("user_id").to_list()[:40]
-    items = engine.bundle.item_encoder.ids.tokens.to_list()
-    rng = np.random.default_rng(0)
-    moved = 0
-    for user in users:
-        recent = tuple(items[i] for i in rng.choice(len(items), 5, replace=False))
-        before = [i.item_id for i in engine.recommend(RecommendQuery(user, 10)).items]
-        after = [i.item_id for i in engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent)).items]
-        moved += before != after
-    assert moved >= 0.5 * len(
-        users
-    )  # long synthetic histories: 5 items among hundreds (ml-100k: BENCHMARKS.md)
-    lists = set()
-    for start in range(0, 50, 10):
-        answer = engine.recommend(
-            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 3]))
-        )
-        assert answer.fallback_reason is None
-        assert any(item.score != 0.0 for item in answer.items)
-        lists.add(tuple(item.item_id for item in answer.items))
-    assert len(lists) >= 4
+    # Long synthetic histories: 5 items among hundreds (ml-100k: BENCHMARKS.md).
+    assert lists_moved_by_recent_items(engine, users, 5) >= 0.5 * len(users)
+    assert unknown_user_lists(engine, 3) >= 4
 
 
 def test_the_linear_towers_keep_the_narrowest_rank_that_holds_the_validation_figure(

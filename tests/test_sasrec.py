@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from realtime_contract import lists_moved_by_recent_items, unknown_user_lists
 
 from serving.model.towers import FieldSpec, TowerSpec, TwoTowerModel, TwoTowerSpec
 from training.config import ConfigError, load_config
@@ -116,7 +117,6 @@ def test_a_sasrec_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, 
     """Trained with the auto candidate's recipe: served from the manifest alone, the request's recent
     items move a known user's list and give an unknown user a personalised list."""
     from serving.recommend.engine import TwoTowerEngine
-    from serving.recommend.types import RecommendQuery
     from training.pipeline import train
 
     config = with_overrides(
@@ -130,22 +130,6 @@ def test_a_sasrec_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, 
     assert (spec.head, spec.output_dim, engine.bundle.index.d) == ("tied", 17, 17)
     np.testing.assert_allclose(np.linalg.norm(engine.item_vectors, axis=1), 1.0, atol=1e-4)
     users = engine.bundle.users.get_column("user_id").to_list()[:30]
-    items = engine.bundle.item_encoder.ids.tokens.to_list()
-    rng = np.random.default_rng(0)
-    moved = 0
-    for user in users:
-        recent = tuple(items[i] for i in rng.choice(len(items), 5, replace=False))
-        before = engine.recommend(RecommendQuery(user, 10))
-        after = engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent))
-        assert before.fallback_reason is None
-        moved += [i.item_id for i in before.items] != [i.item_id for i in after.items]
-    assert moved >= 0.8 * len(users)  # the last items are what a sequence model reads first
-    lists = set()
-    for start in range(0, 50, 10):
-        answer = engine.recommend(
-            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 3]))
-        )
-        assert answer.fallback_reason is None
-        assert any(item.score != 0.0 for item in answer.items)
-        lists.add(tuple(item.item_id for item in answer.items))
-    assert len(lists) >= 4
+    # The last items are what a sequence model reads first.
+    assert lists_moved_by_recent_items(engine, users, 5) >= 0.8 * len(users)
+    assert unknown_user_lists(engine, 3) >= 4

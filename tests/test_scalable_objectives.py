@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 from conftest import tiny_config
+from realtime_contract import lists_moved_by_recent_items, unknown_user_lists
 
 from serving.model.features import FIRST_TOKEN_INDEX
 from training.config import ConfigError, load_config
@@ -87,7 +88,6 @@ def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, t
     known users' lists, an unknown user with recent items gets a personalised list (not the fallback,
     non-zero scores, different lists for different items)."""
     from serving.recommend.engine import TwoTowerEngine
-    from serving.recommend.types import RecommendQuery
     from training.pipeline import train
 
     config = tiny_config(
@@ -105,24 +105,8 @@ def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, t
     assert spec.output_dim == 16
     assert not spec.user_id_embedding
     users = engine.bundle.users.get_column("user_id").to_list()[:40]
-    items = engine.bundle.item_encoder.ids.tokens.to_list()
-    rng = np.random.default_rng(0)
-    moved = 0
-    for user in users:
-        recent = tuple(items[i] for i in rng.choice(len(items), 5, replace=False))
-        before = [i.item_id for i in engine.recommend(RecommendQuery(user, 10)).items]
-        after = [i.item_id for i in engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent)).items]
-        moved += before != after
-    assert moved >= 0.5 * len(users)
-    lists = set()
-    for start in range(0, 50, 10):
-        answer = engine.recommend(
-            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 3]))
-        )
-        assert answer.fallback_reason is None
-        assert any(item.score != 0.0 for item in answer.items)
-        lists.add(tuple(item.item_id for item in answer.items))
-    assert len(lists) >= 4
+    assert lists_moved_by_recent_items(engine, users, 5) >= 0.5 * len(users)
+    assert unknown_user_lists(engine, 3) >= 4
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import tiny_config
+from realtime_contract import lists_moved_by_recent_items, unknown_user_lists
 
 from training.config import ConfigError
 from training.data.synth import SynthSummary
@@ -121,7 +122,6 @@ def test_an_slist_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, 
     """Through the ordinary bundle: recent items move a known user's list, and an unknown user with
     recent items gets a list made from them."""
     from serving.recommend.engine import TwoTowerEngine
-    from serving.recommend.types import RecommendQuery
     from training.pipeline import train
 
     config = tiny_config(
@@ -138,20 +138,6 @@ def test_an_slist_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, 
     assert engine.bundle.spec.hidden_dims == ()
     assert engine.bundle.spec.history_decay == 0.5
     users = engine.bundle.users.get_column("user_id").to_list()[:30]
-    items = engine.bundle.item_encoder.ids.tokens.to_list()
-    rng = np.random.default_rng(0)
-    moved = 0
-    for user in users:
-        recent = tuple(items[i] for i in rng.choice(len(items), 3, replace=False))
-        before = [i.item_id for i in engine.recommend(RecommendQuery(user, 10)).items]
-        after = [i.item_id for i in engine.recommend(RecommendQuery(user, 10, recent_item_ids=recent)).items]
-        moved += before != after
-    assert moved >= 0.8 * len(users)  # the most recent items weigh most: they move nearly every list
-    lists = set()
-    for start in range(0, 50, 10):
-        answer = engine.recommend(
-            RecommendQuery("never-seen", 10, recent_item_ids=tuple(items[start : start + 2]))
-        )
-        assert answer.fallback_reason is None
-        lists.add(tuple(item.item_id for item in answer.items))
-    assert len(lists) >= 4
+    # The most recent items weigh most: they move nearly every list.
+    assert lists_moved_by_recent_items(engine, users, 3) >= 0.8 * len(users)
+    assert unknown_user_lists(engine, 2) >= 4
