@@ -2,7 +2,7 @@
 
 * The N-rank loss is the single-process objective: 2 ranks, each with half of a global batch,
   all-gathered item embeddings and DDP's gradient averaging, give the gradients of 1 process on the
-  whole batch (this file re-runs itself as the rank processes).
+  whole batch (this file re-runs itself as the rank processes); so does ELSA's item matrix.
 * ``recsys train --nproc 2`` streams, trains on 2 ranks and writes one bundle (rank 0), registered.
 * A worker that dies fails the run naming its rank; nothing is written.
 """
@@ -26,8 +26,10 @@ from training.config import Config, DataConfig, load_config
 from training.data.stream_prepare import prepare_shards
 from training.data.synth import SynthConfig, synthesize
 from training.features import Prepared, prepare
+from training.fit.auto import with_overrides
 from training.fit.distributed import RankInfo, _StepLoss, per_rank_config
 from training.fit.interaction_task import InteractionTask
+from training.fit.linear.elsa_task import ElsaTask
 from training.sharded_pipeline import DistributedTrainingError, ShardedInputs, launch_training
 
 GLOBAL_BATCH = 24
@@ -87,20 +89,49 @@ def _gradients(info: RankInfo) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in task.model.named_parameters() if p.grad is not None}
 
 
+ELSA_USERS = 12
+
+
+def _elsa_gradients(info: RankInfo) -> dict[str, torch.Tensor]:
+    """The ELSA item matrix's gradient after one step on this rank's half of 12 users (all 12 for 1)."""
+    prepared, config = _tiny()
+    config = with_overrides(
+        config, {"train": {"objective": "elsa", "elsa_rank": 8, "elsa_batch_size": ELSA_USERS}}
+    )
+    task = ElsaTask(prepared, per_rank_config(config, info.world_size))
+    size = ELSA_USERS // info.world_size
+    positions = np.arange(info.rank * size, (info.rank + 1) * size, dtype=np.int64)
+    module: torch.nn.Module = _StepLoss(task, info)
+    if info.world_size > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+    loss = module(task.build(positions), torch.tensor(1.0))
+    loss.backward()
+    assert task.weights.grad is not None
+    return {"weights": task.weights.grad.clone()}
+
+
+GRADIENTS = {"interaction": _gradients, "elsa": _elsa_gradients}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def test_two_gloo_ranks_take_the_gradient_of_one_process_on_the_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", sorted(GRADIENTS))
+def test_two_gloo_ranks_take_the_gradient_of_one_process_on_the_global_batch(
+    tmp_path: Path, objective: str
+) -> None:
     port = _free_port()
     ranks = [
-        subprocess.Popen([sys.executable, __file__, str(rank), "2", str(port), str(tmp_path / f"g{rank}.pt")])
+        subprocess.Popen(
+            [sys.executable, __file__, str(rank), "2", str(port), str(tmp_path / f"g{rank}.pt"), objective]
+        )
         for rank in range(2)
     ]
     assert [p.wait(timeout=600) for p in ranks] == [0, 0]
-    single = _gradients(RankInfo(rank=0, world_size=1, local_rank=0))
+    single = GRADIENTS[objective](RankInfo(rank=0, world_size=1, local_rank=0))
     for rank in range(2):
         averaged = torch.load(tmp_path / f"g{rank}.pt")
         assert averaged.keys() == single.keys()
@@ -164,7 +195,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
     # auto chose among the data-parallel candidates on the sampled users; the winner ran on every shard.
     objective = manifest["info"]["objective"]
     tried = {c["name"] for c in objective["candidates"]}
-    assert tried == {"bag", "interaction", "sasrec"}
+    assert tried == {"bag", "interaction", "sasrec", "elsa", "elsa-decay-0.5"}
     assert objective["chosen"] in tried
     assert objective["sharded"]["not_tried"] == [
         "linear",
@@ -172,12 +203,10 @@ def test_train_nproc_2_writes_one_registered_bundle(
         "linear-decay-0.5",
         "slist",
         "mf",
-        "elsa",
-        "elsa-decay-0.5",
     ]
     assert objective["validation_protocol"] == "llo"
     assert 1 <= len(objective["schedule"]) <= 2
-    assert manifest["config"]["train"]["objective"] in {"bag", "interaction", "sequence"}
+    assert manifest["config"]["train"]["objective"] in {"bag", "interaction", "sequence", "elsa"}
     prepared_users = json.loads((tmp_path / "bundle.prepared" / "manifest.json").read_text())["users"]
     assert manifest["info"]["distributed"]["holdout"]["users"] == prepared_users  # every user sampled
     assert manifest["info"]["distributed"]["refit_full"] is True
@@ -223,6 +252,31 @@ def test_a_dead_worker_fails_the_run_naming_its_rank(synth: Path, tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no bundle, no MLflow store
 
 
+def test_elsa_trains_on_2_ranks_into_a_served_bundle(synth: Path, tmp_path: Path) -> None:
+    from serving.recommend.engine import TwoTowerEngine
+    from serving.recommend.types import RecommendQuery
+
+    tracking = f'tracking.tracking_uri="sqlite:///{tmp_path}/mlflow.db"'
+    overrides = ["train.objective=elsa", "train.elsa_rank=16", "train.epochs=2", "eval.protocol=none"]
+    config = load_config(None, [*WORKER_OVERRIDES, *overrides, "train.patience=0", tracking])
+    prepared = tmp_path / "prepared"
+    prepare_shards(synth / "interactions.parquet", None, None, prepared, config.data, shards=4)
+    launch_training(config, ShardedInputs(prepared=prepared), tmp_path / "bundle", nproc=2)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["config"]["train"]["objective"] == "elsa"
+    assert manifest["info"]["distributed"]["world_size"] == 2
+    engine = TwoTowerEngine.load(tmp_path / "bundle")
+    # The towers hold ELSA's rows (unit vectors, trained: the loss fell) and serve the history.
+    np.testing.assert_allclose(np.linalg.norm(engine.item_vectors, axis=1), 1.0, atol=1e-4)
+    losses = manifest["info"]["epoch_losses"]
+    assert losses[-1] < losses[0]
+    user = engine.bundle.users.get_column("user_id")[0]
+    items = engine.bundle.item_encoder.ids.tokens.to_list()
+    plain = engine.recommend(RecommendQuery(user, 10))
+    moved = engine.recommend(RecommendQuery(user, 10, recent_item_ids=tuple(items[:5])))
+    assert [i.item_id for i in moved.items] != [i.item_id for i in plain.items]
+
+
 @pytest.mark.parametrize("objective", ["linear", "mf"])
 def test_sharded_training_refuses_the_closed_forms(tmp_path: Path, objective: str) -> None:
     config = load_config(None, [f"train.objective={objective}"])
@@ -231,13 +285,13 @@ def test_sharded_training_refuses_the_closed_forms(tmp_path: Path, objective: st
 
 
 if __name__ == "__main__":
-    # One rank of the gradient test: python tests/test_distributed.py RANK WORLD PORT OUT
+    # One rank of the gradient test: python tests/test_distributed.py RANK WORLD PORT OUT OBJECTIVE
     import torch.distributed as dist
 
     rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.save(_gradients(RankInfo(rank=rank, world_size=world, local_rank=rank)), out)
+    torch.save(GRADIENTS[sys.argv[5]](RankInfo(rank=rank, world_size=world, local_rank=rank)), out)
     # Both ranks past their last collective before either tears the group down; then leave without
     # running C++ destructors: a gloo/DDP thread still joinable at interpreter exit aborted one rank
     # ("terminate called without an active exception", exit -6) in about one CI run in three.

@@ -17,7 +17,14 @@ from training.config import ConfigError, load_config
 from training.data.synth import SynthSummary
 from training.evaluation import split_for
 from training.evaluation.baselines import Popularity, baseline_scores, interaction_matrix
-from training.evaluation.evaluate import batched, rank_test_users, two_tower_scores
+from training.evaluation.evaluate import (
+    SCORE_BATCH,
+    SCORE_CELLS,
+    batched,
+    rank_test_users,
+    score_batch_rows,
+    two_tower_scores,
+)
 from training.features import Prepared, prepare
 from training.fit.linear.elsa_task import ElsaTask, elsa_loss
 from training.fit.linear.factor_task import fit_factors
@@ -146,3 +153,13 @@ def test_frequency_scaled_mf_keeps_the_tiny_catalogue_apart(prepared: Prepared) 
     scaled = _distinct_top_lists(prepared, 0.01, 1.0)
     assert scaled >= 0.8 * prepared.n_users
     assert scaled > 2 * collapsed
+
+
+def test_score_batches_stay_bounded_at_a_million_items() -> None:
+    """Ranking 1,024 users at once over 1M items held ~16 GiB (the score batch, its masked copy and the
+    top-k indices) and killed a 100M-event run's validation: batches shrink with the catalogue."""
+    assert score_batch_rows(1_682) == SCORE_BATCH  # small catalogues: unchanged
+    rows = score_batch_rows(1_000_000)
+    assert rows * 1_000_000 <= SCORE_CELLS
+    assert rows >= 1
+    assert score_batch_rows(10**9) == 1

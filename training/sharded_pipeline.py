@@ -100,7 +100,7 @@ def check_config(config: Config) -> None:
         raise ValueError(
             f"train.objective = {config.train.objective!r} is a closed form over every interaction at "
             "once (one process, items x items memory): with --nproc/--prepared set an iterative "
-            "objective (interaction, sequence, bag or mixed)"
+            "objective (interaction, sequence, bag, mixed or elsa)"
         )
     from training.fit.distributed import DATA_PARALLEL_OBJECTIVES
 

@@ -26,17 +26,30 @@ from training.features import Prepared
 
 __all__ = [
     "SCORE_BATCH",
+    "SCORE_CELLS",
     "Ranking",
     "ScoreBatches",
     "batched",
     "evaluate",
     "evaluate_scores",
     "rank_test_users",
+    "score_batch_rows",
     "two_tower_scores",
 ]
 
 SCORE_BATCH = 1024
-"""Users scored per batch: bounds the dense (batch, n_items) score matrix."""
+"""Users scored per batch at most: bounds the dense (batch, n_items) score matrix."""
+SCORE_CELLS = 1 << 24
+"""Score cells per batch at most (64 MiB of float32; ranking holds a masked copy and the top-k
+selection's indices beside it): at 1,000,000 items 1,024 users would be 4 GiB a batch and ~16 GiB with
+the ranking's copies, which is what killed the 100M-event run's validation."""
+
+
+def score_batch_rows(n_items: int) -> int:
+    """Users per score batch over ``n_items`` items: :data:`SCORE_BATCH`, fewer where the catalogue
+    would take the batch past :data:`SCORE_CELLS`."""
+    return max(1, min(SCORE_BATCH, SCORE_CELLS // max(n_items, 1)))
+
 
 IntArray = npt.NDArray[np.int64]
 
@@ -138,8 +151,9 @@ def two_tower_scores(model: TwoTowerModel, train: Prepared) -> ScoreBatches:
         items = embed_items(model, train.item_features)
         # All users in one tower pass (the tower batches internally), then dense scores batch by batch.
         users = embed_users(model, train.user_features, train.sequences, user_rows)
-        for start in range(0, len(user_rows), SCORE_BATCH):
-            yield users[start : start + SCORE_BATCH] @ items.T
+        rows = score_batch_rows(train.n_items)
+        for start in range(0, len(user_rows), rows):
+            yield users[start : start + rows] @ items.T
 
     return batches
 

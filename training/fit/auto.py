@@ -10,7 +10,10 @@ to early stopping (at most ``train.auto_max_s`` each), so the strongest iterativ
 convergence, as the closed forms are: a closed-form candidate (``linear``, ``slist``, ``mf``) is done
 after its one fit. The best validation NDCG over all candidates wins, blended with a runner-up when
 that wins beyond noise (:mod:`training.fit.blend`); what the comparison spent is in the manifest
-(:class:`Budget`). The caller
+(:class:`Budget`). With a leave-last-out or random validation split a quarter of the validation users
+are held out in the other shape of future, and only models that keep ``train.auto_guard_keep`` of the
+best baseline's NDCG there (EASE, iALS, ELSA; within noise) can win (:mod:`training.fit.guard`): told
+nothing about the future, the default must not collapse on either shape. The caller
 then trains the chosen configuration on the whole training part for the winner's epoch count
 (:func:`fit_selected`), so the final model sees every training interaction. With a concrete
 objective the same path runs with one candidate and no budget: early stopping picks the epoch count.
@@ -35,7 +38,15 @@ import polars as pl
 from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
 from training.features import Prepared, prepare
-from training.fit.blend import BlendChoice, blended, choose_blend, score_spread
+from training.fit.blend import (
+    BlendChoice,
+    EvaluatedBlend,
+    blended,
+    evaluate_blend,
+    gain_lower_bound,
+    score_spread,
+)
+from training.fit.guard import Guard, GuardedSplit, guard_for, guard_ndcg, guarded_split
 from training.fit.linear.linear_task import choose_tower_rank
 from training.fit.trainer import TrainingRun, TrainResult, train_model
 from training.tracking import flatten, start_run
@@ -138,6 +149,8 @@ class CandidateResult:
     seconds: float
     seconds_per_epoch: float
     run_id: str | None = None
+    guard_ndcg: float | None = None
+    """NDCG@k on the guard's users, in the other shape of future (:mod:`training.fit.guard`)."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,9 @@ class Selection:
     """Set when the best candidate blended with ``partner`` beat it by more than noise: the bundle is
     then the blend (:mod:`training.fit.blend`) of ``config`` and ``partner.config``."""
     partner: Partner | None = None
+    guard: Guard | None = None
+    """The other shape's check (:mod:`training.fit.guard`): what every candidate scored there and the
+    floor the chosen model keeps."""
 
     @property
     def epochs(self) -> int:
@@ -221,6 +237,7 @@ class Selection:
             "candidates": [dataclasses.asdict(c) for c in self.candidates],
             "tower_ranks": [{"rank": rank, "validation_ndcg": score} for rank, score in self.tower_ranks],
             "budget": dataclasses.asdict(self.budget) if self.budget is not None else None,
+            "guard": self.guard.manifest() if self.guard is not None else None,
             "blend": None
             if self.blend is None or self.partner is None
             else {
@@ -274,8 +291,12 @@ def select_objective(
         return Selection(config=config, name=candidates[0][0], schedule=None)
     protocol = protocol if protocol != "none" else VALIDATION_PROTOCOL_WITHOUT_EVAL
     parts = split_for(train, protocol, config.eval.min_interactions)  # type: ignore[arg-type]
-    prepared = prepare(parts.train, users, items, config.data)
-    validation = validation_users(parts.test, config.train.validation_users, config.train.seed)
+    guarded = None
+    if len(candidates) > 1 and config.train.auto_guard_keep > 0:
+        guarded = guarded_split(parts, protocol, config.eval.min_interactions, config.train.seed)
+    prepared = prepare(parts.train if guarded is None else guarded.train, users, items, config.data)
+    primary = parts.test if guarded is None else guarded.validation
+    validation = validation_users(primary, config.train.validation_users, config.train.seed)
     runs = [
         (name, candidate, TrainingRun(prepared, candidate, validation=validation))
         for name, candidate in candidates
@@ -311,18 +332,31 @@ def select_objective(
             leader.advance(seconds=config.train.auto_max_s or None)
             leaders.append(LeaderRun(leader_name, kind, leader.result.seconds - before, leader.stopped))
         budget = dataclasses.replace(budget, leaders=tuple(leaders))
-        best_name, best_config, best_run = max(runs, key=lambda r: r[2].best_validation)
     else:
-        best_name, best_config, best_run = runs[0]
-        best_run.advance()  # a concrete objective: to early stopping
+        runs[0][2].advance()  # a concrete objective: to early stopping
     results = [_record(name, candidate, run, parent_run_id) for name, candidate, run in runs]
+    guard = _guard(prepared, guarded, config, runs) if guarded is not None and len(runs) > 1 else None
+    if guard is not None:
+        results = [
+            (dataclasses.replace(r, guard_ndcg=guard.scores[r.name]), schedule) for r, schedule in results
+        ]
+    # The best on validation among the models that keep the guard's floor (all of them without one).
+    ranked = sorted(runs, key=lambda r: r[2].best_validation, reverse=True)
+    best_name, best_config, best_run = next(r for r in ranked if guard is None or guard.eligible(r[0]))
     log.info(
-        "objective: %s (validation ndcg %s)",
+        "objective: %s (validation ndcg %s)%s",
         best_name,
         ", ".join(f"{r.name}={r.validation_ndcg:.4f}" for r, _ in results),
+        ""
+        if guard is None
+        else f"; {guard.shape} guard ndcg "
+        + ", ".join(f"{n}={v:.4f}{'' if guard.eligible(n) else ' (out)'}" for n, v in guard.scores.items())
+        + f", floor {guard.floor:.4f} ({guard.keep} x {guard.baseline})",
     )
     if len(runs) > 1 and config.train.auto_blend:
-        blend, partner = _best_blend(prepared, validation, config.eval.k, runs)
+        blend, partner = _best_blend(prepared, validation, config.eval.k, ranked, best_name, guard)
+        if partner is not None:  # a blend's first part is the best on validation, eligible or not
+            best_name, best_config, best_run = ranked[0]
     best_config, tower_ranks = _served_width(prepared, best_config, validation)
     if partner is not None:
         partner = dataclasses.replace(partner, config=_served_width(prepared, partner.config, validation)[0])
@@ -336,7 +370,18 @@ def select_objective(
         budget=budget,
         blend=blend,
         partner=partner,
+        guard=guard,
     )
+
+
+def _guard(
+    prepared: Prepared, guarded: GuardedSplit, config: Config, runs: list[tuple[str, Config, TrainingRun]]
+) -> Guard:
+    """Every candidate's per-user NDCG@k on the guard's users and the baseline that sets the bar."""
+    per_user = {
+        name: guard_ndcg(run.task.model, prepared, guarded.guard, config.eval.k) for name, _, run in runs
+    }
+    return guard_for(guarded, per_user, config.train.auto_guard_keep)
 
 
 def _served_width(
@@ -352,19 +397,42 @@ def _served_width(
 
 
 def _best_blend(
-    prepared: Prepared, validation: pl.DataFrame, k: int, runs: list[tuple[str, Config, TrainingRun]]
+    prepared: Prepared,
+    validation: pl.DataFrame,
+    k: int,
+    ranked: list[tuple[str, Config, TrainingRun]],
+    eligible_best: str,
+    guard: Guard | None,
 ) -> tuple[BlendChoice | None, Partner | None]:
-    """The best candidate blended with each of the next :data:`BLEND_PARTNERS` (by validation NDCG):
-    the blend that wins by the most on held-out validation users, if any wins by more than noise."""
-    ranked = sorted(runs, key=lambda r: r[2].best_validation, reverse=True)
-    (name, _, run), best = ranked[0], None
-    for other_name, other_config, other_run in ranked[1 : 1 + BLEND_PARTNERS]:
-        choice = choose_blend(
-            prepared, validation, k, (name, run.task.model), (other_name, other_run.task.model)
+    """The best candidate (``ranked[0]``, by validation NDCG) blended with each of the next
+    :data:`BLEND_PARTNERS`, and with the best eligible candidate and the guard's baseline where a guard
+    leaves the best one out. Of the blends that win by more than noise over their better eligible part,
+    the narrowest that no wider one beats by more than noise (served width is serving cost: a blend
+    pays for its width only with a gain beyond noise, on the same held-out users), or none."""
+    name, _, run = ranked[0]
+    partners = ranked[1 : 1 + BLEND_PARTNERS]
+    if guard is not None and not guard.eligible(name):
+        wanted = {eligible_best, guard.baseline}
+        partners += [r for r in ranked[1 + BLEND_PARTNERS :] if r[0] in wanted]
+    kept: list[tuple[int, EvaluatedBlend, Partner]] = []
+    for other_name, other_config, other_run in partners:
+        evaluated = evaluate_blend(
+            prepared, validation, k, (name, run.task.model), (other_name, other_run.task.model), guard
         )
-        if choice is not None and (best is None or choice.validation_ndcg > best[0].validation_ndcg):
-            best = (choice, Partner(other_name, other_config, other_run.result.schedule))
-    return best if best is not None else (None, None)
+        if evaluated is not None and evaluated.kept:
+            width = run.task.model.spec.output_dim + other_run.task.model.spec.output_dim
+            kept.append((width, evaluated, Partner(other_name, other_config, other_run.result.schedule)))
+    if not kept:
+        return None, None
+    kept.sort(key=lambda entry: entry[0])
+    for _, narrow, partner in kept:
+        if not any(
+            gain_lower_bound(wide.held_out - narrow.held_out) > 0 for _, wide, _ in kept if wide is not narrow
+        ):
+            log.info("blend %s + %s kept (narrowest not beaten beyond noise)", *narrow.choice.names)
+            return narrow.choice, partner
+    _, best, partner = max(kept, key=lambda entry: entry[1].choice.validation_ndcg)
+    return best.choice, partner
 
 
 def _record(

@@ -9,6 +9,8 @@ scores), so that the share ``w`` of the second part means the same whatever the 
 share is chosen on half of the validation users (every tenth of 0.1 .. 0.9) and the blend is kept only
 where, on the *other* half, its per-user NDCG beats the better part's with a one-sided 95 % lower bound
 above zero: a blend must win by more than noise, measured on users its weight was not chosen on.
+With ``auto``'s guard (:mod:`training.fit.guard`) only blends that keep its floor on the other shape
+of future are tried, against the better part that keeps it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import polars as pl
 
 from serving.model.embedding import embed_items, embed_users
 from serving.model.towers import TwoTowerModel, blend_spec
-from training.evaluation.evaluate import batched, rank_test_users
+from training.evaluation.evaluate import Ranking, batched, rank_test_users, score_batch_rows
 from training.features import Prepared
+from training.fit.guard import Guard
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class BlendChoice:
     """The better part's NDCG@k on the same users."""
     gain_lower_bound: float
     """One-sided 95 % lower bound of the per-user gain over the better part (> 0 to be kept)."""
+    guard_ndcg: float | None = None
+    """The blend's NDCG@k on the guard's users (:mod:`training.fit.guard`; None without a guard)."""
 
     def weights(self, scales: tuple[float, float]) -> tuple[float, float]:
         """User-vector weights of the two parts given their score spreads."""
@@ -78,10 +83,53 @@ def choose_blend(
     k: int,
     first: tuple[str, TwoTowerModel],
     second: tuple[str, TwoTowerModel],
+    guard: Guard | None = None,
 ) -> BlendChoice | None:
     """The share of ``second`` that blends best with ``first`` on ``validation`` (module docstring), or
-    None when no share beats the better part by more than noise on the held-out half."""
+    None when no share beats the better part by more than noise on the held-out half
+    (:func:`evaluate_blend`'s choice when it is kept)."""
+    evaluated = evaluate_blend(prepared, validation, k, first, second, guard)
+    return evaluated.choice if evaluated is not None and evaluated.kept else None
+
+
+@dataclass(frozen=True)
+class EvaluatedBlend:
+    """A blend's best share and its per-user NDCG@k on the held-out half of the validation users."""
+
+    choice: BlendChoice
+    held_out: npt.NDArray[np.float64]
+    """Per-user NDCG@k on the held-out half, in validation-user order (the same users and order for
+    every blend ranked on the same validation rows, so two blends compare user by user)."""
+
+    @property
+    def kept(self) -> bool:
+        """Whether it beats the better (eligible) part by more than noise."""
+        return len(self.held_out) > 1 and self.choice.gain_lower_bound > 0
+
+
+def gain_lower_bound(gain: npt.NDArray[np.float64]) -> float:
+    """One-sided 95 % lower bound of the mean of paired per-user gains."""
+    return float(gain.mean()) - CONFIDENCE_Z * float(gain.std(ddof=1)) / float(np.sqrt(max(len(gain), 1)))
+
+
+def evaluate_blend(
+    prepared: Prepared,
+    validation: pl.DataFrame,
+    k: int,
+    first: tuple[str, TwoTowerModel],
+    second: tuple[str, TwoTowerModel],
+    guard: Guard | None = None,
+) -> EvaluatedBlend | None:
+    """The best share of ``second`` blended with ``first`` (chosen on one half of the validation users,
+    measured on the other) and its gain over the better part, or None when no share can take part.
+
+    With a ``guard`` (:mod:`training.fit.guard`) only eligible models take part: shares whose blend
+    falls below the guard's floor are not tried, and the part to beat is the better *eligible* one
+    (None when neither part is eligible)."""
     models = (first[1], second[1])
+    eligible_parts = [guard is None or guard.eligible(name) for name in (first[0], second[0])]
+    if not any(eligible_parts):
+        return None
     scales = (score_spread(models[0], prepared), score_spread(models[1], prepared))
     users = [
         embed_users(
@@ -91,40 +139,60 @@ def choose_blend(
     ]
     items = [embed_items(m, prepared.item_features) for m in models]
 
-    def per_user(weights: tuple[float, float]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        def score(rows: npt.NDArray[np.int64]) -> FloatArray:
-            out: FloatArray = weights[0] * (users[0][rows] @ items[0].T) + weights[1] * (
-                users[1][rows] @ items[1].T
+    def ranking(weights: tuple[float, float], rows: pl.DataFrame) -> Ranking:
+        def score(user_rows: npt.NDArray[np.int64]) -> FloatArray:
+            out: FloatArray = weights[0] * (users[0][user_rows] @ items[0].T) + weights[1] * (
+                users[1][user_rows] @ items[1].T
             )
             return out
 
-        ranking = rank_test_users(batched(score), prepared, validation, k)
-        return ranking.user_rows, ranking.per_user_ndcg(k)
+        return rank_test_users(batched(score, score_batch_rows(prepared.n_items)), prepared, rows, k)
+
+    def per_user(weights: tuple[float, float]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        ranked = ranking(weights, validation)
+        return ranked.user_rows, ranked.per_user_ndcg(k)
+
+    def guard_scores(weights: tuple[float, float]) -> npt.NDArray[np.float64] | None:
+        return None if guard is None else ranking(weights, guard.rows).per_user_ndcg(k)
 
     user_rows, alone_first = per_user((1.0, 0.0))
     _, alone_second = per_user((0.0, 1.0))
     choose, confirm = user_rows % 2 == 0, user_rows % 2 == 1
-    best_share, best_choose, best_scores = 0.0, -1.0, alone_first
+    best_share, best_choose, best_scores, best_guard = 0.0, -1.0, alone_first, None
     for share in SHARES:
-        _, scores = per_user(((1.0 - share) / scales[0], share / scales[1]))
+        weights = ((1.0 - share) / scales[0], share / scales[1])
+        on_guard = guard_scores(weights)
+        if guard is not None and on_guard is not None and not guard.keeps(on_guard):
+            continue
+        _, scores = per_user(weights)
         if scores[choose].mean() > best_choose:
-            best_share, best_choose, best_scores = share, float(scores[choose].mean()), scores
-    better = alone_first if alone_first[confirm].mean() >= alone_second[confirm].mean() else alone_second
+            best_share, best_choose, best_scores, best_guard = (
+                share,
+                float(scores[choose].mean()),
+                scores,
+                on_guard,
+            )
+    if best_choose < 0:
+        return None  # no share is eligible
+    parts = [p for p, ok in zip((alone_first, alone_second), eligible_parts, strict=True) if ok]
+    better = max(parts, key=lambda p: float(p[confirm].mean()))
     gain = best_scores[confirm] - better[confirm]
-    bound = float(gain.mean()) - CONFIDENCE_Z * float(gain.std(ddof=1)) / np.sqrt(max(len(gain), 1))
+    bound = gain_lower_bound(gain)
     choice = BlendChoice(
         names=(first[0], second[0]),
         share=best_share,
         validation_ndcg=float(best_scores[confirm].mean()),
         best_part_ndcg=float(better[confirm].mean()),
         gain_lower_bound=bound,
+        guard_ndcg=None if best_guard is None else float(best_guard.mean()) if len(best_guard) else 0.0,
     )
     log.info(
-        "blend %s + %s at share %.1f: held-out validation ndcg %.4f vs %.4f (gain >= %+.4f at 95%%)",
+        "blend %s + %s at share %.1f: held-out validation ndcg %.4f vs %.4f (gain >= %+.4f at 95%%)%s",
         *choice.names,
         choice.share,
         choice.validation_ndcg,
         choice.best_part_ndcg,
         bound,
+        "" if choice.guard_ndcg is None else f", guard ndcg {choice.guard_ndcg:.4f}",
     )
-    return choice if len(gain) > 1 and bound > 0 else None
+    return EvaluatedBlend(choice, best_scores[confirm])

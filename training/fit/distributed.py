@@ -4,8 +4,9 @@ Contract (what every rank does, :class:`ShardedTraining`):
 
 * **Data**: rank ``r`` of ``W`` reads shards ``r, r + W, ...`` of a prepared directory, one shard at a
   time (:meth:`training.data.shards.PreparedShards.prepared`), so its memory is bounded by one shard
-  plus the per-user and per-item arrays. A task (the same ``InteractionTask`` / ``SequenceTask`` as
-  single-process training) is re-pointed at each shard (:func:`bind_shard`) and cuts it into steps.
+  plus the per-user and per-item arrays. A task (the same ``InteractionTask`` / ``SequenceTask`` /
+  ``ElsaTask`` as single-process training) is re-pointed at each shard (:func:`bind_shard`) and cuts
+  it into steps.
 * **Global batch**: each rank's step is ``1/W`` of the configured ``batch_size`` /
   ``window_batch_size``, so W ranks take the same global batch and learning rate as one process.
   Before each step the ranks agree (one all-reduce) that all of them still have a batch; the epoch
@@ -19,7 +20,9 @@ Contract (what every rank does, :class:`ShardedTraining`):
   (:func:`interaction_loss`, checked by tests/test_distributed.py). With the exact softmax (catalogue
   no larger than ``uniform_negatives``) every rank already scores every item. Sequence objectives
   weight each rank's mean by its share of the step's loss rows, so the average over ranks is the
-  global mean; their uniform negatives are drawn per rank (not gathered).
+  global mean; their uniform negatives are drawn per rank (not gathered). ``elsa``'s loss is a mean
+  over the step's users and depends on nothing outside them, so DDP's average of its item matrix's
+  gradient is the global batch's; after each step every rank copies the new rows into its towers.
 * **Schedule**: a linear warm-up over the first epoch, then, as in single-process training
   (:func:`training.fit.trainer.train_model`): with a validation part (``holdout``,
   :mod:`training.fit.shard_holdout`) rank 0 computes NDCG@``eval.k`` on it after every epoch and
@@ -54,6 +57,7 @@ from training.evaluation.evaluate import evaluate
 from training.features import Prepared
 from training.fit.auto import with_overrides
 from training.fit.interaction_task import ExampleBatcher, InteractionTask
+from training.fit.linear.elsa_task import ElsaTask, elsa_loss
 from training.fit.losses import full_softmax_loss, sampled_softmax_loss
 from training.fit.sequence_task import SequenceTask
 from training.fit.shard_holdout import ShardHoldout
@@ -64,7 +68,7 @@ IntArray = npt.NDArray[np.int64]
 T = TypeVar("T")
 
 
-DATA_PARALLEL_OBJECTIVES = ("interaction", "sequence", "bag", "mixed")
+DATA_PARALLEL_OBJECTIVES = ("interaction", "sequence", "bag", "mixed", "elsa")
 """Objectives :class:`ShardedTraining` runs (:func:`bind_shard`): the closed forms (``linear``,
 ``mf``) need every interaction in one process at once."""
 
@@ -147,6 +151,7 @@ def per_rank_config(config: Config, world_size: int) -> Config:
             "train": {
                 "batch_size": max(train.batch_size // world_size, 2),
                 "window_batch_size": max(train.window_batch_size // world_size, 1),
+                "elsa_batch_size": max(train.elsa_batch_size // world_size, 1),
             }
         },
     )
@@ -166,6 +171,8 @@ def bind_shard(task: Task, prepared: Prepared) -> None:
 
         task.prepared = prepared
         task.windows = sequence_windows(prepared.sequences, task.spec.history_length)
+    elif isinstance(task, ElsaTask):
+        task.bind(prepared)
     else:
         raise TypeError(f"no shard binding for {type(task).__name__}")
 
@@ -233,6 +240,10 @@ class _StepLoss(nn.Module):
         self.model: TwoTowerModel = task.model
         self.task = task
         self.info = info
+        if isinstance(task, ElsaTask):
+            # ELSA's trained parameter is its raw item matrix, which the towers only copy after each
+            # step: registered here, DDP averages its gradient over the ranks.
+            self.elsa_weights = task.weights
 
     def forward(self, batch: Any, weight: torch.Tensor) -> torch.Tensor:
         task = self.task
@@ -240,11 +251,13 @@ class _StepLoss(nn.Module):
             loss = interaction_loss(task, batch, self.info)
         elif isinstance(task, SequenceTask):
             loss = task.loss(batch)
+        elif isinstance(task, ElsaTask):
+            loss = elsa_loss(task.weights, batch)
         else:
             raise TypeError(f"no distributed loss for {type(task).__name__}")
         if not loss.requires_grad:
             # No loss rows here: still a graph over every parameter, so all ranks run the same backward.
-            loss = loss + 0.0 * sum(p.sum() for p in self.model.parameters())
+            loss = loss + 0.0 * sum(p.sum() for p in self.parameters())
         return loss * weight
 
 
@@ -336,6 +349,8 @@ class ShardedTraining:
         if isinstance(self.task, SequenceTask):
             windows = data.interactions / max(self.task.spec.history_length, 1) + int(data.manifest["users"])
             return max(int(windows // max(cfg.window_batch_size, 1)), 1)
+        if isinstance(self.task, ElsaTask):
+            return max(int(data.manifest["users"]) // max(cfg.elsa_batch_size, 1), 1)
         return max(data.interactions // max(cfg.batch_size, 1), 1)
 
     def _agree(self, has_batch: bool, rows: int) -> tuple[bool, int]:
@@ -387,6 +402,8 @@ class ShardedTraining:
                 task.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 task.optimizer.step()
+                if isinstance(task, ElsaTask):
+                    task.write_towers()  # the stepped item matrix into the towers the bundle holds
                 total += float(loss.detach())
                 steps += 1
                 result.rows += rows

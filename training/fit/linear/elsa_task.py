@@ -87,14 +87,9 @@ class ElsaTask:
         cfg = config.train
         seed_everything(cfg.seed)
         self.config = config
-        self.prepared = prepared
         self.device = resolve_device(cfg.device)
-        matrix = interaction_matrix(prepared)
-        self.indptr: IntArray = matrix.indptr.astype(np.int64)
-        self.indices: IntArray = matrix.indices.astype(np.int64)
-        # Users without an interaction add nothing to the loss (cosine with a zero row).
-        self.users: IntArray = np.flatnonzero(np.diff(self.indptr)).astype(np.int64)
         self.rank = min(cfg.elsa_rank, prepared.n_items)
+        self.bind(prepared)
         self.spec = linear_tower_spec(
             prepared, config, self.rank, user_id_embedding=False, shared_history_embedding=True
         )
@@ -107,6 +102,16 @@ class ElsaTask:
         with torch.no_grad():
             rows = F.normalize(self.weights, dim=-1).cpu().numpy()
         write_linear(self.model, [(self.model.item_tower.item_ids, rows)], self.rank)
+
+    def bind(self, prepared: Prepared) -> None:
+        """Train on ``prepared``'s users from now on (the sharded path binds one shard at a time; the
+        item vocabulary, hence ``A``, is the same in every shard)."""
+        self.prepared = prepared
+        matrix = interaction_matrix(prepared)
+        self.indptr: IntArray = matrix.indptr.astype(np.int64)
+        self.indices: IntArray = matrix.indices.astype(np.int64)
+        # Users without an interaction add nothing to the loss (cosine with a zero row).
+        self.users: IntArray = np.flatnonzero(np.diff(self.indptr)).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -135,11 +140,11 @@ class ElsaTask:
         loss = elsa_loss(self.weights, batch)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        self._write()
+        self.write_towers()
         return loss.detach()
 
     @torch.no_grad()
-    def _write(self) -> None:
+    def write_towers(self) -> None:
         """The normalised rows of ``A`` into the one table both towers read (the identity layers
         were set once by :func:`write_linear`)."""
         rows = F.normalize(self.weights, dim=-1)
