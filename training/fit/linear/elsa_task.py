@@ -93,7 +93,9 @@ class ElsaTask:
         self.spec = linear_tower_spec(
             prepared, config, self.rank, user_id_embedding=False, shared_history_embedding=True
         )
-        self.model = TwoTowerModel(self.spec).to(self.device)
+        # The towers only copy A's normalised rows after each step: no gradient of their own (DDP
+        # would otherwise keep buffers for them, another items x rank per rank).
+        self.model = TwoTowerModel(self.spec).to(self.device).requires_grad_(False)
         self.weights = torch.nn.Parameter(
             torch.nn.init.xavier_uniform_(torch.empty(prepared.n_items, self.rank)).to(self.device)
         )
