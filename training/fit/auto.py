@@ -355,8 +355,8 @@ def select_objective(
     )
     if len(runs) > 1 and config.train.auto_blend:
         blend, partner = _best_blend(prepared, validation, config.eval.k, ranked, best_name, guard)
-        if partner is not None:  # a blend's first part is the best on validation, eligible or not
-            best_name, best_config, best_run = ranked[0]
+        if blend is not None and partner is not None:  # the blend's first part, eligible or not
+            best_name, best_config, best_run = next(r for r in ranked if r[0] == blend.names[0])
     best_config, tower_ranks = _served_width(prepared, best_config, validation)
     if partner is not None:
         partner = dataclasses.replace(partner, config=_served_width(prepared, partner.config, validation)[0])
@@ -405,17 +405,19 @@ def _best_blend(
     guard: Guard | None,
 ) -> tuple[BlendChoice | None, Partner | None]:
     """The best candidate (``ranked[0]``, by validation NDCG) blended with each of the next
-    :data:`BLEND_PARTNERS`, and with the best eligible candidate and the guard's baseline where a guard
-    leaves the best one out. Of the blends that win by more than noise over their better eligible part,
-    the narrowest that no wider one beats by more than noise (served width is serving cost: a blend
-    pays for its width only with a gain beyond noise, on the same held-out users), or none."""
-    name, _, run = ranked[0]
-    partners = ranked[1 : 1 + BLEND_PARTNERS]
-    if guard is not None and not guard.eligible(name):
-        wanted = {eligible_best, guard.baseline}
-        partners += [r for r in ranked[1 + BLEND_PARTNERS :] if r[0] in wanted]
+    :data:`BLEND_PARTNERS`; where a guard leaves the best out, also each of the best
+    :data:`BLEND_PARTNERS` left out blended with the best eligible candidate and the guard's baseline
+    (a model that collapses on the other shape can still lead a blend that does not). Of the blends that
+    win by more than noise over their better eligible part, the narrowest that no wider one beats by more
+    than noise (served width is serving cost: a blend pays for its width only with a gain beyond noise,
+    on the same held-out users), or none. The chosen blend's first part is ``choice.names[0]``."""
+    pairs = [(ranked[0], other) for other in ranked[1 : 1 + BLEND_PARTNERS]]
+    if guard is not None and not guard.eligible(ranked[0][0]):
+        left_out = [r for r in ranked if not guard.eligible(r[0])][:BLEND_PARTNERS]
+        wanted = [r for r in ranked if r[0] in (eligible_best, guard.baseline)]
+        pairs += [(first, other) for first in left_out for other in wanted if (first, other) not in pairs]
     kept: list[tuple[int, EvaluatedBlend, Partner]] = []
-    for other_name, other_config, other_run in partners:
+    for (name, _, run), (other_name, other_config, other_run) in pairs:
         evaluated = evaluate_blend(
             prepared, validation, k, (name, run.task.model), (other_name, other_run.task.model), guard
         )
