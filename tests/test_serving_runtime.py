@@ -326,8 +326,17 @@ def test_metrics_endpoint_serves_histograms_and_model_version(
         stub.Recommend(_request("ghost"), timeout=WAIT_S)
         with pytest.raises(grpc.RpcError):
             stub.Recommend(pb2.RecommendRequest(user_id="alice", k=0), timeout=WAIT_S)
+        method = "/recsys.v1.Recommender/Recommend"
+        # An aborted call is observed after its status is on the wire (the interceptor's finally), so
+        # the caller can see the error a moment before the metric moves: wait for it, bounded.
+        deadline = time.monotonic() + WAIT_S
         text = _scrape(server.options.metrics_port)
-    method = "/recsys.v1.Recommender/Recommend"
+        while (
+            _sample(text, "recsys_rpc_duration_seconds_count", code="INVALID_ARGUMENT", method=method) < 1
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+            text = _scrape(server.options.metrics_port)
     assert _sample(text, "recsys_rpc_duration_seconds_count", code="OK", method=method) == 2
     assert _sample(text, "recsys_rpc_duration_seconds_count", code="INVALID_ARGUMENT", method=method) == 1
     assert _sample(text, "recsys_rpc_duration_seconds_bucket", code="OK", le="10.0", method=method) == 2
