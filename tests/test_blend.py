@@ -20,7 +20,7 @@ from training.data.synth import SynthSummary
 from training.evaluation import split_for
 from training.features import prepare
 from training.fit.auto import Partner, Selection, fit_selected, select_objective
-from training.fit.blend import BlendChoice, choose_blend, score_spread
+from training.fit.blend import BlendChoice, evaluate_blend, score_spread
 from training.fit.trainer import train_model
 from training.pipeline import bundle_contents
 
@@ -92,7 +92,9 @@ def test_a_model_blended_with_itself_is_not_kept(interactions: pl.DataFrame) -> 
     parts = split_for(interactions, "llo", 3)
     prepared = prepare(parts.train, None, None, config.data)
     model = train_model(prepared, config).model
-    assert choose_blend(prepared, parts.test, 10, ("a", model), ("b", model)) is None
+    evaluated = evaluate_blend(prepared, parts.test, 10, ("a", model), ("b", model))
+    assert evaluated is not None
+    assert not evaluated.kept
 
 
 def test_auto_records_whether_a_blend_won(interactions: pl.DataFrame) -> None:

@@ -77,21 +77,6 @@ def blended(first: TwoTowerModel, second: TwoTowerModel, weights: tuple[float, f
     return model.eval()
 
 
-def choose_blend(
-    prepared: Prepared,
-    validation: pl.DataFrame,
-    k: int,
-    first: tuple[str, TwoTowerModel],
-    second: tuple[str, TwoTowerModel],
-    guard: Guard | None = None,
-) -> BlendChoice | None:
-    """The share of ``second`` that blends best with ``first`` on ``validation`` (module docstring), or
-    None when no share beats the better part by more than noise on the held-out half
-    (:func:`evaluate_blend`'s choice when it is kept)."""
-    evaluated = evaluate_blend(prepared, validation, k, first, second, guard)
-    return evaluated.choice if evaluated is not None and evaluated.kept else None
-
-
 @dataclass(frozen=True)
 class EvaluatedBlend:
     """A blend's best share and its per-user NDCG@k on the held-out half of the validation users."""
