@@ -303,3 +303,15 @@ def top_k_excluding(
     best_scores = np.take_along_axis(cand_scores, order, axis=1)
     out[:, :kk] = np.where(np.isposinf(best_scores), -1, best)
     return out
+
+
+CONFIDENCE_Z = 1.645
+"""One-sided 95 % normal quantile."""
+
+
+def paired_lower_bound(difference: npt.NDArray[np.float64]) -> float:
+    """One-sided 95 % lower bound of the mean of paired per-user differences (the same users scored
+    two ways): the mean minus :data:`CONFIDENCE_Z` standard errors. Its negation on ``-difference`` is
+    the upper bound."""
+    spread = float(difference.std(ddof=1)) / float(np.sqrt(max(len(difference), 1)))
+    return float(difference.mean()) - CONFIDENCE_Z * spread

@@ -37,13 +37,13 @@ import polars as pl
 
 from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
+from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared, prepare
 from training.fit.blend import (
     BlendChoice,
     EvaluatedBlend,
     blended,
     evaluate_blend,
-    gain_lower_bound,
     score_spread,
 )
 from training.fit.guard import Guard, GuardedSplit, guard_for, guard_ndcg, guarded_split
@@ -429,7 +429,9 @@ def _best_blend(
     kept.sort(key=lambda entry: entry[0])
     for _, narrow, partner in kept:
         if not any(
-            gain_lower_bound(wide.held_out - narrow.held_out) > 0 for _, wide, _ in kept if wide is not narrow
+            paired_lower_bound(wide.held_out - narrow.held_out) > 0
+            for _, wide, _ in kept
+            if wide is not narrow
         ):
             log.info("blend %s + %s kept (narrowest not beaten beyond noise)", *narrow.choice.names)
             return narrow.choice, partner

@@ -25,6 +25,7 @@ import polars as pl
 from serving.model.embedding import embed_items, embed_users
 from serving.model.towers import TwoTowerModel, blend_spec
 from training.evaluation.evaluate import Ranking, batched, rank_test_users, score_batch_rows
+from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared
 from training.fit.guard import Guard
 
@@ -34,8 +35,6 @@ FloatArray = npt.NDArray[np.float32]
 
 SHARES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 """Shares of the second part tried (the first part gets the rest)."""
-CONFIDENCE_Z = 1.645
-"""One-sided 95 % normal quantile of the held-out half's paired per-user gain."""
 SCALE_USERS = 512
 """Users whose scores measure a part's spread."""
 
@@ -90,11 +89,6 @@ class EvaluatedBlend:
     def kept(self) -> bool:
         """Whether it beats the better (eligible) part by more than noise."""
         return len(self.held_out) > 1 and self.choice.gain_lower_bound > 0
-
-
-def gain_lower_bound(gain: npt.NDArray[np.float64]) -> float:
-    """One-sided 95 % lower bound of the mean of paired per-user gains."""
-    return float(gain.mean()) - CONFIDENCE_Z * float(gain.std(ddof=1)) / float(np.sqrt(max(len(gain), 1)))
 
 
 def evaluate_blend(
@@ -162,7 +156,7 @@ def evaluate_blend(
     parts = [p for p, ok in zip((alone_first, alone_second), eligible_parts, strict=True) if ok]
     better = max(parts, key=lambda p: float(p[confirm].mean()))
     gain = best_scores[confirm] - better[confirm]
-    bound = gain_lower_bound(gain)
+    bound = paired_lower_bound(gain)
     choice = BlendChoice(
         names=(first[0], second[0]),
         share=best_share,

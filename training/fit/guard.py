@@ -35,6 +35,7 @@ import polars as pl
 from serving.model.towers import TwoTowerModel
 from training.evaluation import Split, split_for
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
+from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 
 BASELINES = ("linear", "mf", "elsa")
 """The candidates that stand for the field's baselines (EASE, iALS, ELSA) on the other shape."""
-CONFIDENCE_Z = 1.645
-"""One-sided 95 % normal quantile of the paired per-user difference."""
 FloatArray = npt.NDArray[np.float64]
 
 GUARD_SHAPES: Mapping[str, str] = {"llo": "rand", "rand": "llo"}
@@ -113,8 +112,7 @@ class Guard:
         difference = per_user - self.keep * self.per_user[self.baseline]
         if len(difference) < 2:
             return True
-        spread = float(difference.std(ddof=1)) / float(np.sqrt(len(difference)))
-        return float(difference.mean()) + CONFIDENCE_Z * spread >= 0.0
+        return -paired_lower_bound(-difference) >= 0.0
 
     def manifest(self) -> dict[str, object]:
         return {

@@ -41,6 +41,7 @@ import scipy.linalg
 from training.config import Config, TrainConfig
 from training.evaluation.baselines import EASE
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
+from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared
 from training.fit.linear.closed_form import ClosedFormTask, linear_tower_spec, write_linear
 from training.fit.linear.slist import slist_weights
@@ -176,9 +177,6 @@ def fit_factors(prepared: Prepared, config: Config) -> Factors:
 
 RANK_LADDER_START = 32
 """The narrowest tower rank tried when the rank is chosen on validation; each next one doubles."""
-CONFIDENCE_Z = 1.645
-"""One-sided 95 % normal quantile: a narrower rank must keep its share of the full rank's NDCG at the
-lower bound of this confidence interval of the paired per-user difference, not only on average."""
 
 
 def choose_tower_rank(
@@ -210,9 +208,7 @@ def choose_tower_rank(
     rank = RANK_LADDER_START
     while rank < full:
         difference = per_user(rank) - reference
-        bound = float(difference.mean()) - CONFIDENCE_Z * float(difference.std(ddof=1)) / np.sqrt(
-            max(len(difference), 1)
-        )
+        bound = paired_lower_bound(difference)
         tried.append((rank, float(reference.mean() + difference.mean())))
         log.info(
             "linear tower rank %d: validation ndcg %.4f (rank %d: %.4f), change >= %+.4f at 95%%",
