@@ -489,10 +489,10 @@ def _write_outputs(run: ShardedRun, out: Path, overwrite: bool, world_size: int)
         )
         log_index_calibration(tracker, assembled.index)
         tracker.log_params({"user_index.type": assembled.user_index.built.spec.type})
-        # Profiles of every member from a scan of the shards (the same builders as single-process).
+        # Profiles of every member, shards read part by part (the same builders as single-process).
         profiles = profiles_for_bundle(
             config.profiles,
-            data.events(),
+            data.member_events(),
             data.entities.user_table,
             data.entities.item_table,
             everything,

@@ -38,33 +38,33 @@ MAX_EVENT_TYPES = 20
 PREFERENCE_FIELDS = ("attribute", "value", "share")
 
 
-def event_types(interactions: pl.LazyFrame, limit: int = MAX_EVENT_TYPES) -> list[str]:
-    """The data's event types, most frequent first (ties by name), at most ``limit``."""
-    counts = (
-        interactions.group_by("event_type")
-        .len()
-        .sort(["len", "event_type"], descending=[True, False])
-        .head(limit)
-        .collect()
+def event_summary(interactions: pl.LazyFrame) -> pl.LazyFrame:
+    """``event_type, events, valued, latest``: per event type, the interactions, those with a
+    value and the latest timestamp (counts add up across parts of the data)."""
+    return interactions.group_by("event_type").agg(
+        pl.len().cast(pl.Int64).alias("events"),
+        pl.col("value").is_not_null().sum().cast(pl.Int64).alias("valued"),
+        pl.col("timestamp").max().alias("latest"),
     )
+
+
+def event_types(summary: pl.DataFrame, limit: int = MAX_EVENT_TYPES) -> list[str]:
+    """The data's event types, most frequent first (ties by name), at most ``limit``
+    (``summary``: :func:`event_summary` of every interaction)."""
+    counts = summary.sort(["events", "event_type"], descending=[True, False]).head(limit)
     return [str(v) for v in counts.get_column("event_type").to_list()]
 
 
-def value_source(interactions: pl.LazyFrame, monetary_event_types: Sequence[str]) -> str:
-    """Which events carry money.
+def value_source(summary: pl.DataFrame, monetary_event_types: Sequence[str]) -> str:
+    """Which events carry money (``summary``: :func:`event_summary` of every interaction).
 
     ``"monetary"``: some event of ``monetary_event_types`` has a value (purchases with an
     amount); ``"value"``: other events have values (ratings) but none of those; ``"none"``.
     """
-    stats = interactions.select(
-        (pl.col("value").is_not_null() & pl.col("event_type").is_in(list(monetary_event_types)))
-        .sum()
-        .alias("monetary"),
-        pl.col("value").is_not_null().sum().alias("any"),
-    ).collect()
-    if stats.item(0, "monetary") > 0:
+    monetary = summary.filter(pl.col("event_type").is_in(list(monetary_event_types)))
+    if int(monetary.get_column("valued").sum()) > 0:
         return "monetary"
-    return "value" if stats.item(0, "any") > 0 else "none"
+    return "value" if int(summary.get_column("valued").sum()) > 0 else "none"
 
 
 def value_events(source: str, monetary_event_types: Sequence[str]) -> pl.Expr:

@@ -8,16 +8,22 @@ by the training job, which has the user embeddings and fits the churn model.
 Which event types are counted, and whether the data carries money, are decided once on
 the whole data (:func:`profile_context`) and reused for every clock, so that profiles at
 an earlier cut (churn training) have the same columns as the final ones.
+
+Interactions too many for one process's memory (a prepared directory's shards) come as
+:class:`MemberEvents` parts that no member spans: every per-member aggregation then runs part
+by part and only the per-member rows are concatenated, so memory holds one part's events at a
+time; what compares members (RFM's quantiles, lifecycle, the look-ahead models' fits) runs on
+those rows, which is why the result equals the one-part result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import polars as pl
 
-from serving.profiles.behaviour import behaviour, event_types, value_events, value_source
+from serving.profiles.behaviour import behaviour, event_summary, event_types, value_events, value_source
 from serving.profiles.lifecycle import lifecycle
 from serving.profiles.options import ProfileOptions
 from serving.profiles.rfm import rfm
@@ -26,12 +32,48 @@ ATTRIBUTE_PREFIX = "attr."
 """Given user attributes are passed through as ``attr.<column>``."""
 
 
+PartQuery = Callable[[pl.LazyFrame], pl.LazyFrame]
+"""Interactions in, an aggregate out: per member (each output row reads one member's events
+only) or counts that add up across parts."""
+
+
+@dataclass(frozen=True)
+class MemberEvents:
+    """Interactions as parts that no member spans (one part: everything in one frame)."""
+
+    parts: tuple[pl.LazyFrame, ...]
+
+    @classmethod
+    def of(cls, interactions: pl.LazyFrame | pl.DataFrame | MemberEvents) -> MemberEvents:
+        if isinstance(interactions, MemberEvents):
+            return interactions
+        return cls((interactions.lazy(),))
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise ValueError("MemberEvents needs at least one part")
+
+    def whole(self) -> pl.LazyFrame:
+        """Every interaction as one lazy frame (for what reads few columns or is small)."""
+        return self.parts[0] if len(self.parts) == 1 else pl.concat(self.parts)
+
+    def over_parts(self, query: PartQuery) -> pl.LazyFrame:
+        """``query`` of every part, concatenated: the whole data's result when ``query`` is a
+        per-member aggregation (or counts, summed afterwards). One part stays lazy; several are
+        collected one at a time, so memory holds one part's events and every part's result."""
+        if len(self.parts) == 1:
+            return query(self.parts[0])
+        return pl.concat([query(part).collect() for part in self.parts]).lazy()
+
+
 @dataclass(frozen=True)
 class ProfileInputs:
     """The canonical tables (personal columns already excluded from the attribute lists).
 
     ``item_attributes``: item columns preferences are computed on (categorical or list
     columns); ``user_attributes``: user columns passed through as given attributes.
+    ``member_parts``: the same interactions split so that no member spans two parts (a
+    prepared directory's shards), or empty; see :class:`MemberEvents`.
     """
 
     interactions: pl.LazyFrame
@@ -39,6 +81,11 @@ class ProfileInputs:
     users: pl.LazyFrame | None = None
     item_attributes: tuple[str, ...] = ()
     user_attributes: tuple[str, ...] = ()
+    member_parts: tuple[pl.LazyFrame, ...] = field(default=())
+
+    @property
+    def events(self) -> MemberEvents:
+        return MemberEvents(self.member_parts or (self.interactions,))
 
 
 @dataclass(frozen=True)
@@ -54,13 +101,19 @@ class ProfileContext:
 
 
 def profile_context(inputs: ProfileInputs, options: ProfileOptions) -> ProfileContext:
-    clock = inputs.interactions.select(pl.col("timestamp").max()).collect().item()
+    summary = (
+        inputs.events.over_parts(event_summary)
+        .group_by("event_type")
+        .agg(pl.col("events").sum(), pl.col("valued").sum(), pl.col("latest").max())
+        .collect()
+    )
+    clock = summary.get_column("latest").max() if summary.height else None
     if clock is None:
         raise ValueError("no interactions: profiles need at least one")
     return ProfileContext(
-        clock=int(clock),
-        event_types=tuple(event_types(inputs.interactions)),
-        monetary_source=value_source(inputs.interactions, options.monetary_event_types),
+        clock=int(clock),  # type: ignore[arg-type]
+        event_types=tuple(event_types(summary)),
+        monetary_source=value_source(summary, options.monetary_event_types),
     )
 
 
@@ -79,16 +132,17 @@ def profile_frame(
 ) -> pl.LazyFrame:
     """Profiles from the interactions at or before ``clock`` (default: the data's clock)."""
     now = context.clock if clock is None else clock
-    interactions = inputs.interactions.filter(pl.col("timestamp") <= now)
     value_rows, monetary_rows = row_rules(context.monetary_source, options.monetary_event_types)
-    frame = behaviour(
-        interactions,
-        inputs.items,
-        context.event_types,
-        inputs.item_attributes,
-        value_rows,
-        monetary_rows,
-        options.top_values,
+    frame = inputs.events.over_parts(
+        lambda events: behaviour(
+            events.filter(pl.col("timestamp") <= now),
+            inputs.items,
+            context.event_types,
+            inputs.item_attributes,
+            value_rows,
+            monetary_rows,
+            options.top_values,
+        )
     )
     frame = lifecycle(rfm(frame, now, options.rfm_bins, context.monetary_source), now, options)
     return _with_attributes(frame, inputs.users, inputs.user_attributes).sort("user_id")

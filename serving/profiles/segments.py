@@ -136,19 +136,47 @@ def cluster(
     return Clustering(labels, best, "silhouette", scores)
 
 
-def _lift_table(member_values: pl.LazyFrame, unit: str, top: int) -> dict[int, list[dict[str, Any]]]:
-    """Top values by lift per segment. ``member_values``: ``segment, unit, attribute, value``;
-    shares count distinct ``unit`` (interaction or user) per segment and overall."""
-    per_segment = member_values.group_by("segment", "attribute", "value").agg(
-        pl.col(unit).n_unique().alias("n")
-    )
-    segment_totals = member_values.group_by("segment").agg(pl.col(unit).n_unique().alias("total"))
-    overall = member_values.group_by("attribute", "value").agg(pl.col(unit).n_unique().alias("n_all"))
-    grand_total = member_values.select(pl.col(unit).n_unique().alias("grand"))
+COUNT_KEYS: dict[str, tuple[str, ...]] = {
+    "n": ("segment", "attribute", "value"),
+    "total": ("segment",),
+    "n_all": ("attribute", "value"),
+    "grand": (),
+}
+"""The distinct-unit counts behind a lift: per (segment, value), per segment, per value, overall."""
+
+
+def _unit_counts(member_values: pl.LazyFrame, unit: str) -> dict[str, pl.DataFrame]:
+    """:data:`COUNT_KEYS`' counts of distinct ``unit`` in ``member_values`` (``segment, unit,
+    attribute, value``); counts of disjoint units (the events of two parts) add up."""
+    distinct = pl.col(unit).n_unique().cast(pl.Int64)
+    queries = [
+        member_values.group_by(*keys).agg(distinct.alias(name))
+        if keys
+        else member_values.select(distinct.alias(name))
+        for name, keys in COUNT_KEYS.items()
+    ]
+    return dict(zip(COUNT_KEYS, pl.collect_all(queries), strict=True))
+
+
+def _summed(parts: Sequence[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for name, keys in COUNT_KEYS.items():
+        stacked = pl.concat([p[name] for p in parts])
+        out[name] = (
+            stacked.group_by(*keys).agg(pl.col(name).sum()) if keys else stacked.select(pl.col(name).sum())
+        )
+    return out
+
+
+def _lift_table(counts: dict[str, pl.DataFrame], top: int) -> dict[int, list[dict[str, Any]]]:
+    """Top values by lift per segment, from :func:`_unit_counts`' counts."""
     table = (
-        per_segment.join(segment_totals, on="segment")
-        .join(overall, on=["attribute", "value"])
-        .join(grand_total, how="cross")
+        counts["n"]
+        .join(counts["total"], on="segment")
+        .join(counts["n_all"], on=["attribute", "value"])
+        .join(counts["grand"], how="cross")
         .with_columns(
             (pl.col("n") / pl.col("total")).alias("share"),
             (pl.col("n_all") / pl.col("grand")).alias("overall_share"),
@@ -160,7 +188,6 @@ def _lift_table(member_values: pl.LazyFrame, unit: str, top: int) -> dict[int, l
         )
         .group_by("segment", maintain_order=True)
         .head(top)
-        .collect()
     )
     out: dict[int, list[dict[str, Any]]] = {}
     for row in table.select("segment", "attribute", "value", "share", "overall_share", "lift").iter_rows(
@@ -195,7 +222,7 @@ def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
 
 def describe(
     assignments: pl.DataFrame,
-    interactions: pl.LazyFrame,
+    interactions: pl.LazyFrame | Sequence[pl.LazyFrame],
     items: pl.LazyFrame | None,
     item_attributes: Sequence[str],
     users: pl.LazyFrame | None,
@@ -204,12 +231,19 @@ def describe(
 ) -> list[dict[str, Any]]:
     """One description per segment, in segment order: ``segment, size, share, label,
     top_item_attributes, top_user_attributes`` (each ``{attribute, value, share,
-    overall_share, lift}``). ``assignments``: ``user_id, segment``."""
+    overall_share, lift}``). ``assignments``: ``user_id, segment``. ``interactions``: one
+    frame, or parts that share no event (counted part by part, so memory holds one part)."""
     members = assignments.lazy()
     item_lifts: dict[int, list[dict[str, Any]]] = {}
     if items is not None and item_attributes:
-        joined = attribute_interactions(interactions, items, item_attributes).join(members, on="user_id")
-        item_lifts = _lift_table(joined, "event", top)
+        parts = [interactions] if isinstance(interactions, pl.LazyFrame) else list(interactions)
+        counts = [
+            _unit_counts(
+                attribute_interactions(p, items, item_attributes).join(members, on="user_id"), "event"
+            )
+            for p in parts
+        ]
+        item_lifts = _lift_table(_summed(counts), top)
     user_lifts: dict[int, list[dict[str, Any]]] = {}
     if users is not None and user_attributes:
         schema = users.collect_schema()
@@ -220,7 +254,7 @@ def describe(
             for a in user_attributes
         ]
         user_values = pl.concat(parts).join(members, on="user_id")
-        user_lifts = _lift_table(user_values, "user_id", top)
+        user_lifts = _lift_table(_unit_counts(user_values, "user_id"), top)
     sizes = assignments.group_by("segment").len().sort("segment")
     total = max(assignments.height, 1)
     out = []

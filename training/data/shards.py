@@ -21,11 +21,15 @@ import polars as pl
 
 from serving.model.features import FIRST_TOKEN_INDEX, EntityEncoder
 from serving.model.history import Sequences
+from serving.profiles.build import MemberEvents
 from training.data.io import InputError
 from training.data.stream_prepare import FORMAT, FORMAT_VERSION, shard_name
 from training.features import Prepared
 
 KEY_COLUMNS = ("user_index", "item_index", "timestamp")
+PROFILE_PART_EVENTS = 5_000_000
+"""Events per part of :meth:`PreparedShards.member_events`: a few GiB of profile work at a time."""
+
 """What training reads of each event (:meth:`PreparedShards.read_shard`'s default)."""
 
 ShardRows = Callable[[pl.DataFrame], pl.DataFrame]
@@ -92,9 +96,9 @@ class PreparedShards:
             raise InputError(f"{self.root}: shards changed while being read")
         return replace(self.entities, sequences=Sequences(indptr, item_indices))
 
-    def events(self) -> pl.LazyFrame:
-        """Every event of every shard by id (``user_id, item_id, timestamp, event_type, value``),
-        lazily: a scan of the shards joined with the vocabularies (member profiles read it)."""
+    def events(self, shards: Sequence[int] | None = None) -> pl.LazyFrame:
+        """The events of ``shards`` (default: every shard) by id (``user_id, item_id, timestamp,
+        event_type, value``), lazily: a scan of the shards joined with the vocabularies."""
         entities = self.entities
         ids = {
             name: pl.DataFrame(
@@ -105,13 +109,32 @@ class PreparedShards:
             ).lazy()
             for name, encoder in (("user", entities.user_encoder), ("item", entities.item_encoder))
         }
-        paths = [str(self.shard_path(shard)) for shard in range(self.shards)]
+        chosen = range(self.shards) if shards is None else shards
+        paths = [str(self.shard_path(shard)) for shard in chosen]
         return (
             pl.scan_parquet(paths)
             .join(ids["user"], on="user_index", how="left", maintain_order="left")
             .join(ids["item"], on="item_index", how="left", maintain_order="left")
             .select("user_id", "item_id", "timestamp", "event_type", "value")
         )
+
+    def member_events(self, part_events: int = PROFILE_PART_EVENTS) -> MemberEvents:
+        """Every event as parts of consecutive shards holding about ``part_events`` events each
+        (a shard is never split; no member spans two shards): what member profiles read, so
+        that their memory follows one part, not the data."""
+        rows = [
+            int(r)
+            for r in self.manifest.get("shard_rows") or [self.interactions // self.shards] * self.shards
+        ]
+        groups: list[list[int]] = [[]]
+        held = 0
+        for shard, count in enumerate(rows):
+            if groups[-1] and held + count > part_events:
+                groups.append([])
+                held = 0
+            groups[-1].append(shard)
+            held += count
+        return MemberEvents(tuple(self.events(group) for group in groups))
 
     def read_shard(self, shard: int, columns: Sequence[str] = KEY_COLUMNS) -> pl.DataFrame:
         """``columns`` of one shard's events, in the shard's order (user, then time)."""

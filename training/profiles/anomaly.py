@@ -32,6 +32,7 @@ import polars as pl
 from sklearn.ensemble import IsolationForest
 
 from serving.profiles.behaviour import DAY_SECONDS
+from serving.profiles.build import MemberEvents
 from serving.profiles.options import ProfileOptions
 
 FOREST_FEATURES = (
@@ -56,8 +57,16 @@ class AnomalyResult:
     metadata: dict[str, Any]
 
 
-def member_features(interactions: pl.LazyFrame, options: ProfileOptions) -> pl.DataFrame:
-    """The per-member features of the module docstring, one row per member."""
+def member_features(events: MemberEvents, options: ProfileOptions) -> pl.DataFrame:
+    """The per-member features of the module docstring, one row per member (part by part)."""
+    return (
+        events.over_parts(lambda interactions: _member_features(interactions, options))
+        .sort("user_id")
+        .collect()
+    )
+
+
+def _member_features(interactions: pl.LazyFrame, options: ProfileOptions) -> pl.LazyFrame:
     ts = pl.col("timestamp")
     purchase = pl.col("event_type").is_in(list(options.monetary_event_types))
     ordered = interactions.select("user_id", "item_id", "timestamp", "event_type").sort(
@@ -97,14 +106,10 @@ def member_features(interactions: pl.LazyFrame, options: ProfileOptions) -> pl.D
     frame = base
     for part in (*peaks, browsed):
         frame = frame.join(part, on="user_id", how="left")
-    return (
-        frame.with_columns(
-            pl.col("unbrowsed_purchase_share").fill_null(0.0),
-            pl.col("median_gap_seconds").fill_null(float(DAY_SECONDS)),
-            (pl.col("returns") / pl.col("purchases").clip(1)).alias("return_share"),
-        )
-        .sort("user_id")
-        .collect()
+    return frame.with_columns(
+        pl.col("unbrowsed_purchase_share").fill_null(0.0),
+        pl.col("median_gap_seconds").fill_null(float(DAY_SECONDS)),
+        (pl.col("returns") / pl.col("purchases").clip(1)).alias("return_share"),
     )
 
 
@@ -122,10 +127,12 @@ def shared_key_accounts(interactions: pl.LazyFrame, columns: tuple[str, ...]) ->
     return pl.concat(parts).group_by("user_id").agg(pl.col("accounts").max().alias("accounts_on_shared_key"))
 
 
-def detect(interactions: pl.LazyFrame, options: ProfileOptions) -> AnomalyResult:
+def detect(interactions: pl.LazyFrame | MemberEvents, options: ProfileOptions) -> AnomalyResult:
     """Flags, scores and reasons of every member in ``interactions``."""
-    frame = member_features(interactions, options)
-    shared = shared_key_accounts(interactions, options.shared_key_columns)
+    events = MemberEvents.of(interactions)
+    frame = member_features(events, options)
+    # Accounts sharing a key span parts: this one reads the key columns of every interaction.
+    shared = shared_key_accounts(events.whole(), options.shared_key_columns)
     if shared is not None:
         frame = frame.join(shared.collect(), on="user_id", how="left")
     has_returns = int(frame.get_column("returns").sum()) > 0

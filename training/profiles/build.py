@@ -34,7 +34,7 @@ import numpy.typing as npt
 import polars as pl
 
 from serving.profiles.behaviour import preference_attributes
-from serving.profiles.build import ProfileInputs, profile_context, profile_frame
+from serving.profiles.build import MemberEvents, ProfileInputs, profile_context, profile_frame
 from serving.profiles.churn import feature_matrix
 from serving.profiles.lifecycle import STAGES
 from serving.profiles.linear import LinearModel
@@ -64,7 +64,7 @@ class BuiltProfiles:
 
 
 def build_profiles(
-    interactions: pl.DataFrame | pl.LazyFrame,
+    interactions: pl.DataFrame | pl.LazyFrame | MemberEvents,
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     user_attributes: tuple[str, ...],
@@ -74,7 +74,8 @@ def build_profiles(
     options: ProfileOptions,
     anomaly: AnomalyResult | None = None,
 ) -> BuiltProfiles:
-    """Profiles of every user in ``interactions`` (eager, or lazy such as a scan of prepared shards).
+    """Profiles of every user in ``interactions``: eager, lazy, or parts that no member spans (a
+    prepared directory's shards, read part by part so memory holds one part's events).
 
     ``user_attributes`` / ``item_attributes``: the columns the encoders kept (personal
     data is never among them). ``user_ids`` and ``user_embeddings`` are aligned rows
@@ -82,8 +83,10 @@ def build_profiles(
     on the same interactions (the pipeline's training-data filter), else detected here.
     """
     started = time.perf_counter()
+    events = MemberEvents.of(interactions)
     inputs = ProfileInputs(
-        interactions=interactions.lazy(),
+        interactions=events.whole(),
+        member_parts=events.parts,
         items=items.lazy() if items is not None else None,
         users=users.lazy() if users is not None else None,
         item_attributes=tuple(preference_attributes(items, item_attributes)),
@@ -105,7 +108,7 @@ def build_profiles(
     frame = frame.join(assignments, on="user_id", how="left", maintain_order="left")
     descriptions = describe(
         assignments.filter(pl.col("user_id").is_in(frame.get_column("user_id").implode())),
-        inputs.interactions,
+        events.parts,
         inputs.items,
         inputs.item_attributes,
         inputs.users,
@@ -118,7 +121,9 @@ def build_profiles(
     cuts = Cuts(inputs, context, options)
     churn, propensity, activity = train_churn(cuts), train_propensity(cuts), train_activity(cuts)
     current = frame.join(
-        recent_activity(inputs.interactions, context.clock, options.monetary_event_types).collect(),
+        events.over_parts(
+            lambda part: recent_activity(part, context.clock, options.monetary_event_types)
+        ).collect(),
         on="user_id",
         how="left",
     )
@@ -128,7 +133,7 @@ def build_profiles(
         _scores(activity, current, context.event_types, "expected_active_days"),
     )
     clv = train_clv(
-        inputs.interactions,
+        events,
         context.clock,
         options.monetary_event_types,
         context.monetary_source == "monetary",
@@ -136,7 +141,7 @@ def build_profiles(
         options.clv_holdout_days,
     )
     frame = _join_clv(frame, clv.frame)
-    abnormal = anomaly if anomaly is not None else detect(inputs.interactions, options)
+    abnormal = anomaly if anomaly is not None else detect(events, options)
     frame = frame.join(
         abnormal.frame.select("user_id", *ANOMALY_COLUMNS), on="user_id", how="left", maintain_order="left"
     ).with_columns(
@@ -276,7 +281,7 @@ def _jsonable(value: Any) -> Any:
 
 def profiles_for_bundle(
     options: ProfileOptions,
-    interactions: pl.DataFrame | pl.LazyFrame,
+    interactions: pl.DataFrame | pl.LazyFrame | MemberEvents,
     users: pl.DataFrame | None,
     items: pl.DataFrame | None,
     prepared: Prepared,

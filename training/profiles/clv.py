@@ -34,6 +34,7 @@ from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
 from serving.profiles.behaviour import DAY_SECONDS
+from serving.profiles.build import MemberEvents
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
@@ -55,25 +56,24 @@ class Buyers:
     spend: FloatArray | None
 
 
-def buyers(interactions: pl.LazyFrame, clock: int, purchase_types: tuple[str, ...], money: bool) -> Buyers:
+def buyers(events: MemberEvents, clock: int, purchase_types: tuple[str, ...], money: bool) -> Buyers:
     """The summary of every user with a purchase at or before ``clock`` (days as the unit)."""
     ts = pl.col("timestamp")
-    occasions = (
-        interactions.filter((ts <= clock) & pl.col("event_type").is_in(list(purchase_types)))
-        .group_by("user_id", (ts // DAY_SECONDS).alias("day"))
-        .agg(ts.min().alias("at"), pl.col("value").sum().alias("spend"))
-    )
-    frame = (
-        occasions.group_by("user_id")
-        .agg(
+
+    def summary(interactions: pl.LazyFrame) -> pl.LazyFrame:
+        occasions = (
+            interactions.filter((ts <= clock) & pl.col("event_type").is_in(list(purchase_types)))
+            .group_by("user_id", (ts // DAY_SECONDS).alias("day"))
+            .agg(ts.min().alias("at"), pl.col("value").sum().alias("spend"))
+        )
+        return occasions.group_by("user_id").agg(
             (pl.len() - 1).cast(pl.Float64).alias("x"),
             ((pl.col("at").max() - pl.col("at").min()) / DAY_SECONDS).alias("t_x"),
             ((clock - pl.col("at").min()) / DAY_SECONDS).alias("big_t"),
             pl.col("spend").mean().alias("m"),
         )
-        .sort("user_id")
-        .collect()
-    )
+
+    frame = events.over_parts(summary).sort("user_id").collect()
     return Buyers(
         frame.get_column("user_id"),
         frame.get_column("x").to_numpy(),
@@ -220,7 +220,7 @@ class ClvResult:
 
 
 def train_clv(
-    interactions: pl.LazyFrame,
+    interactions: pl.LazyFrame | MemberEvents,
     clock: int,
     purchase_types: tuple[str, ...],
     money: bool,
@@ -240,12 +240,13 @@ def train_clv(
         "holdout_days": holdout_days,
         "has_money": money,
     }
-    everyone = buyers(interactions, clock, purchase_types, money)
+    events = MemberEvents.of(interactions)
+    everyone = buyers(events, clock, purchase_types, money)
     problem = _problem(everyone)
     if problem:
         log.warning("CLV model not trained: %s", problem)
         return ClvResult(None, {**base, "trained": False, "reason": problem})
-    validation = validate(interactions, clock, purchase_types, money, holdout_days)
+    validation = validate(events, clock, purchase_types, money, holdout_days)
     counts = fit_bgnbd(everyone)
     purchases = expected_purchases(counts, everyone.x, everyone.t_x, everyone.big_t, horizon_days)
     alive = probability_alive(counts, everyone.x, everyone.t_x, everyone.big_t)
@@ -279,23 +280,27 @@ def train_clv(
 
 
 def validate(
-    interactions: pl.LazyFrame, clock: int, purchase_types: tuple[str, ...], money: bool, holdout_days: float
+    events: MemberEvents, clock: int, purchase_types: tuple[str, ...], money: bool, holdout_days: float
 ) -> dict[str, Any]:
     """Fit on the events before ``clock + 1 - holdout``; predicted vs actual purchase occasions
     (and spend with money) in the holdout, per decile of predicted purchases."""
     cut = clock + 1 - int(holdout_days * DAY_SECONDS)
-    calibration = buyers(interactions, cut - 1, purchase_types, money)
+    calibration = buyers(events, cut - 1, purchase_types, money)
     if _problem(calibration):
         return {"done": False, "reason": f"calibration period: {_problem(calibration)}"}
     params = fit_bgnbd(calibration)
     predicted = expected_purchases(params, calibration.x, calibration.t_x, calibration.big_t, holdout_days)
     ts = pl.col("timestamp")
-    holdout = (
-        interactions.filter((ts >= cut) & (ts <= clock) & pl.col("event_type").is_in(list(purchase_types)))
-        .group_by("user_id")
-        .agg(
-            (ts // DAY_SECONDS).n_unique().cast(pl.Float64).alias("actual"),
-            pl.col("value").sum().alias("spend"),
+    holdout = events.over_parts(
+        lambda interactions: (
+            interactions.filter(
+                (ts >= cut) & (ts <= clock) & pl.col("event_type").is_in(list(purchase_types))
+            )
+            .group_by("user_id")
+            .agg(
+                (ts // DAY_SECONDS).n_unique().cast(pl.Float64).alias("actual"),
+                pl.col("value").sum().alias("spend"),
+            )
         )
     )
     joined = (

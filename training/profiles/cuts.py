@@ -68,19 +68,23 @@ def cut_frame(
     # The look-ahead features read no item preferences or given attributes: skip those joins.
     behaviour_only = replace(inputs, items=None, users=None, item_attributes=(), user_attributes=())
     profiles = profile_frame(behaviour_only, context, options, clock=cut - 1)
-    recent = recent_activity(inputs.interactions, cut - 1, options.monetary_event_types)
+    recent = inputs.events.over_parts(
+        lambda events: recent_activity(events, cut - 1, options.monetary_event_types)
+    )
     ts = pl.col("timestamp")
-    future = (
-        inputs.interactions.filter((ts >= cut) & (ts < cut + horizon))
-        .group_by("user_id")
-        .agg(
-            pl.len().cast(pl.Int64).alias("future_events"),
-            (ts // DAY_SECONDS).n_unique().cast(pl.Int64).alias("future_active_days"),
-            pl.col("event_type")
-            .is_in(list(options.monetary_event_types))
-            .sum()
-            .cast(pl.Int64)
-            .alias("future_purchases"),
+    future = inputs.events.over_parts(
+        lambda events: (
+            events.filter((ts >= cut) & (ts < cut + horizon))
+            .group_by("user_id")
+            .agg(
+                pl.len().cast(pl.Int64).alias("future_events"),
+                (ts // DAY_SECONDS).n_unique().cast(pl.Int64).alias("future_active_days"),
+                pl.col("event_type")
+                .is_in(list(options.monetary_event_types))
+                .sum()
+                .cast(pl.Int64)
+                .alias("future_purchases"),
+            )
         )
     )
     return (
