@@ -44,6 +44,7 @@ from serving.bundle.index_calibration import (
     choose,
     exact_neighbours,
     recall_at_k,
+    resolve_type,
 )
 from serving.bundle.index_options import IndexOptions
 from serving.errors import BundleError
@@ -95,15 +96,26 @@ def test_auto_picks_exact_search_for_small_catalogues() -> None:
     assert built.curve == []
     assert built.recall_at_k == 1.0
     assert built.met_target
-    assert "500 items < index.exact_threshold 50000" in built.chosen_reason
+    assert "500 items x 16 floats < index.exact_threshold 50000 x 64" in built.chosen_reason
     assert type(built.index) is faiss.IndexFlatIP
 
 
 def test_auto_picks_ivf_at_the_threshold() -> None:
     options = IndexOptions(exact_threshold=1000, sample_queries=100, ivf_nprobe=(1, 4))
-    built = build_calibrated_index(_unit_vectors(1000, 16, seed=0), options)
+    built = build_calibrated_index(_unit_vectors(1000, 64, seed=0), options)
     assert built.spec.type == IVF_FLAT_INNER_PRODUCT
     assert built.spec.params == {"nlist": 25}  # 1000 // 39: every list gets enough training vectors
+
+
+def test_the_exact_threshold_counts_items_at_64_floats() -> None:
+    """An exact search scans items x width: a wider index gets exact search in fewer items."""
+    options = IndexOptions(exact_threshold=1000)
+    assert resolve_type(999, options, dim=64) == EXACT_INNER_PRODUCT
+    assert resolve_type(1000, options, dim=64) == IVF_FLAT_INNER_PRODUCT
+    assert resolve_type(600, options, dim=128) == IVF_FLAT_INNER_PRODUCT  # 76,800 floats >= 64,000
+    assert resolve_type(499, options, dim=128) == EXACT_INNER_PRODUCT
+    assert resolve_type(1900, options, dim=32) == EXACT_INNER_PRODUCT
+    assert resolve_type(1000, IndexOptions(kind="flat", exact_threshold=1), dim=512) == EXACT_INNER_PRODUCT
 
 
 def test_forced_index_reaches_the_recall_target(

@@ -1,7 +1,7 @@
 """Build-time choice and calibration of the item index.
 
 :func:`build_calibrated_index` decides the index type from :class:`IndexOptions`
-(``auto``: exact below ``exact_threshold`` items, IVF-Flat above it, IVF-PQ re-ranked over
+(``auto``: exact below ``exact_threshold`` items of 64 floats, IVF-Flat above it, IVF-PQ re-ranked over
 SQ8 when the float32 vectors exceed ``memory_budget_gib``), builds it and, for an
 approximate index, measures recall@k against exact search on sample queries for every
 setting of the search ladder (IVF ``nprobe``, HNSW ``efSearch``, cheapest first). The
@@ -60,7 +60,7 @@ from serving.bundle.index import (
     configure,
     default_nlist,
 )
-from serving.bundle.index_options import IndexOptions
+from serving.bundle.index_options import EXACT_REFERENCE_DIM, IndexOptions
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +143,16 @@ class BuiltIndex:
 
 def resolve_type(n_items: int, options: IndexOptions, *, dim: int) -> str:
     """The index type for a catalogue of ``n_items`` vectors of ``dim``: ``options.kind``,
-    with ``auto`` meaning exact below ``options.exact_threshold`` items, IVF-Flat at or
-    above it, and IVF-PQ re-ranked over SQ8 when the float32 vectors (``n_items * dim * 4``
+    with ``auto`` meaning exact below ``options.exact_threshold`` items of
+    :data:`EXACT_REFERENCE_DIM` floats (``n_items * dim`` below ``exact_threshold * 64``),
+    IVF-Flat at or above it, and IVF-PQ re-ranked over SQ8 when the float32 vectors (``n_items * dim * 4``
     bytes) exceed ``options.memory_budget_gib`` (whatever the threshold says)."""
     kind = options.kind
     if kind == "auto":
         if n_items * dim * 4 > options.memory_budget_bytes:
             kind = "ivfpq"
         else:
-            kind = "flat" if n_items < options.exact_threshold else "ivf"
+            kind = "flat" if n_items * dim < options.exact_threshold * EXACT_REFERENCE_DIM else "ivf"
     return {
         "flat": EXACT_INNER_PRODUCT,
         "ivf": IVF_FLAT_INNER_PRODUCT,
@@ -196,7 +197,8 @@ def build_calibrated_index(
         started = time.perf_counter()
         index = build_index(vectors, EXACT)
         reason = (
-            f"exact search: {n} items < index.exact_threshold {options.exact_threshold}"
+            f"exact search: {n} items x {d} floats < index.exact_threshold {options.exact_threshold}"
+            f" x {EXACT_REFERENCE_DIM}"
             if options.kind == "auto"
             else "exact search: index.kind = flat"
         )

@@ -15,15 +15,22 @@ from typing import Literal
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
 
 GIB = 1 << 30
+EXACT_REFERENCE_DIM = 64
+"""The width ``exact_threshold`` counts items at: it was set for 64-float vectors, and an exact
+search scans items x width floats per query, so a wider index gets the same scan budget in fewer
+items (measured on the Amazon Beauty default, 12,101 x 321: exact 0.55 ms per query in the engine,
+IVF 0.25 ms at recall@10 0.97; docs/benchmarks/issue-23-serving-cost.md)."""
 
 
 @dataclass(frozen=True)
 class IndexOptions:
     """The ``[index]`` section: which FAISS index a bundle gets and how it is calibrated.
 
-    ``auto`` is exact search (``flat``) below ``exact_threshold`` items, IVF-Flat at or
-    above it, and the compressed IVF-PQ re-ranked over SQ8 (``ivfpq``) when the catalogue's
-    float32 vectors (``n_items * dim * 4`` bytes) exceed ``memory_budget_gib``: at 64 dims
+    ``auto`` is exact search (``flat``) below ``exact_threshold`` items of
+    :data:`EXACT_REFERENCE_DIM` floats (an exact search's cost is items x width, so a 321-wide
+    index is exact below ~10,000 items), IVF-Flat at or above it, and the compressed IVF-PQ
+    re-ranked over SQ8 (``ivfpq``) when the catalogue's float32 vectors (``n_items * dim * 4``
+    bytes) exceed ``memory_budget_gib``: at 64 dims
     from 8.4M items with the default 2 GiB. IVF-PQ keeps ``pq_m + dim + 8`` bytes per item
     in memory (104 at 64 dims: 1.04 GB at 10M items) instead of ``4 * dim`` (256).
 
@@ -44,7 +51,8 @@ class IndexOptions:
     """``auto`` | ``flat`` (exact) | ``ivf`` (IVF-Flat) | ``hnsw`` (HNSW-Flat) | ``ivfpq``
     (IVF-PQ with the shortlist re-ranked over 8-bit scalar-quantised vectors)."""
     exact_threshold: int = 50_000
-    """``auto``: catalogues with fewer items get exact search."""
+    """``auto``: catalogues with fewer items (counted at :data:`EXACT_REFERENCE_DIM` floats:
+    ``n_items * dim < exact_threshold * 64``) get exact search."""
     recall_target: float = 0.95
     """Calibration: the recall@k (against exact search) the chosen setting must reach."""
     k: int = 10
