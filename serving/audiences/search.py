@@ -3,7 +3,7 @@
 Users are compared by their user-tower embeddings (unit vectors, so inner product =
 cosine). The bundle stores a FAISS index over every known user's embedding
 (``users.faiss``, built at training time with the same calibrated builder as the item
-index: exact below ``index.exact_threshold`` users, IVF above), so serving never embeds
+index: exact below ``index.exact_threshold`` users of 64 floats, IVF above), so serving never embeds
 the whole user base at load; only the seeds go through the user tower per request.
 
 Seed scoring (:class:`SeedScoring`), measured on ml-100k with ``benchmarks.lookalike_lift``
