@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from sklearn.linear_model import LogisticRegression, PoissonRegressor
 from sklearn.preprocessing import StandardScaler
 
@@ -105,7 +106,9 @@ def test_cut_features_never_read_events_after_the_cut(fraud_data: Path) -> None:
     changed = pl.concat([interactions, later])
     after = cut_frame(ProfileInputs(changed.lazy()), cuts.context, cuts.options, cut, 30 * DAY_SECONDS)
     features = [c for c in before.columns if not c.startswith("future_")]
-    assert before.select(features).equals(after.select(features))
+    # Equal up to the order Polars adds a member's amounts in (the extra rows make another chunk
+    # layout: 99.94 against 99.93999999999998 was seen).
+    assert_frame_equal(after.select(features), before.select(features), check_exact=False, rel_tol=1e-12)
     row = after.filter(pl.col("user_id") == member)
     assert row.item(0, "future_purchases") >= 5
 
