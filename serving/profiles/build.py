@@ -19,7 +19,7 @@ those rows, which is why the result equals the one-part result.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -81,7 +81,7 @@ class ProfileInputs:
     users: pl.LazyFrame | None = None
     item_attributes: tuple[str, ...] = ()
     user_attributes: tuple[str, ...] = ()
-    member_parts: tuple[pl.LazyFrame, ...] = field(default=())
+    member_parts: tuple[pl.LazyFrame, ...] = ()
 
     @property
     def events(self) -> MemberEvents:
