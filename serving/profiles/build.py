@@ -70,22 +70,21 @@ class MemberEvents:
 class ProfileInputs:
     """The canonical tables (personal columns already excluded from the attribute lists).
 
-    ``item_attributes``: item columns preferences are computed on (categorical or list
-    columns); ``user_attributes``: user columns passed through as given attributes.
-    ``member_parts``: the same interactions split so that no member spans two parts (a
-    prepared directory's shards), or empty; see :class:`MemberEvents`.
+    ``interactions``: one lazy frame, or parts that no member spans (a prepared directory's
+    shards; see :class:`MemberEvents`). ``item_attributes``: item columns preferences are
+    computed on (categorical or list columns); ``user_attributes``: user columns passed
+    through as given attributes.
     """
 
-    interactions: pl.LazyFrame
+    interactions: pl.LazyFrame | MemberEvents
     items: pl.LazyFrame | None = None
     users: pl.LazyFrame | None = None
     item_attributes: tuple[str, ...] = ()
     user_attributes: tuple[str, ...] = ()
-    member_parts: tuple[pl.LazyFrame, ...] = ()
 
     @property
     def events(self) -> MemberEvents:
-        return MemberEvents(self.member_parts or (self.interactions,))
+        return MemberEvents.of(self.interactions)
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,7 @@ def build_profiles(
     started = time.perf_counter()
     events = MemberEvents.of(interactions)
     inputs = ProfileInputs(
-        interactions=events.whole(),
-        member_parts=events.parts,
+        interactions=events,
         items=items.lazy() if items is not None else None,
         users=users.lazy() if users is not None else None,
         item_attributes=tuple(preference_attributes(items, item_attributes)),
