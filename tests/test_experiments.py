@@ -297,6 +297,14 @@ def wait_for(condition: object, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _replace(path: Path, text: str) -> None:
+    """Rename a complete copy into place, as operators are told to: the server polls the file
+    every 0.1 s here and could read an in-place rewrite half-written (empty: no experiments)."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text, encoding="utf-8")
+    staged.replace(path)
+
+
 def test_reload_without_restart_refuses_bad_files_and_keeps_the_running_config(
     served: tuple[BackgroundServer, Path], client: RecommenderClient, trained: TrainedBundle
 ) -> None:
@@ -312,27 +320,27 @@ def test_reload_without_restart_refuses_bad_files_and_keeps_the_running_config(
         assert [client.recommend(u, 5, experiment="home").variant for u in users] == before
 
     try:
-        path.write_text(original.replace("share = 30", "share = 40"), encoding="utf-8")
+        _replace(path, original.replace("share = 30", "share = 40"))
         refused("variant shares must add up to 100 percent, got 110")
-        path.write_text(original + "\n[experiments.broken\n", encoding="utf-8")
+        _replace(path, original + "\n[experiments.broken\n")
         refused("invalid TOML")
         missing = path.parent / "no-such-bundle"
-        path.write_text(original + config_text(missing).replace("home", "search"), encoding="utf-8")
+        _replace(path, original + config_text(missing).replace("home", "search"))
         refused(f"experiment 'search', variant 'control': model {missing}: ")
         with pytest.raises(grpc.RpcError):
             client.recommend(users[0], 5, experiment="search")
 
         # A valid new file applies without a restart; "home" users keep their variants.
-        path.write_text(
+        _replace(
+            path,
             original + config_text(trained.bundle, (0, 100), salt="q").replace("home", "search"),
-            encoding="utf-8",
         )
         wait_for(lambda: "search" in models.router.table.experiments.experiments)
         assert models.last_reload_error == ""
         assert client.recommend(users[0], 5, experiment="search").variant == "treatment"
         assert [client.recommend(u, 5, experiment="home").variant for u in users] == before
     finally:
-        path.write_text(original, encoding="utf-8")
+        _replace(path, original)
         wait_for(lambda: "search" not in models.router.table.experiments.experiments)
 
 
