@@ -364,3 +364,23 @@ def test_metric_keys_are_names_mlflow_accepts() -> None:
     assert metric_key("index_calibration.recall") == "index_calibration.recall"
     # A/B variant names are free text: whatever MLflow refuses becomes "_".
     assert metric_key("treat:new (v2)!.ctr") == "treat_new _v2__.ctr"
+
+
+def test_a_named_sqlite_store_keeps_its_artifacts_beside_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's own default for a SQLite store is ./mlruns of the current directory: a run
+    started from a checkout used to leave a run folder in the repository."""
+    from training.config import TrackingConfig
+    from training.tracking import start_run
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    store = tmp_path / "store"
+    store.mkdir()
+    config = TrackingConfig(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", experiment="beside")
+    with start_run(config, "one") as tracker:
+        tracker.log_dict({"a": 1}, "a.json")
+    assert list((store / "artifacts").rglob("a.json"))
+    assert not (elsewhere / "mlruns").exists()

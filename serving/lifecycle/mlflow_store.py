@@ -59,16 +59,25 @@ def resolve_tracking_uri(explicit: str = "") -> tuple[str, str | None]:
     """(tracking URI, artifact location for new experiments or None for the server's default).
 
     ``explicit`` first, then ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store
-    (created if missing) with artifacts in ``mlflow/artifacts``.
+    (created if missing) with artifacts in ``mlflow/artifacts``. A local SQLite store named
+    either way keeps its artifacts in ``artifacts/`` beside its database file: MLflow's own
+    default for one is ``./mlruns`` of whatever directory the run starts in.
     """
-    if explicit:
-        return explicit, None
-    from_env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if from_env:
-        return from_env, None
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri, _artifacts_beside(uri)
     store = default_store_dir()
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+def _artifacts_beside(uri: str) -> str | None:
+    """``artifacts/`` beside a ``sqlite:///`` store's file; None for anything else (a server)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix or ":memory:" in uri:
+        return None
+    database = Path(uri[len(prefix) :])
+    return (database.resolve().parent / "artifacts").as_uri()
 
 
 HTTP_RETRY_DEFAULTS: Mapping[str, str] = {
