@@ -151,7 +151,7 @@ def test_train_nproc_2_writes_one_registered_bundle(
 ) -> None:
     from serving.bundle.format import load_bundle
 
-    monkeypatch.chdir(tmp_path)  # MLflow's artifact store (./mlruns) of rank 0, which inherits it
+    monkeypatch.chdir(tmp_path)  # rank 0 inherits it: nothing but the listed outputs may land here
     monkeypatch.setenv(KEY_ENV, "test-key-0123456789-abcdef")  # so do the workers' key variable
 
     bundle = tmp_path / "bundle"
@@ -186,8 +186,14 @@ def test_train_nproc_2_writes_one_registered_bundle(
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["info"]["distributed"]["world_size"] == 2
     assert len(manifest["info"]["distributed"]["rank_samples_per_second"]) == 2
-    # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle.prepared", "mlflow.db", "mlruns"]
+    # Only rank 0 wrote: the bundle, its prepared shards beside it and the MLflow store (its
+    # artifacts beside its database).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "artifacts",
+        "bundle",
+        "bundle.prepared",
+        "mlflow.db",
+    ]
     # Held-out figures as single-process training writes them: the manifest, the MLflow run, the gate.
     metrics = manifest["metrics"]
     assert {"ndcg@10", "recall@10"} <= metrics.keys()
