@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = engine.bundle
         rng = np.random.default_rng(args.seed)
         all_users = bundle.users.get_column("user_id").to_list()
-        item_ids = engine._item_ids
+        item_ids = bundle.item_encoder.ids.tokens
         users = [all_users[i] for i in rng.integers(0, len(all_users), args.queries)]
         recent = [
             [item_ids[int(r)] for r in rng.integers(0, len(item_ids), args.recent)]

@@ -187,6 +187,25 @@ def test_recent_items_change_the_answer_and_are_excluded(
             assert item.explanation_item_id in seen[user] | set(recent[:2])
 
 
+def test_recent_items_explain_like_history_items(
+    client: RecommenderClient, engine: TwoTowerEngine, users: list[str]
+) -> None:
+    """A known user's recent items join the history the explanations are drawn from: no
+    recent item is more similar to a recommended item than the item named to explain it."""
+    vectors = engine.item_vectors
+    rows = {item: i for i, item in enumerate(engine.bundle.item_ids.to_list())}
+    explained_by_recent = 0
+    for user in users[:10]:
+        unseen = _ids(client.recommend(user, 1000))
+        recent = [unseen[3], unseen[len(unseen) // 3]]
+        for item in client.recommend(user, 10, recent_item_ids=recent).items:
+            target = vectors[rows[item.item_id]]
+            best = vectors[rows[item.explanation_item_id]] @ target
+            assert all(vectors[rows[r]] @ target <= best + 1e-5 for r in recent), user
+            explained_by_recent += item.explanation_item_id in recent
+    assert explained_by_recent > 0
+
+
 def test_unknown_user_with_recent_items_is_personalised(
     client: RecommenderClient, catalogue: Catalogue
 ) -> None:
