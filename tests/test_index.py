@@ -101,10 +101,33 @@ def test_auto_picks_exact_search_for_small_catalogues() -> None:
 
 
 def test_auto_picks_ivf_at_the_threshold() -> None:
-    options = IndexOptions(exact_threshold=1000, sample_queries=100, ivf_nprobe=(1, 4))
+    options = IndexOptions(exact_threshold=1000, sample_queries=100, ivf_nprobe=(1, 4), hnsw_max_items=0)
     built = build_calibrated_index(_unit_vectors(1000, 64, seed=0), options)
     assert built.spec.type == IVF_FLAT_INNER_PRODUCT
     assert built.spec.params == {"nlist": 25}  # 1000 // 39: every list gets enough training vectors
+    assert "alternatives" not in built.manifest()
+
+
+@pytest.mark.parametrize(
+    ("ladders", "kept", "other"),
+    [
+        # IVF probing 1 of 25 lists cannot reach 0.95 on random vectors; HNSW's ladder can.
+        ({"ivf_nprobe": (1,)}, HNSW_FLAT_INNER_PRODUCT, "IVF25,Flat"),
+        # HNSW with a candidate list of 1 cannot; IVF probing every list is exact.
+        ({"hnsw_ef_search": (1,), "ivf_nprobe": (25,)}, IVF_FLAT_INNER_PRODUCT, "HNSW32,Flat"),
+    ],
+)
+def test_auto_keeps_the_type_that_meets_the_target_of_the_two_it_measured(
+    ladders: dict[str, tuple[int, ...]], kept: str, other: str
+) -> None:
+    options = IndexOptions(exact_threshold=1000, sample_queries=100, **ladders)  # type: ignore[arg-type]
+    built = build_calibrated_index(_unit_vectors(1000, 64, seed=0), options)
+    assert built.spec.type == kept
+    assert built.met_target
+    (alternative,) = built.manifest()["alternatives"]
+    assert alternative["factory"] == other
+    assert alternative["met_target"] is False
+    assert f"{other} at " in built.chosen_reason and "below the target" in built.chosen_reason
 
 
 def test_the_exact_threshold_counts_items_at_64_floats() -> None:

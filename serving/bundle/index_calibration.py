@@ -8,6 +8,10 @@ setting of the search ladder (IVF ``nprobe``, HNSW ``efSearch``, cheapest first)
 chosen setting is the first (cheapest) one whose recall reaches ``recall_target``; if
 none does, the one with the best recall, and the record says so.
 
+Up to ``hnsw_max_items`` items, ``auto`` calibrates HNSW-Flat beside IVF-Flat on the same queries
+and keeps the type whose chosen setting searches cheaper (a type that meets the target beats one
+that does not); ``chosen_reason`` names the other's figures and ``alternatives`` records them.
+
 IVF-PQ's ladder has two dimensions, ``nprobe`` (the cost that matters: lists scanned) and
 the re-ranked shortlist's ``k_factor`` (k * k_factor SQ8 vectors decoded: microseconds).
 For each ``nprobe``, cheapest first, the largest ``k_factor`` is tried; once it reaches
@@ -115,6 +119,7 @@ class BuiltIndex:
     build_seconds: float = 0.0
     calibration_seconds: float = 0.0
     memory_budget_bytes: int | None = None
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest's ``index`` section (JSON-serialisable)."""
@@ -138,6 +143,7 @@ class BuiltIndex:
                 if self.memory_budget_bytes is not None
                 else {}
             ),
+            **({"alternatives": self.alternatives} if self.alternatives else {}),
         }
 
 
@@ -217,6 +223,33 @@ def build_calibrated_index(
     if kind == IVF_PQ_REFINE_INNER_PRODUCT:
         return _build_compressed(vectors, options, source, sample, k)
     started = time.perf_counter()
+    truth = exact_neighbours(vectors, sample, k)
+    exact_ms = _exact_ms_per_query(vectors, sample, k)
+    reference_seconds = time.perf_counter() - started
+    kinds = [kind]
+    if options.kind == "auto" and n <= options.hnsw_max_items:
+        kinds.append(HNSW_FLAT_INNER_PRODUCT)
+    built = [_build_approximate(vectors, each, options, sample, truth, k) for each in kinds]
+    best = min(built, key=_serving_cost)
+    best.exact_ms_per_query = exact_ms
+    best.queries_source, best.query_count = source, len(sample)
+    best.calibration_seconds += reference_seconds
+    others = [other for other in built if other is not best]
+    if others:
+        # Both were measured on the same queries: the record says what the other one would cost.
+        best.chosen_reason += "; " + "; ".join(f"{_summary(other)} dearer" for other in others)
+        best.alternatives = [_alternative(other) for other in others]
+    _log_choice(best, n)
+    return best
+
+
+def _build_approximate(
+    vectors: FloatArray, kind: str, options: IndexOptions, sample: FloatArray, truth: IntArray, k: int
+) -> BuiltIndex:
+    """IVF-Flat or HNSW-Flat over ``vectors``, calibrated against ``truth`` (exact top-k of
+    ``sample``) over its search ladder; the chosen setting applied."""
+    n = len(vectors)
+    started = time.perf_counter()
     if kind == IVF_FLAT_INNER_PRODUCT:
         nlist = options.ivf_nlist or default_nlist(n)
         nlist = min(nlist, n)
@@ -230,8 +263,6 @@ def build_calibrated_index(
     build_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    truth = exact_neighbours(vectors, sample, k)
-    exact_ms = _exact_ms_per_query(vectors, sample, k)
     curve: list[CalibrationPoint] = []
     for value in ladder:
         spec = IndexSpec(kind, base.params, {key: value})
@@ -244,8 +275,6 @@ def build_calibrated_index(
     chosen, met = choose(curve, options.recall_target)
     spec = IndexSpec(kind, base.params, dict(chosen.setting))
     configure(index, spec)
-    reason = _chosen_reason(chosen, met, k, options.recall_target)
-    log.info("index %s over %d items: %s", kind, n, reason)
     return BuiltIndex(
         index=index,
         spec=spec,
@@ -253,14 +282,43 @@ def build_calibrated_index(
         target=options.recall_target,
         recall_at_k=chosen.recall,
         met_target=met,
-        chosen_reason=reason,
+        chosen_reason=_chosen_reason(chosen, met, k, options.recall_target),
         curve=curve,
-        exact_ms_per_query=exact_ms,
-        queries_source=source,
-        query_count=len(sample),
         build_seconds=build_seconds,
         calibration_seconds=calibration_seconds,
     )
+
+
+def _chosen_point(built: BuiltIndex) -> CalibrationPoint:
+    return next(point for point in built.curve if point.setting == built.spec.search_params)
+
+
+def _serving_cost(built: BuiltIndex) -> tuple[bool, float]:
+    """Sort key: a type that meets the recall target before one that does not; then the
+    cheaper single-query search at its chosen setting (the better recall when neither meets it)."""
+    point = _chosen_point(built)
+    return (not built.met_target, point.ms_per_query if built.met_target else -point.recall)
+
+
+def _summary(built: BuiltIndex) -> str:
+    point = _chosen_point(built)
+    setting = ", ".join(f"{key}={value}" for key, value in point.setting.items())
+    met = "" if built.met_target else ", below the target"
+    cost = f"{point.ms_per_query:.4f} ms per query (recall {point.recall:.4f}{met})"
+    return f"{built.spec.factory} at {setting}: {cost}"
+
+
+def _alternative(built: BuiltIndex) -> dict[str, Any]:
+    """The manifest's record of a type calibrated beside the chosen one and not kept."""
+    point = _chosen_point(built)
+    return {
+        "factory": built.spec.factory,
+        "search_params": dict(point.setting),
+        "recall_at_k": point.recall,
+        "met_target": built.met_target,
+        "ms_per_query": point.ms_per_query,
+        "build_seconds": round(built.build_seconds, 3),
+    }
 
 
 def _build_compressed(
@@ -318,8 +376,7 @@ def _build_compressed(
     spec = IndexSpec(IVF_PQ_REFINE_INNER_PRODUCT, params, dict(chosen.setting))
     configure(index, spec)
     reason = _chosen_reason(chosen, met, k, target, why=_budget_reason(n, d, options))
-    log.info("index %s over %d items: %s", spec.factory, n, reason)
-    return BuiltIndex(
+    built = BuiltIndex(
         index=index,
         spec=spec,
         k=k,
@@ -335,21 +392,27 @@ def _build_compressed(
         calibration_seconds=calibration_seconds,
         memory_budget_bytes=options.memory_budget_bytes,
     )
+    _log_choice(built, n)
+    return built
+
+
+def _log_choice(built: BuiltIndex, n: int) -> None:
+    """The kept index's record, as a warning when it misses its recall target."""
+    if built.met_target:
+        log.info("index %s over %d items: %s", built.spec.factory, n, built.chosen_reason)
+    else:
+        log.warning("index calibration: %s over %d items: %s", built.spec.factory, n, built.chosen_reason)
 
 
 def _chosen_reason(chosen: CalibrationPoint, met: bool, k: int, target: float, why: str = "") -> str:
-    """The manifest's ``chosen_reason`` (prefixed by ``why`` and "; " when given); logged as a
-    warning when the target was missed."""
+    """The manifest's ``chosen_reason`` (prefixed by ``why`` and "; " when given)."""
     setting = ", ".join(f"{name}={value}" for name, value in chosen.setting.items())
     recall = f"(recall {chosen.recall:.4f})"
     if met:
         reason = f"cheapest setting with recall@{k} >= {target}: {setting} {recall}"
     else:
         reason = f"no setting reached recall@{k} >= {target}; best is {setting} {recall}"
-    reason = f"{why}; {reason}" if why else reason
-    if not met:
-        log.warning("index calibration: %s", reason)
-    return reason
+    return f"{why}; {reason}" if why else reason
 
 
 def choose(curve: list[CalibrationPoint], target: float) -> tuple[CalibrationPoint, bool]:
