@@ -162,6 +162,8 @@ diversity = { mmr_lambda = 0.7, max_per_category = 2, category_attribute = "cate
             "variant 'control': diversity: mmr_lambda: must be 0 (off) or in (0, 1]",
         ),
         ('[experiments."bad name"]\nsalt = "s"\n', "experiment 'bad name': name must be"),
+        ("", "empty file"),
+        (" \n\t\n", "empty file"),
     ],
 )
 def test_bad_files_are_rejected_naming_file_experiment_variant_and_problem(text: str, problem: str) -> None:
@@ -170,6 +172,13 @@ def test_bad_files_are_rejected_naming_file_experiment_variant_and_problem(text:
     message = str(raised.value)
     assert message.startswith("/etc/recsys/experiments.toml: ")
     assert problem in message
+
+
+@pytest.mark.parametrize("text", ["# no experiment running\n", "[experiments]\n"])
+def test_a_file_that_says_so_runs_no_experiment(text: str) -> None:
+    experiments = parse_experiments(text.encode(), Path("/etc/recsys/experiments.toml"))
+    assert dict(experiments.experiments) == {}
+    assert experiments.model_refs() == frozenset()
 
 
 # ------------------------------------------------------------------ serving
@@ -324,6 +333,9 @@ def test_reload_without_restart_refuses_bad_files_and_keeps_the_running_config(
         refused("variant shares must add up to 100 percent, got 110")
         _replace(path, original + "\n[experiments.broken\n")
         refused("invalid TOML")
+        # Rewritten in place: truncated first, the poll may read it empty; experiments go on.
+        path.write_bytes(b"")
+        refused("empty file")
         missing = path.parent / "no-such-bundle"
         _replace(path, original + config_text(missing).replace("home", "search"))
         refused(f"experiment 'search', variant 'control': model {missing}: ")

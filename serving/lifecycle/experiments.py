@@ -184,9 +184,18 @@ def parse_experiments(data: bytes, source: Path) -> ExperimentSet:
 
     Relative bundle paths are resolved against ``source``'s folder. Raises
     :class:`ExperimentConfigError` naming the file, the experiment, the variant and the
-    problem.
+    problem; an empty (or whitespace-only) file is refused too, so that reading a file
+    mid-rewrite never ends every experiment. A file of comments or an empty
+    ``[experiments]`` table is the way to say "no experiments".
     """
     where = str(source)
+    if not data.strip():
+        # What a file rewritten in place reads like half-way: refusing it keeps the running
+        # experiments instead of silently ending them all.
+        raise ExperimentConfigError(
+            f"{where}: empty file (a file rewritten in place reads empty half-way); to run no"
+            " experiment, write a file that says so, e.g. an empty [experiments] table"
+        )
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
