@@ -38,8 +38,9 @@ class IndexOptions:
     builds and calibrates both IVF-Flat and HNSW-Flat on the same queries and keeps the one with
     the cheaper search at the recall target (the manifest records the other's figures). Which
     wins depends on the vectors: on the Amazon Beauty default's 12,101 x 321 towers HNSW
-    reaches recall@10 0.957 at 0.050 ms per query where IVF needs 0.171 ms for 0.972; on 200,000
-    clustered synthetic 128-d vectors IVF reaches 0.976 at 0.032 ms, HNSW 0.987 at 0.113 ms.
+    reaches recall@10 0.957 at 0.052 ms per query where IVF needs 0.155 ms for 0.972; on 200,000
+    clustered synthetic 128-d vectors IVF reaches 0.966 at 0.27 ms, HNSW needs efSearch 256 and
+    0.65 ms for 0.969 (``python -m benchmarks.index_kinds``).
     Above ``hnsw_max_items`` it is IVF alone: HNSW's build grows to minutes (604 s at 1M x 64
     on two cores, where IVF takes 91 s), its graph adds ``8 * hnsw_m`` bytes per item, and at
     1M items it did not reach the recall target. Filtered searches stay complete with either (a
@@ -81,7 +82,7 @@ class IndexOptions:
     hnsw_max_items: int = 100_000
     """``auto``: catalogues of at most this many items get HNSW-Flat calibrated beside IVF-Flat,
     and the cheaper at the recall target is kept (0: IVF alone). HNSW builds in ~2 s at 12,101 x
-    321 and ~23 s at 200,000 x 128 on two cores."""
+    321 and ~21 s at 200,000 x 128 on two cores."""
     memory_budget_gib: float = 2.0
     """``auto``: above this many GiB of float32 item vectors, the compressed ``ivfpq`` index."""
     compressed_recall_target: float = 0.9
