@@ -329,13 +329,16 @@ def test_reload_without_restart_refuses_bad_files_and_keeps_the_running_config(
         assert [client.recommend(u, 5, experiment="home").variant for u in users] == before
 
     try:
+        # Rewritten in place: truncated first, the poll may read it empty; experiments go on,
+        # and the refusal is logged and counted like any other.
+        assert models.last_reload_error == ""
+        path.write_bytes(b"")
+        refused("empty file")
         _replace(path, original.replace("share = 30", "share = 40"))
         refused("variant shares must add up to 100 percent, got 110")
         _replace(path, original + "\n[experiments.broken\n")
         refused("invalid TOML")
-        # Rewritten in place: truncated first, the poll may read it empty; experiments go on.
-        path.write_bytes(b"")
-        refused("empty file")
+
         missing = path.parent / "no-such-bundle"
         _replace(path, original + config_text(missing).replace("home", "search"))
         refused(f"experiment 'search', variant 'control': model {missing}: ")

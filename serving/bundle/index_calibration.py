@@ -237,7 +237,9 @@ def build_calibrated_index(
     others = [other for other in built if other is not best]
     if others:
         # Both were measured on the same queries: the record says what the other one would cost.
-        best.chosen_reason += "; " + "; ".join(f"{_summary(other)} dearer" for other in others)
+        best.chosen_reason += "; " + "; ".join(
+            f"{_summary(other)} {'dearer' if other.met_target else 'not kept'}" for other in others
+        )
         best.alternatives = [_alternative(other) for other in others]
     _log_choice(best, n)
     return best

@@ -213,9 +213,10 @@ def parse_experiments(data: bytes, source: Path) -> ExperimentSet:
 
 
 def experiments_digest(data: bytes) -> str:
-    """The identity of an experiments file's content (empty for an empty file): a reload
-    compares it with :attr:`ExperimentSet.digest` to skip unchanged files."""
-    return hashlib.sha256(data).hexdigest() if data else ""
+    """The identity of an experiments file's content: a reload compares it with
+    :attr:`ExperimentSet.digest` to skip unchanged files. An empty file has one too (never the
+    ``""`` of "no file"), so that reading one mid-rewrite is parsed, refused and counted."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _experiment(name: str, table: Any, base_dir: Path, where: str) -> Experiment:
