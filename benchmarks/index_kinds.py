@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         built = build_calibrated_index(vectors, options, queries)
         wall = time.perf_counter() - started
-        chosen = next(p for p in built.curve if p.setting == dict(built.spec.search_params))
+        chosen = built.chosen_point
         setting = ", ".join(f"{k}={v}" for k, v in chosen.setting.items())
         print(
             f"  {kind:5s} {built.spec.factory:14s} build {built.build_seconds:6.1f} s  {setting:12s} "

@@ -121,6 +121,15 @@ class BuiltIndex:
     memory_budget_bytes: int | None = None
     alternatives: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def chosen_point(self) -> CalibrationPoint:
+        """The curve's point of the applied search setting; raises ValueError for exact search
+        (no curve)."""
+        for point in self.curve:
+            if point.setting == self.spec.search_params:
+                return point
+        raise ValueError(f"{self.spec.factory}: no calibration point for {dict(self.spec.search_params)}")
+
     def manifest(self) -> dict[str, Any]:
         """The manifest's ``index`` section (JSON-serialisable)."""
         return {
@@ -291,19 +300,15 @@ def _build_approximate(
     )
 
 
-def _chosen_point(built: BuiltIndex) -> CalibrationPoint:
-    return next(point for point in built.curve if point.setting == built.spec.search_params)
-
-
 def _serving_cost(built: BuiltIndex) -> tuple[bool, float]:
     """Sort key: a type that meets the recall target before one that does not; then the
     cheaper single-query search at its chosen setting (the better recall when neither meets it)."""
-    point = _chosen_point(built)
+    point = built.chosen_point
     return (not built.met_target, point.ms_per_query if built.met_target else -point.recall)
 
 
 def _summary(built: BuiltIndex) -> str:
-    point = _chosen_point(built)
+    point = built.chosen_point
     setting = ", ".join(f"{key}={value}" for key, value in point.setting.items())
     met = "" if built.met_target else ", below the target"
     cost = f"{point.ms_per_query:.4f} ms per query (recall {point.recall:.4f}{met})"
@@ -312,7 +317,7 @@ def _summary(built: BuiltIndex) -> str:
 
 def _alternative(built: BuiltIndex) -> dict[str, Any]:
     """The manifest's record of a type calibrated beside the chosen one and not kept."""
-    point = _chosen_point(built)
+    point = built.chosen_point
     return {
         "factory": built.spec.factory,
         "search_params": dict(point.setting),
