@@ -20,7 +20,7 @@ from training.evaluation.baselines import (
     interaction_matrix,
     make_baseline,
 )
-from training.evaluation.evaluate import evaluate_scores, rank_test_users
+from training.evaluation.evaluate import evaluate_scores, rank_test_users, rank_test_users_many
 from training.features import Prepared, prepare
 
 
@@ -107,6 +107,28 @@ def test_popularity_ranks_by_interaction_count_excluding_train_items() -> None:
     ranking = rank_test_users(baseline_scores(model), prepared, test, k=3)
     # u1 has a, b: left c, d by count. u4 has d: b first, then a and c tied (lower item row first).
     assert ranking.topk.tolist() == [[2, 3, -1], [1, 0, 2]]
+
+
+def test_ranking_many_scorers_in_one_pass_matches_ranking_each_alone() -> None:
+    prepared = _prepared([*TINY, ("u4", "d"), ("u4", "a")])
+    test = pl.DataFrame({"user_id": ["u1", "u2", "u4"], "item_id": ["c", "a", "b"], "timestamp": [9, 9, 9]})
+    rng = np.random.default_rng(0)
+    tables = [rng.normal(size=(prepared.n_users, prepared.n_items)) for _ in range(3)]
+
+    def one_row_at_a_time(user_rows: np.ndarray) -> Any:
+        for row in user_rows:
+            yield (table[[row]] for table in tables)
+
+    together = rank_test_users_many(one_row_at_a_time, prepared, test, 2, len(tables))
+    for table, ranking in zip(tables, together, strict=True):
+        alone = rank_test_users(lambda rows, t=table: iter([t[rows]]), prepared, test, 2)
+        assert ranking.topk.tolist() == alone.topk.tolist()
+        assert ranking.user_rows.tolist() == alone.user_rows.tolist()
+    # Each batch must yield exactly `count` matrices of the same rows.
+    with pytest.raises(ValueError, match="yields 3 matrices, expected 4"):
+        rank_test_users_many(one_row_at_a_time, prepared, test, 2, 4)
+    with pytest.raises(ValueError, match="more than 2 matrices"):
+        rank_test_users_many(one_row_at_a_time, prepared, test, 2, 2)
 
 
 def test_unfitted_and_unknown_baselines_raise() -> None:

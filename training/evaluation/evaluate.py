@@ -27,12 +27,14 @@ from training.features import Prepared
 __all__ = [
     "SCORE_BATCH",
     "SCORE_CELLS",
+    "ManyScoreBatches",
     "Ranking",
     "ScoreBatches",
     "batched",
     "evaluate",
     "evaluate_scores",
     "rank_test_users",
+    "rank_test_users_many",
     "score_batch_rows",
     "two_tower_scores",
 ]
@@ -57,6 +59,10 @@ ScoreBatches = Callable[[IntArray], Iterable[npt.NDArray[np.floating[Any]]]]
 """``fn(user_rows)`` yields float score matrices ``(b_j, n_items)`` for consecutive slices of ``user_rows``
 (train user rows, ascending), in order, together covering every row exactly once. Column ``i`` scores item
 row ``i`` of the training :class:`Prepared`; higher is better; NaN is not allowed."""
+
+ManyScoreBatches = Callable[[IntArray], Iterable[Iterable[npt.NDArray[np.floating[Any]]]]]
+""":data:`ScoreBatches` for several scorers: each batch is an iterable of the scorers' matrices of the same
+rows, in scorer order (see :func:`rank_test_users_many`)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,28 @@ def rank_test_users(score_batches: ScoreBatches, train: Prepared, test: pl.DataF
     Raises:
         ValueError: if ``score_batches`` yields a badly shaped matrix or does not cover the rows exactly.
     """
+
+    def single(user_rows: IntArray) -> Iterator[Iterable[npt.NDArray[np.floating[Any]]]]:
+        return ((scores,) for scores in score_batches(user_rows))
+
+    return rank_test_users_many(single, train, test, k, 1)[0]
+
+
+def rank_test_users_many(
+    score_batches: ManyScoreBatches, train: Prepared, test: pl.DataFrame, k: int, count: int
+) -> list[Ranking]:
+    """:func:`rank_test_users` for ``count`` scorers at once, in one pass over the users.
+
+    Each batch of ``score_batches`` yields the ``count`` scorers' matrices of the same rows, one at a
+    time: scorers that share work (the parts of a blend, scored once and weighted many ways) do it once
+    per batch, and one score matrix is ranked before the next is made.
+
+    Raises:
+        ValueError: if a batch yields a badly shaped matrix or not ``count`` of them, or the batches do
+            not cover the rows exactly, or ``count`` < 1.
+    """
+    if count < 1:
+        raise ValueError(f"count: must be >= 1, got {count}")
     mapped = test.select(
         train.user_encoder.ids.expr(pl.col("user_id")).alias("u"),
         train.item_encoder.ids.expr(pl.col("item_id")).alias("i"),
@@ -107,22 +135,33 @@ def rank_test_users(score_batches: ScoreBatches, train: Prepared, test: pl.DataF
     seen = train.sequences.take(eval_rows)
     seen_indptr, seen_indices = seen.indptr, seen.items - FIRST_TOKEN_INDEX
 
-    topk = np.empty((len(eval_rows), k), dtype=np.int64)
+    topks = [np.empty((len(eval_rows), k), dtype=np.int64) for _ in range(count)]
     start = 0
-    for scores in score_batches(eval_rows):
-        if scores.ndim != 2 or scores.shape[1] != train.n_items:
-            raise ValueError(f"score batch has shape {scores.shape}, expected (batch, {train.n_items})")
-        if start + len(scores) > len(eval_rows):
-            raise ValueError("score batches cover more rows than were requested")
-        topk[start : start + len(scores)] = top_k_excluding(
-            scores, k, seen_indptr, seen_indices, row_offset=start
-        )
-        start += len(scores)
+    for matrices in score_batches(eval_rows):
+        rows = -1
+        made = 0
+        for scores in matrices:
+            if made == count:
+                raise ValueError(f"a score batch yields more than {count} matrices")
+            if scores.ndim != 2 or scores.shape[1] != train.n_items:
+                raise ValueError(f"score batch has shape {scores.shape}, expected (batch, {train.n_items})")
+            if rows not in (-1, len(scores)):
+                raise ValueError("the matrices of one score batch cover different rows")
+            rows = len(scores)
+            if start + rows > len(eval_rows):
+                raise ValueError("score batches cover more rows than were requested")
+            topks[made][start : start + rows] = top_k_excluding(
+                scores, k, seen_indptr, seen_indices, row_offset=start
+            )
+            made += 1
+        if made != count:
+            raise ValueError(f"a score batch yields {made} matrices, expected {count}")
+        start += rows
     if start != len(eval_rows):
         raise ValueError(f"score batches covered {start} of {len(eval_rows)} users")
 
     truth = Sequences(truth_indptr, truth_indices).take(eval_rows)
-    return Ranking(user_rows=eval_rows, topk=topk, truth=truth, n_items=train.n_items)
+    return [Ranking(user_rows=eval_rows, topk=topk, truth=truth, n_items=train.n_items) for topk in topks]
 
 
 def evaluate_scores(

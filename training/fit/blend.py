@@ -11,11 +11,17 @@ where, on the *other* half, its per-user NDCG beats the better part's with a one
 above zero: a blend must win by more than noise, measured on users its weight was not chosen on.
 With ``auto``'s guard (:mod:`training.fit.guard`) only blends that keep its floor on the other shape
 of future are tried, against the better part that keeps it.
+
+Cost: every weighting (each part alone and the nine shares) is ranked in one pass over the users
+(:func:`~training.evaluation.evaluate.rank_test_users_many`): each part's scores are computed once per
+batch of users, not once per share (on Amazon Beauty with a 2,048-wide part: 119 s -> 26 s a blend,
+with the faster top-k of :func:`~training.evaluation.top_k_excluding`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +30,7 @@ import polars as pl
 
 from serving.model.embedding import embed_items, embed_users
 from serving.model.towers import TwoTowerModel, blend_spec
-from training.evaluation.evaluate import Ranking, batched, rank_test_users, score_batch_rows
+from training.evaluation.evaluate import Ranking, rank_test_users_many, score_batch_rows
 from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared
 from training.fit.guard import Guard
@@ -103,7 +109,7 @@ def evaluate_blend(
     measured on the other) and its gain over the better part, or None when no share can take part.
 
     With a ``guard`` (:mod:`training.fit.guard`) only eligible models take part: shares whose blend
-    falls below the guard's floor are not tried, and the part to beat is the better *eligible* one
+    falls below the guard's floor are not chosen, and the part to beat is the better *eligible* one
     (None when neither part is eligible)."""
     models = (first[1], second[1])
     eligible_parts = [guard is None or guard.eligible(name) for name in (first[0], second[0])]
@@ -118,38 +124,39 @@ def evaluate_blend(
     ]
     items = [embed_items(m, prepared.item_features) for m in models]
 
-    def ranking(weights: tuple[float, float], rows: pl.DataFrame) -> Ranking:
-        def score(user_rows: npt.NDArray[np.int64]) -> FloatArray:
-            out: FloatArray = weights[0] * (users[0][user_rows] @ items[0].T) + weights[1] * (
-                users[1][user_rows] @ items[1].T
-            )
-            return out
+    def rankings(weightings: list[tuple[float, float]], rows: pl.DataFrame) -> list[Ranking]:
+        """One ranking of ``rows`` per weighting; each part's scores are computed once per batch."""
 
-        return rank_test_users(batched(score, score_batch_rows(prepared.n_items)), prepared, rows, k)
+        def batches(user_rows: npt.NDArray[np.int64]) -> Iterator[Iterator[FloatArray]]:
+            step = score_batch_rows(prepared.n_items)
+            for start in range(0, len(user_rows), step):
+                batch = user_rows[start : start + step]
+                parts = (users[0][batch] @ items[0].T, users[1][batch] @ items[1].T)
+                yield (w[0] * parts[0] + w[1] * parts[1] for w in weightings)
 
-    def per_user(weights: tuple[float, float]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        ranked = ranking(weights, validation)
-        return ranked.user_rows, ranked.per_user_ndcg(k)
+        return rank_test_users_many(batches, prepared, rows, k, len(weightings))
 
-    def guard_scores(weights: tuple[float, float]) -> npt.NDArray[np.float64] | None:
-        return None if guard is None else ranking(weights, guard.rows).per_user_ndcg(k)
-
-    user_rows, alone_first = per_user((1.0, 0.0))
-    _, alone_second = per_user((0.0, 1.0))
+    share_weights = [((1.0 - share) / scales[0], share / scales[1]) for share in SHARES]
+    on_validation = rankings([(1.0, 0.0), (0.0, 1.0), *share_weights], validation)
+    on_guard: list[npt.NDArray[np.float64] | None] = (
+        [None] * len(SHARES)
+        if guard is None
+        else [r.per_user_ndcg(k) for r in rankings(share_weights, guard.rows)]
+    )
+    user_rows = on_validation[0].user_rows
+    alone_first, alone_second = (r.per_user_ndcg(k) for r in on_validation[:2])
     choose, confirm = user_rows % 2 == 0, user_rows % 2 == 1
     best_share, best_choose, best_scores, best_guard = 0.0, -1.0, alone_first, None
-    for share in SHARES:
-        weights = ((1.0 - share) / scales[0], share / scales[1])
-        on_guard = guard_scores(weights)
-        if guard is not None and on_guard is not None and not guard.keeps(on_guard):
+    for share, ranked, guarded in zip(SHARES, on_validation[2:], on_guard, strict=True):
+        if guard is not None and guarded is not None and not guard.keeps(guarded):
             continue
-        _, scores = per_user(weights)
+        scores = ranked.per_user_ndcg(k)
         if scores[choose].mean() > best_choose:
             best_share, best_choose, best_scores, best_guard = (
                 share,
                 float(scores[choose].mean()),
                 scores,
-                on_guard,
+                guarded,
             )
     if best_choose < 0:
         return None  # no share is eligible
