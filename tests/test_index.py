@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
-from conftest import TrainedBundle
+from conftest import TrainedBundle, tiny_config
 
 from benchmarks.catalogue import build_synthetic_bundle, clustered_vectors
 from serving.bundle.format import INDEX, MANIFEST, load_bundle, sha256_file
@@ -505,3 +505,28 @@ def test_clustered_benchmark_vectors_are_unit_and_clustered() -> None:
     assert len(centres) == 20
     own = np.einsum("ij,ij->i", vectors, centres[cluster])
     assert own.mean() > 0.6  # near their own centre, far from uniform on the sphere
+
+
+def test_served_lists_score_as_the_training_evaluation_and_a_leaky_bundle_is_refused(
+    trained: TrainedBundle, tmp_path: Path
+) -> None:
+    """benchmarks.served_quality: a bundle trained on the split's training part, asked through the
+    serving engine for every test user, scores what training's dense evaluation reported."""
+    from benchmarks.served_quality import measure, test_split
+    from training.pipeline import train
+
+    data = trained.data
+    part = tmp_path / "train.parquet"
+    test_split(data.interactions_path, "llo", 3).train.write_parquet(part)
+    config = tiny_config("tracking.enabled=false", 'eval.protocol="none"')
+    train(config, part, data.users_path, data.items_path, tmp_path / "bundle")
+
+    quality = measure(tmp_path / "bundle", data.interactions_path)
+    assert quality.users == quality.test_users > 0
+    assert quality.index == "flat_ip"  # a tiny catalogue: served is exact
+    assert quality.served_ndcg.tolist() == quality.exact_ndcg.tolist()
+    assert quality.overlap == 1.0
+    assert quality.exact_ndcg.mean() == pytest.approx(trained.metrics["ndcg@10"], abs=1e-9)
+    # The session's bundle was refit on every interaction: its users' histories hold the answers.
+    with pytest.raises(ValueError, match="training part"):
+        measure(trained.bundle, data.interactions_path)
