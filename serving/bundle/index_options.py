@@ -37,12 +37,13 @@ class IndexOptions:
     Between the two, ``auto`` measures rather than assumes: up to ``hnsw_max_items`` items it
     builds and calibrates both IVF-Flat and HNSW-Flat on the same queries and keeps the one with
     the cheaper search at the recall target (the manifest records the other's figures). Which
-    wins depends on the vectors: on the Amazon Beauty default's 12,101 x 321 towers HNSW
-    reaches recall@10 0.957 at 0.052 ms per query where IVF needs 0.155 ms for 0.972; on 200,000
-    clustered synthetic 128-d vectors IVF reaches 0.966 at 0.27 ms, HNSW needs efSearch 256 and
-    0.65 ms for 0.969 (``python -m benchmarks.index_kinds``).
+    wins depends on the vectors: on the Amazon Beauty default's 12,092 x 321 towers HNSW
+    reaches recall@10 0.970 at 0.044 ms per query where IVF needs 0.130 ms for 0.966; on 200,000
+    clustered synthetic 128-d vectors IVF reaches 0.966 at 0.25 ms, HNSW needs efSearch 128 and
+    0.46 ms for 0.972 (``python -m benchmarks.index_kinds``).
     Above ``hnsw_max_items`` it is IVF alone: HNSW's build grows to minutes (604 s at 1M x 64
-    on two cores, where IVF takes 91 s), its graph adds ``8 * hnsw_m`` bytes per item, and at
+    on two cores with ``efConstruction`` 80, where IVF takes 91 s), its graph adds
+    ``8 * hnsw_m`` bytes per item, and at
     1M items it did not reach the recall target. Filtered searches stay complete with either (a
     short IVF answer is re-searched with more lists; a short HNSW one exactly). Measurements:
     docs/training.md, the item index.
@@ -75,14 +76,18 @@ class IndexOptions:
     are dropped."""
     hnsw_m: int = 32
     """HNSW graph degree (neighbours per node on the upper layers; twice that on layer 0)."""
-    hnsw_ef_construction: int = 80
-    """HNSW candidate-list size while building (quality of the graph)."""
+    hnsw_ef_construction: int = 200
+    """HNSW candidate-list size while building (quality of the graph). 200 (hnswlib's default), not
+    the cheaper 80: on Amazon Beauty's blend towers the 80-graph left some items poorly linked, and
+    the served lists missed them at high ranks; the served test NDCG@10 through the index was
+    0.968x exact at efSearch 16 and still 0.986x at 128, against 0.990x at 16 with 200
+    (``python -m benchmarks.served_quality``), for a build 2.5x longer."""
     hnsw_ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     """HNSW calibration ladder (candidate-list size per query), cheapest first."""
     hnsw_max_items: int = 100_000
     """``auto``: catalogues of at most this many items get HNSW-Flat calibrated beside IVF-Flat,
-    and the cheaper at the recall target is kept (0: IVF alone). HNSW builds in ~2 s at 12,101 x
-    321 and ~21 s at 200,000 x 128 on two cores."""
+    and the cheaper at the recall target is kept (0: IVF alone). HNSW builds in ~2.4 s at 12,092 x
+    321 and ~52 s at 200,000 x 128 on two cores."""
     memory_budget_gib: float = 2.0
     """``auto``: above this many GiB of float32 item vectors, the compressed ``ivfpq`` index."""
     compressed_recall_target: float = 0.9
