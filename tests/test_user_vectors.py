@@ -61,6 +61,20 @@ def test_engine_stored_vectors_equal_the_tower_output(engine: TwoTowerEngine) ->
     np.testing.assert_allclose(engine.embed_rows(rows[:1]), expected[:1], rtol=1e-5, atol=1e-6)
 
 
+def test_passes_in_history_length_order_answer_in_the_rows_order(engine: TwoTowerEngine) -> None:
+    """embed_users takes the rows shortest history first (less padding per pass) and puts every
+    vector back at its row's position: rows shuffled, repeated, over many small passes."""
+    bundle = engine.bundle
+    lengths = bundle.sequences.lengths()
+    assert lengths.min() < lengths.max()  # passes of different widths
+    rows = np.random.default_rng(3).permutation(np.repeat(np.arange(len(lengths)), 2)).astype(np.int64)
+    one_pass = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows, batch_size=len(rows))
+    passes = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows, batch_size=7)
+    np.testing.assert_allclose(passes, one_pass, atol=1e-5)
+    single = embed_users(bundle.model, bundle.user_features, bundle.sequences, rows[5:6])
+    np.testing.assert_allclose(passes[5:6], single, atol=1e-5)
+
+
 def test_a_batch_mixing_plain_and_session_requests_answers_each_as_alone(engine: TwoTowerEngine) -> None:
     users = bundle_users(engine)[:4]
     recent_item = engine.bundle.item_ids[0]

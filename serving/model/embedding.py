@@ -14,6 +14,9 @@ from serving.model.towers import TwoTowerModel
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 _BATCH = 4096
+_USER_BATCH = 1024
+"""Users per user-tower pass: with the rows in history-length order, smaller passes trim more padding
+(Beauty, SASRec, 22,363 users: 0.48 s at 4,096, 0.28 s at 1,024, 0.24 s at 256)."""
 _HISTORY_VALUES = 1 << 25
 """Most history-embedding values (batch x history width x embedding dim) one user-tower pass holds:
 128 MiB of float32. Wide towers over long histories (the linear objective: 2,049 x 1,000) would
@@ -55,23 +58,32 @@ def embed_users(
     sequences: Sequences,
     rows: npt.NDArray[np.int64],
     history: npt.NDArray[np.int64] | None = None,
-    batch_size: int = _BATCH,
+    batch_size: int = _USER_BATCH,
 ) -> FloatArray:
-    """User tower output for table ``rows``; history = each user's last items unless given."""
+    """User tower output for table ``rows``; history = each user's last items unless given.
+
+    Without ``history`` the rows are taken shortest history first, so that each pass's windows are
+    trimmed to its longest one (:func:`trim_padding`) instead of to the longest of a random batch: on
+    short-sequence data most of a ``history_length`` window is padding, and a causal encoder's cost
+    grows with the width (Amazon Beauty, 22,363 users, SASRec: 3.6 s -> 0.3 s). The output is in
+    ``rows`` order either way.
+    """
     device = _device(model)
     length = model.spec.history_length
     batch_size = _user_batch(model, batch_size, length)
     out = np.empty((len(rows), model.spec.output_dim), dtype=np.float32)
+    order = None
+    if history is None and len(rows) > batch_size:
+        order = np.argsort(np.minimum(sequences.lengths()[rows], length), kind="stable")
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            windows = (
-                history[start : start + batch_size]
-                if history is not None
-                else last_items(sequences, chunk, length)
+            positions = (
+                slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             )
+            chunk = rows[positions]
+            windows = history[positions] if history is not None else last_items(sequences, chunk, length)
             inputs = to_inputs(gather(features, chunk), device, history=trim_padding(windows))
-            out[start : start + len(chunk)] = model.user_embedding(inputs).float().cpu().numpy()
+            out[positions] = model.user_embedding(inputs).float().cpu().numpy()
     return out
 
 
