@@ -2,9 +2,9 @@
 
 ::
 
-    python -m benchmarks.served_quality split --interactions FILE --out TRAIN.parquet [--protocol llo]
+    python -m benchmarks.served_quality split --interactions FILE --out TRAIN.parquet
     recsys train --interactions TRAIN.parquet --out BUNDLE --set eval.protocol=none
-    python -m benchmarks.served_quality score --bundle BUNDLE --interactions FILE [--protocol llo]
+    python -m benchmarks.served_quality score --bundle BUNDLE --interactions FILE
 
 ``recsys train`` reports its test figure from dense scores over every item; a served Recommend
 goes through the bundle's index (HNSW or IVF once the catalogue is large, chosen and tuned by
@@ -12,9 +12,11 @@ goes through the bundle's index (HNSW or IVF once the catalogue is large, chosen
 must not know the test part, not even as history (its stored user vectors and seen items would hold
 the answer), so ``split`` writes the training part of ``recsys train``'s own split and the bundle is
 trained on it with ``eval.protocol = "none"``: the same objective selection (its validation split is
-carved from the same part by the same protocol) and the same fit as the model a normal run
-evaluates. ``score`` then asks the serving engine (:class:`~serving.recommend.engine.TwoTowerEngine`,
-as the server loads it) for ``k`` items for every test user, scores the lists, and asks the same
+carved from the same part by leave-last-out, the protocol ``none`` validates with) and the same fit as
+the model a normal leave-last-out run evaluates. Leave-last-out only, and not for bundles trained
+with ``data.exclude_abnormal`` (training splits the filtered events); both are refused.
+``score`` then asks the serving engine (:class:`~serving.recommend.engine.TwoTowerEngine`, as the
+server loads it) for ``k`` items for every test user, scores the lists, and asks the same
 engine again with its index swapped for an exact inner-product index over the same vectors, so the
 difference is the index's alone. It prints NDCG@k and recall@k served and exact, their ratio with a
 90 % interval of the paired difference, the top-k overlap, and ms per query of each engine (one
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import RecommendQuery
 from training.data.io import load_interactions
 from training.evaluation import split_for
-from training.evaluation.metrics import CONFIDENCE_Z
+from training.evaluation.metrics import paired_lower_bound
 from training.evaluation.splits import Split
 
 FloatArray = npt.NDArray[np.float64]
@@ -69,7 +70,8 @@ def answer(engine: TwoTowerEngine, users: Sequence[str], k: int, batch: int) -> 
 def ndcg_and_recall(
     lists: Sequence[Sequence[str]], truth: Sequence[set[str]], k: int
 ) -> tuple[FloatArray, FloatArray]:
-    """Per-user NDCG@k and recall@k with binary relevance (the training evaluation's definitions)."""
+    """Per-user NDCG@k and recall@k (hits over relevant items) with binary relevance: the definitions of
+    :mod:`training.evaluation.metrics`."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ndcg = np.zeros(len(lists))
     recall = np.zeros(len(lists))
@@ -77,13 +79,15 @@ def ndcg_and_recall(
         hits = np.array([item in relevant for item in items[:k]], dtype=np.float64)
         ideal = discounts[: min(len(relevant), k)].sum()
         ndcg[u] = float((hits * discounts[: len(hits)]).sum() / ideal) if ideal > 0 else 0.0
-        recall[u] = hits.sum() / min(len(relevant), k) if relevant else 0.0
+        recall[u] = hits.sum() / len(relevant) if relevant else 0.0
     return ndcg, recall
 
 
 def _interval(difference: FloatArray) -> tuple[float, float]:
-    spread = CONFIDENCE_Z * float(difference.std(ddof=1)) / math.sqrt(max(len(difference), 1))
-    return float(difference.mean()) - spread, float(difference.mean()) + spread
+    """The paired difference's 90 % interval (two one-sided 95 % bounds); NaN below two users."""
+    if len(difference) < 2:
+        return float("nan"), float("nan")
+    return paired_lower_bound(difference), -paired_lower_bound(-difference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +107,7 @@ class ServedQuality:
     exact_ms: float
 
 
-def test_split(interactions: Path, protocol: str, min_interactions: int) -> Split:
+def split_of(interactions: Path, protocol: str, min_interactions: int) -> Split:
     """``recsys train``'s split of ``interactions`` (loaded and de-duplicated as training does)."""
     frame, _ = load_interactions(interactions)
     return split_for(frame, protocol, min_interactions)  # type: ignore[arg-type]
@@ -125,7 +129,15 @@ def measure(
     """
     bundle = load_bundle(bundle_path)
     config = bundle.manifest["config"]
-    parts = test_split(interactions, protocol, min_interactions)
+    if protocol != "llo":
+        # With eval.protocol = "none", training validates on a leave-last-out split: only then is the
+        # bundle's objective selection the one a normal run of this protocol makes.
+        raise ValueError(
+            f"protocol {protocol!r}: only llo reproduces training's selection (eval.protocol=none)"
+        )
+    if config["data"].get("exclude_abnormal"):
+        raise ValueError("the bundle was trained with data.exclude_abnormal: its split is not this file's")
+    parts = split_of(interactions, protocol, min_interactions)
     trained_on = bundle.manifest.get("counts", {}).get("interactions")
     if trained_on != parts.train.height:
         raise ValueError(
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     score_parser = commands.add_parser("score", help="score a bundle trained on that part, served and exact")
     for command in (split_parser, score_parser):
         command.add_argument("--interactions", type=Path, required=True, help="the whole interactions file")
-        command.add_argument("--protocol", choices=("llo", "rand", "time"), default="llo")
+        command.add_argument("--protocol", choices=("llo",), default="llo", help="leave-last-out only")
         command.add_argument("--min-interactions", type=int, default=3, help="as eval.min_interactions")
     split_parser.add_argument("--out", type=Path, required=True, help="Parquet file to write")
     score_parser.add_argument("--bundle", type=Path, required=True)
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     score_parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "split":
-        train = test_split(args.interactions, args.protocol, args.min_interactions).train
+        train = split_of(args.interactions, args.protocol, args.min_interactions).train
         train.write_parquet(args.out)
         print(f"{train.height} training interactions written to {args.out}")
         return 0

@@ -512,12 +512,12 @@ def test_served_lists_score_as_the_training_evaluation_and_a_leaky_bundle_is_ref
 ) -> None:
     """benchmarks.served_quality: a bundle trained on the split's training part, asked through the
     serving engine for every test user, scores what training's dense evaluation reported."""
-    from benchmarks.served_quality import measure, test_split
+    from benchmarks.served_quality import measure, split_of
     from training.pipeline import train
 
     data = trained.data
     part = tmp_path / "train.parquet"
-    test_split(data.interactions_path, "llo", 3).train.write_parquet(part)
+    split_of(data.interactions_path, "llo", 3).train.write_parquet(part)
     config = tiny_config("tracking.enabled=false", 'eval.protocol="none"')
     train(config, part, data.users_path, data.items_path, tmp_path / "bundle")
 

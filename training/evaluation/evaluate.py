@@ -154,6 +154,7 @@ def rank_test_users_many(
                 scores, k, seen_indptr, seen_indices, row_offset=start
             )
             made += 1
+            del scores  # before the next matrix is made: one held at a time
         if made != count:
             raise ValueError(f"a score batch yields {made} matrices, expected {count}")
         start += rows

@@ -10,7 +10,7 @@ share is chosen on half of the validation users (every tenth of 0.1 .. 0.9) and 
 where, on the *other* half, its per-user NDCG beats the better part's with a one-sided 95 % lower bound
 above zero: a blend must win by more than noise, measured on users its weight was not chosen on.
 With ``auto``'s guard (:mod:`training.fit.guard`) only blends that keep its floor on the other shape
-of future are tried, against the better part that keeps it.
+of future can be chosen, against the better part that keeps it.
 
 Cost: every weighting (each part alone and the nine shares) is ranked in one pass over the users
 (:func:`~training.evaluation.evaluate.rank_test_users_many`): each part's scores are computed once per
@@ -127,12 +127,14 @@ def evaluate_blend(
     def rankings(weightings: list[tuple[float, float]], rows: pl.DataFrame) -> list[Ranking]:
         """One ranking of ``rows`` per weighting; each part's scores are computed once per batch."""
 
+        def weighted(batch: npt.NDArray[np.int64]) -> Iterator[FloatArray]:
+            parts = (users[0][batch] @ items[0].T, users[1][batch] @ items[1].T)  # this batch's, bound here
+            return (w[0] * parts[0] + w[1] * parts[1] for w in weightings)
+
         def batches(user_rows: npt.NDArray[np.int64]) -> Iterator[Iterator[FloatArray]]:
             step = score_batch_rows(prepared.n_items)
             for start in range(0, len(user_rows), step):
-                batch = user_rows[start : start + step]
-                parts = (users[0][batch] @ items[0].T, users[1][batch] @ items[1].T)
-                yield (w[0] * parts[0] + w[1] * parts[1] for w in weightings)
+                yield weighted(user_rows[start : start + step])
 
         return rank_test_users_many(batches, prepared, rows, k, len(weightings))
 
