@@ -151,6 +151,14 @@ def test_top_k_excluding_masks_seen_and_pads() -> None:
     np.testing.assert_array_equal(batch, scores[1:])  # the caller's scores are not modified
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, np.longdouble, np.dtype(">f4")])
+def test_top_k_excluding_takes_any_float_type(dtype: np.dtype) -> None:
+    # torch selects the top k; types it cannot wrap (long double, big-endian) are widened first.
+    scores = np.array([[0.1, 0.9, 0.5, 0.7, 0.3], [0.2, 0.8, 0.4, 0.6, 0.1]]).astype(dtype)
+    ex_indptr, ex_indices = _csr([[1], []])
+    assert top_k_excluding(scores, 2, ex_indptr, ex_indices).tolist() == [[3, 2], [1, 3]]
+
+
 def test_top_k_excluding_ties_k_larger_than_catalogue_and_neg_inf() -> None:
     ex_indptr, ex_indices = _csr([[], [1]])
     scores = np.array([[1.0, 1.0, 1.0], [2.0, 5.0, -np.inf]], dtype=np.float32)
