@@ -36,7 +36,7 @@ from training.evaluation.evaluate import batched, evaluate, rank_test_users, two
 from training.features import Prepared, prepare
 from training.fit.auto import CANDIDATES, Selection, candidates_of, family, fit_selected, select_objective
 from training.fit.linear.factor_task import fit_factors
-from training.fit.linear.linear_task import factorise, to_unit_targets
+from training.fit.linear.linear_task import choose_tower_rank, factorise, to_unit_targets
 from training.fit.losses import candidate_softmax_loss
 from training.fit.sequences import bag_arrays, sequence_windows, window_arrays
 from training.fit.trainer import TrainingRun, train_model
@@ -496,3 +496,26 @@ def test_a_tower_rank_keeps_the_leading_columns_of_the_same_factorisation(prepar
     wide_rows = wide_model.user_tower.item_ids.weight.detach().numpy()
     narrow_rows = narrow_model.user_tower.item_ids.weight.detach().numpy()
     np.testing.assert_allclose(narrow_rows[:, :16], wide_rows[:, :16], rtol=1e-6)
+
+
+def test_a_judge_decides_the_linear_rank_by_what_is_served(interactions: pl.DataFrame) -> None:
+    """A blend's linear part is judged by the blend (training.fit.auto._blend_judge): whatever the
+    judge scores alike keeps the narrowest rank; a judge that loses with width lost keeps the full."""
+    config = tiny_config("train.objective=linear")
+    parts = split_for(interactions, "llo", 3)
+    prepared = prepare(parts.train, None, None, config.data)
+    full = min(config.train.linear_rank, prepared.n_items)
+    seen: list[int] = []
+
+    def alike(model: TwoTowerModel) -> npt.NDArray[np.float64]:
+        seen.append(model.spec.output_dim)
+        return np.full(40, 0.5)
+
+    rank, tried = choose_tower_rank(prepared, config, parts.test, alike)
+    assert (rank, seen) == (32, [full + 1, 33])  # the full rank is the reference, then the ladder
+    assert tried == [(32, 0.5), (full, 0.5)]
+
+    def narrow_loses(model: TwoTowerModel) -> npt.NDArray[np.float64]:
+        return np.linspace(0.4, 0.6, 40) * (model.spec.output_dim / (full + 1))
+
+    assert choose_tower_rank(prepared, config, parts.test, narrow_loses)[0] == full

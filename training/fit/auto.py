@@ -33,10 +33,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
+from serving.model.towers import TwoTowerModel
 from training.config import Config, TrainConfig, validate
 from training.evaluation import split_for
+from training.evaluation.evaluate import rank_test_users, two_tower_scores
 from training.evaluation.metrics import paired_lower_bound
 from training.features import Prepared, prepare
 from training.fit.blend import (
@@ -357,9 +361,22 @@ def select_objective(
         blend, partner = _best_blend(prepared, validation, config.eval.k, ranked, best_name, guard)
         if blend is not None and partner is not None:  # the blend's first part, eligible or not
             best_name, best_config, best_run = next(r for r in ranked if r[0] == blend.names[0])
-    best_config, tower_ranks = _served_width(prepared, best_config, validation)
+    # A blend's linear part gets the rank that keeps the *blend's* NDCG: at a small share its trailing
+    # components barely move the blend's lists, and they are most of its served width.
+    first_judge = partner_judge = None
+    if blend is not None and partner is not None:
+        partner_model = next(r for r in ranked if r[0] == partner.name)[2].task.model
+        first_judge = _blend_judge(
+            prepared, validation, config.eval.k, blend, partner_model, linear_first=True
+        )
+        partner_judge = _blend_judge(
+            prepared, validation, config.eval.k, blend, best_run.task.model, linear_first=False
+        )
+    best_config, tower_ranks = _served_width(prepared, best_config, validation, first_judge)
     if partner is not None:
-        partner = dataclasses.replace(partner, config=_served_width(prepared, partner.config, validation)[0])
+        partner = dataclasses.replace(
+            partner, config=_served_width(prepared, partner.config, validation, partner_judge)[0]
+        )
     return Selection(
         config=best_config,
         name=best_name,
@@ -385,15 +402,44 @@ def _guard(
 
 
 def _served_width(
-    prepared: Prepared, config: Config, validation: pl.DataFrame
+    prepared: Prepared, config: Config, validation: pl.DataFrame, judge: Judge | None = None
 ) -> tuple[Config, list[tuple[int, float]]]:
     """A ``linear`` configuration with its tower rank chosen on validation (when not set), and the
-    ranks tried; any other configuration as it is."""
+    ranks tried; any other configuration as it is. ``judge``: see
+    :func:`~training.fit.linear.linear_task.choose_tower_rank` (a blend's part: the blend)."""
     if config.train.objective != "linear" or config.train.linear_tower_rank != 0:
         return config, []
-    rank, tried = choose_tower_rank(prepared, config, validation)
+    rank, tried = choose_tower_rank(prepared, config, validation, judge)
     log.info("linear tower rank: %d (validation ndcg per rank %s)", rank, tried)
     return with_overrides(config, {"train": {"linear_tower_rank": rank}}), tried
+
+
+Judge = Callable[[TwoTowerModel], npt.NDArray[np.float64]]
+
+
+def _blend_judge(
+    prepared: Prepared,
+    validation: pl.DataFrame,
+    k: int,
+    choice: BlendChoice,
+    other: TwoTowerModel,
+    *,
+    linear_first: bool,
+) -> Judge:
+    """Per-user NDCG@k on ``validation`` of ``choice``'s blend with a given model as its linear part
+    (first or second) and ``other`` as the rest, each part's scores scaled by its own spread, as
+    :func:`fit_selected` joins them."""
+    other_scale = score_spread(other, prepared)
+
+    def judge(linear: TwoTowerModel) -> npt.NDArray[np.float64]:
+        scale = score_spread(linear, prepared)
+        if linear_first:
+            served = blended(linear, other, choice.weights((scale, other_scale)))
+        else:
+            served = blended(other, linear, choice.weights((other_scale, scale)))
+        return rank_test_users(two_tower_scores(served, prepared), prepared, validation, k).per_user_ndcg(k)
+
+    return judge
 
 
 def _best_blend(

@@ -32,12 +32,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 import scipy.linalg
 
+from serving.model.towers import TwoTowerModel
 from training.config import Config, TrainConfig
 from training.evaluation.baselines import EASE
 from training.evaluation.evaluate import rank_test_users, two_tower_scores
@@ -180,7 +182,10 @@ RANK_LADDER_START = 32
 
 
 def choose_tower_rank(
-    prepared: Prepared, config: Config, validation: pl.DataFrame
+    prepared: Prepared,
+    config: Config,
+    validation: pl.DataFrame,
+    judge: Callable[[TwoTowerModel], npt.NDArray[np.float64]] | None = None,
 ) -> tuple[int, list[tuple[int, float]]]:
     """The narrowest tower rank (32, 64, 128, ... below the factorisation's) that keeps
     ``train.linear_rank_keep`` of the full factorisation's NDCG@k on ``validation`` with 95 %
@@ -192,6 +197,10 @@ def choose_tower_rank(
     the test. So the test is paired and one-sided: the per-user NDCG differences (narrow minus full, same
     users) must have a lower 95 % bound of at least ``-(1 - keep)`` times the full NDCG; a narrow rank
     passes where its lists barely differ from the full rank's, or where it is clearly better.
+
+    ``judge``: the per-user NDCG@k on ``validation`` of what is served with the linear towers at a
+    rank (a blend's part: the blend, see :func:`training.fit.auto.select_objective`); default the
+    linear model alone. A part that carries a tenth of a blend's score rarely needs its full rank.
     """
     full = min(config.train.linear_rank, prepared.n_items)  # what the factorisation has
     k = config.eval.k
@@ -199,6 +208,8 @@ def choose_tower_rank(
     def per_user(rank: int) -> npt.NDArray[np.float64]:
         task = LinearTask(prepared, dataclasses.replace(config, train=_with_tower_rank(config, rank)))
         task.fit()
+        if judge is not None:
+            return judge(task.model)
         ranking = rank_test_users(two_tower_scores(task.model, prepared), prepared, validation, k)
         return ranking.per_user_ndcg(k)
 
