@@ -13,14 +13,15 @@ from conftest import tiny_config
 
 from serving.bundle.format import write_bundle
 from serving.model.embedding import embed_items, embed_users
-from serving.model.towers import TwoTowerSpec
+from serving.model.towers import TwoTowerModel, TwoTowerSpec
 from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import RecommendQuery
 from training.data.synth import SynthSummary
 from training.evaluation import split_for
+from training.evaluation.evaluate import rank_test_users, two_tower_scores
 from training.features import prepare
-from training.fit.auto import Partner, Selection, fit_selected, select_objective
-from training.fit.blend import BlendChoice, evaluate_blend, score_spread
+from training.fit.auto import Partner, Selection, _blend_judge, fit_selected, select_objective
+from training.fit.blend import BlendChoice, blended, evaluate_blend, score_spread
 from training.fit.trainer import train_model
 from training.pipeline import bundle_contents
 
@@ -116,3 +117,29 @@ def test_auto_records_whether_a_blend_won(interactions: pl.DataFrame) -> None:
         "llo",
     )
     assert off.blend is None
+
+
+def test_a_blends_linear_part_is_judged_by_the_blend_fit_selected_would_serve(
+    interactions: pl.DataFrame,
+) -> None:
+    """auto's judge for a blend's linear rank scores the blend joined as fit_selected joins it, with
+    the linear part on its own side (first or second), not the linear model alone."""
+    selection = _selection(0.3)
+    parts = split_for(interactions, "llo", 3)
+    prepared = prepare(parts.train, None, None, selection.config.data)
+    linear = train_model(prepared, selection.config).model
+    sequence = train_model(prepared, selection.partner.config).model  # type: ignore[union-attr]
+
+    def served(choice: BlendChoice, first: TwoTowerModel, second: TwoTowerModel) -> np.ndarray:
+        weights = choice.weights((score_spread(first, prepared), score_spread(second, prepared)))
+        model = blended(first, second, weights)
+        return rank_test_users(two_tower_scores(model, prepared), prepared, parts.test, 10).per_user_ndcg(10)
+
+    first = BlendChoice(("linear", "sasrec"), 0.3, 0.0, 0.0, 0.0)
+    judge = _blend_judge(prepared, parts.test, 10, first, sequence, linear_first=True)
+    np.testing.assert_array_equal(judge(linear), served(first, linear, sequence))
+    second = BlendChoice(("sasrec", "linear"), 0.2, 0.0, 0.0, 0.0)
+    judge = _blend_judge(prepared, parts.test, 10, second, sequence, linear_first=False)
+    np.testing.assert_array_equal(judge(linear), served(second, sequence, linear))
+    alone = rank_test_users(two_tower_scores(linear, prepared), prepared, parts.test, 10).per_user_ndcg(10)
+    assert not np.array_equal(judge(linear), alone)
