@@ -364,14 +364,16 @@ def select_objective(
     # A blend's linear part gets the rank that keeps the *blend's* NDCG: at a small share its trailing
     # components barely move the blend's lists, and they are most of its served width.
     first_judge = partner_judge = None
-    if blend is not None and partner is not None:
+    if blend is not None and partner is not None:  # a judge only for a linear side (none is built else)
         partner_model = next(r for r in ranked if r[0] == partner.name)[2].task.model
-        first_judge = _blend_judge(
-            prepared, validation, config.eval.k, blend, partner_model, linear_first=True
-        )
-        partner_judge = _blend_judge(
-            prepared, validation, config.eval.k, blend, best_run.task.model, linear_first=False
-        )
+        if best_config.train.objective == "linear":
+            first_judge = _blend_judge(
+                prepared, validation, config.eval.k, blend, partner_model, linear_first=True
+            )
+        if partner.config.train.objective == "linear":
+            partner_judge = _blend_judge(
+                prepared, validation, config.eval.k, blend, best_run.task.model, linear_first=False
+            )
     best_config, tower_ranks = _served_width(prepared, best_config, validation, first_judge)
     if partner is not None:
         partner = dataclasses.replace(
