@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import faiss
@@ -39,11 +39,12 @@ from threadpoolctl import threadpool_limits
 
 from serving.bundle.format import load_bundle
 from serving.bundle.index import index_type
+from serving.model.features import FIRST_TOKEN_INDEX
 from serving.recommend.engine import TwoTowerEngine
 from serving.recommend.types import RecommendQuery
 from training.data.io import load_interactions
 from training.evaluation import split_for
-from training.evaluation.metrics import paired_lower_bound
+from training.evaluation.metrics import paired_lower_bound, per_user_ndcg, ranking_metrics, truth_csr
 from training.evaluation.splits import Split
 
 FloatArray = npt.NDArray[np.float64]
@@ -68,19 +69,30 @@ def answer(engine: TwoTowerEngine, users: Sequence[str], k: int, batch: int) -> 
 
 
 def ndcg_and_recall(
-    lists: Sequence[Sequence[str]], truth: Sequence[set[str]], k: int
-) -> tuple[FloatArray, FloatArray]:
-    """Per-user NDCG@k and recall@k (hits over relevant items) with binary relevance: the definitions of
-    :mod:`training.evaluation.metrics`."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ndcg = np.zeros(len(lists))
-    recall = np.zeros(len(lists))
-    for u, (items, relevant) in enumerate(zip(lists, truth, strict=True)):
-        hits = np.array([item in relevant for item in items[:k]], dtype=np.float64)
-        ideal = discounts[: min(len(relevant), k)].sum()
-        ndcg[u] = float((hits * discounts[: len(hits)]).sum() / ideal) if ideal > 0 else 0.0
-        recall[u] = hits.sum() / len(relevant) if relevant else 0.0
-    return ndcg, recall
+    lists: Sequence[Sequence[str]],
+    truth: Sequence[set[str]],
+    index_of: Callable[[str], int | None],
+    n_items: int,
+    k: int,
+) -> tuple[FloatArray, float]:
+    """Per-user NDCG@k and mean recall@k of ``lists`` against ``truth`` (item ids the bundle knows,
+    ``index_of`` their token indices), computed by :mod:`training.evaluation.metrics` as training does."""
+
+    def rows(ids: Iterable[str]) -> list[int]:
+        found = [index_of(i) for i in ids]
+        if any(f is None for f in found):
+            raise ValueError("an item id the bundle does not know")
+        return [int(f) - FIRST_TOKEN_INDEX for f in found if f is not None]
+
+    topk = np.full((len(lists), k), -1, dtype=np.int64)
+    for u, items in enumerate(lists):
+        found = rows(items[:k])
+        topk[u, : len(found)] = found
+    owners = np.repeat(np.arange(len(truth)), [len(t) for t in truth])
+    relevant = np.array([r for t in truth for r in rows(t)], dtype=np.int64)
+    indptr, indices = truth_csr(owners, relevant, len(truth))
+    recall = ranking_metrics(topk, indptr, indices, n_items, k)[f"recall@{k}"]
+    return per_user_ndcg(topk, indptr, indices, n_items, k), float(recall)
 
 
 def _interval(difference: FloatArray) -> tuple[float, float]:
@@ -100,8 +112,8 @@ class ServedQuality:
     index: str
     served_ndcg: FloatArray
     exact_ndcg: FloatArray
-    served_recall: FloatArray
-    exact_recall: FloatArray
+    served_recall: float
+    exact_recall: float
     overlap: float
     served_ms: float
     exact_ms: float
@@ -174,8 +186,9 @@ def measure(
             exact, exact_ms = answer(exact_engine, chosen, k, batch)
         finally:
             torch.set_num_threads(threads)
-    served_ndcg, served_recall = ndcg_and_recall(served, truth, k)
-    exact_ndcg, exact_recall = ndcg_and_recall(exact, truth, k)
+    index_of = bundle.item_encoder.ids.index_of
+    served_ndcg, served_recall = ndcg_and_recall(served, truth, index_of, bundle.index.ntotal, k)
+    exact_ndcg, exact_recall = ndcg_and_recall(exact, truth, index_of, bundle.index.ntotal, k)
     overlaps = [len(set(a) & set(b)) / max(len(b), 1) for a, b in zip(served, exact, strict=True)]
     return ServedQuality(
         k=k,
@@ -229,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     k = q.k
     print(f"bundle {args.bundle}: index {q.index}; test users scored {q.users} of {q.test_users}")
     print(f"{'':<8}{'ndcg@' + str(k):>10}{'recall@' + str(k):>11}{'ms/query':>10}")
-    print(f"{'served':<8}{q.served_ndcg.mean():>10.4f}{q.served_recall.mean():>11.4f}{q.served_ms:>10.3f}")
-    print(f"{'exact':<8}{q.exact_ndcg.mean():>10.4f}{q.exact_recall.mean():>11.4f}{q.exact_ms:>10.3f}")
+    print(f"{'served':<8}{q.served_ndcg.mean():>10.4f}{q.served_recall:>11.4f}{q.served_ms:>10.3f}")
+    print(f"{'exact':<8}{q.exact_ndcg.mean():>10.4f}{q.exact_recall:>11.4f}{q.exact_ms:>10.3f}")
     exact_mean = float(q.exact_ndcg.mean())
     ratio = float(q.served_ndcg.mean()) / exact_mean if exact_mean > 0 else float("nan")
     low, high = _interval(q.served_ndcg - q.exact_ndcg)
