@@ -296,7 +296,7 @@ def _status_bytes(pid: int, field: str) -> float:
     return 0.0
 
 
-def _wait_until(ready: Callable[[], bool], proc: Process, what: str) -> None:
+def wait_until(ready: Callable[[], bool], proc: Process, what: str) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_S
     while not ready():
         if not proc.alive():
@@ -721,12 +721,12 @@ def _start_traced(
     sink_port = free_port()
     sink_argv = [sys.executable, "-m", "benchmarks.load", "--otlp-sink", str(sink_port)]
     sink = stack.enter_context(Process(sink_argv, sink_log))
-    _wait_until(lambda: "otlp sink ready" in sink_log.read_text(), sink, "OTLP sink")
+    wait_until(lambda: "otlp sink ready" in sink_log.read_text(), sink, "OTLP sink")
     argv = _server_argv(args, port, metrics_port)
     env = _traced_env(sink_port, args.tracing_sample)
     traced = stack.enter_context(Process(argv, workdir / "traced-server.log", env))
     address = f"{HOST}:{port}"
-    _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], traced, "recsys traced server")
+    wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], traced, "recsys traced server")
 
 
 def run(args: argparse.Namespace) -> list[RunResult]:
@@ -765,13 +765,13 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         try:
             with contextlib.ExitStack() as stack:
                 echo = stack.enter_context(Process(echo_argv, workdir / "echo.log"))
-                _wait_until(lambda: _echo_answers(f"{HOST}:{echo_port}"), echo, "echo server")
+                wait_until(lambda: _echo_answers(f"{HOST}:{echo_port}"), echo, "echo server")
                 # Started once the echo server is up, so that its start-up runs alone.
                 server_argv = _server_argv(args, port, metrics_port)
                 server = stack.enter_context(Process(server_argv, log, _untraced_env()))
                 address = f"{HOST}:{port}"
                 # Start-up: process start to health SERVING (the bundle loaded and verified).
-                _wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
+                wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
                 startup = Startup(time.monotonic() - server.started, *server.memory_mib())
                 verify_bodies(address, closed_bodies + open_bodies, args.k)
                 security: Security | None = None
@@ -784,7 +784,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         Process(secure_argv, workdir / "secure-server.log", _untraced_env())
                     )
                     secure_address = f"{HOST}:{secure_port}"
-                    _wait_until(
+                    wait_until(
                         lambda: healthcheck.check(secure_address, timeout=1.0, tls=security.client_tls())[0],
                         secure,
                         "recsys TLS + token server",

@@ -41,7 +41,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.load import HOST, Process, Security, _wait_until, free_port
+from benchmarks.load import HOST, Process, Security, free_port, wait_until
 from serving._proto.recsys.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -306,7 +306,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         token = security.token if security is not None else None
         address = f"{HOST}:{port}"
         with Process(argv, workdir / "server.log") as server:
-            _wait_until(lambda: healthcheck.check(address, timeout=1.0, tls=tls)[0], server, "recsys server")
+            wait_until(lambda: healthcheck.check(address, timeout=1.0, tls=tls)[0], server, "recsys server")
             with open_channel(address, tls=tls, token=token) as channel:
                 mix = Mix(channel, args.bundle, args.seed)
                 capacity = measure_capacity(mix, args.capacity_seconds, args.threads)

@@ -491,3 +491,39 @@ def test_bench_load_framing_and_percentiles(tmp_path: Path) -> None:
         99.0,
         100.0,
     )
+
+
+def test_bench_server_floors_layers_run_the_real_request_path(tmp_path: Path) -> None:
+    """The floors of ``benchmarks.server_floors`` are the server's own layers, not stand-ins: the
+    ``interceptor`` layer answers a real Recommend through the servicer (its k items, the request id in the
+    trailers) and maps a bad request to INVALID_ARGUMENT; the ``batcher`` layer echoes the bytes."""
+    from benchmarks.load import free_port
+
+    ports = {layer: free_port() for layer in ("interceptor", "batcher")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.server_floors", "--serve", layer, "--port", str(port)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for layer, port in ports.items()
+    ]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{ports['interceptor']}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb2_grpc.RecommenderStub(channel)
+            response, call = stub.Recommend.with_call(pb2.RecommendRequest(user_id="u1", k=10), timeout=10)
+            assert [len(response.items), response.model_version] == [10, "constant"]
+            assert any(key == REQUEST_ID_KEY for key, _ in call.trailing_metadata())
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Recommend(pb2.RecommendRequest(user_id="u1", k=0), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with grpc.insecure_channel(f"127.0.0.1:{ports['batcher']}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            echo = channel.unary_unary("/recsys.v1.Recommender/Recommend")
+            assert echo(b"\x08\x01", timeout=10) == b"\x08\x01"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
