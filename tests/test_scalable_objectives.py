@@ -121,7 +121,7 @@ def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, t
     [
         ("train.objective=elsaa", "train.objective"),
         ("train.elsa_rank=0", "train.elsa_rank"),
-        ("train.elsa_batch_size=0", "train.elsa_batch_size"),
+        ("train.elsa_batch_size=-1", "train.elsa_batch_size"),
         ("train.mf_regularization_exponent=-1", "train.mf_regularization_exponent"),
         ("train.mf_regularization_exponent=3", "train.mf_regularization_exponent"),
     ],

@@ -189,8 +189,12 @@ class TrainConfig:
     3.4 GiB at 30,000 items); ``auto`` skips the candidate above it."""
     elsa_rank: int = 256
     """``elsa``: columns of the item matrix ``A`` (the towers' width)."""
-    elsa_batch_size: int = 128
-    """``elsa``: users per step."""
+    elsa_batch_size: int = 0
+    """``elsa``: users per step; 0: a sixteenth of the training users, within 128..1024
+    (:func:`training.fit.linear.elsa_task.elsa_batch_size`). A step costs ``items x rank^2`` (the
+    Gram matrix, Adam over ``A``) whatever its size, so large data wants large steps (Beauty: 3.0 s
+    an epoch at 1,024 against 10.2 s at 128, validation NDCG 0.0547 against 0.0540); small data keeps
+    at least 16 steps an epoch for early stopping to judge."""
     mf_factors: int = 32
     """``mf``: factors of the iALS fit (the towers are one wider)."""
     mf_regularization: float = 10.0
@@ -486,7 +490,7 @@ def validate(config: Config) -> None:
         (0 < config.train.linear_rank_keep <= 1, "train.linear_rank_keep: must be in (0, 1]"),
         (config.train.linear_max_items >= 1, "train.linear_max_items: must be >= 1"),
         (config.train.elsa_rank >= 1, "train.elsa_rank: must be >= 1"),
-        (config.train.elsa_batch_size >= 1, "train.elsa_batch_size: must be >= 1"),
+        (config.train.elsa_batch_size >= 0, "train.elsa_batch_size: must be >= 0 (0: from the data)"),
         (config.train.mf_factors >= 1, "train.mf_factors: must be >= 1"),
         (
             config.train.mf_regularization >= 0 and math.isfinite(config.train.mf_regularization),

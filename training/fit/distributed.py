@@ -57,7 +57,7 @@ from training.evaluation.evaluate import evaluate
 from training.features import Prepared
 from training.fit.auto import with_overrides
 from training.fit.interaction_task import ExampleBatcher, InteractionTask
-from training.fit.linear.elsa_task import ElsaTask, elsa_loss
+from training.fit.linear.elsa_task import ElsaTask, elsa_batch_size, elsa_loss
 from training.fit.losses import full_softmax_loss, sampled_softmax_loss
 from training.fit.sequence_task import SequenceTask
 from training.fit.shard_holdout import ShardHoldout
@@ -301,6 +301,9 @@ class ShardedTraining:
         on its validation part; ``schedule``: per-epoch learning rates to replay (module docstring).
         ``config.train.objective`` is concrete (``auto`` is resolved before)."""
         self.data, self.info = data, info
+        # ELSA's step size from the whole data set, before it is split over the ranks.
+        users = int(data.manifest["users"])
+        config = with_overrides(config, {"train": {"elsa_batch_size": elsa_batch_size(config.train, users)}})
         self.config = config
         self.holdout, self.schedule = holdout, schedule
         self.validating = schedule is None and holdout is not None and bool(holdout.validation_protocol)

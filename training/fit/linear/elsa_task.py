@@ -33,6 +33,7 @@ the same code runs on a GPU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +43,33 @@ from torch.nn import functional as F  # noqa: N812
 
 from serving.model.features import FIRST_TOKEN_INDEX
 from serving.model.towers import TwoTowerModel
-from training.config import Config
+from training.config import Config, TrainConfig
 from training.evaluation.baselines import interaction_matrix
 from training.features import Prepared
 from training.fit.linear.closed_form import linear_tower_spec, write_linear
 from training.fit.setup import resolve_device, seed_everything
 
 IntArray = npt.NDArray[np.int64]
+log = logging.getLogger(__name__)
+
+ELSA_STEPS_PER_EPOCH = 16
+"""With ``train.elsa_batch_size = 0``: at least this many steps an epoch (while steps hold 128+ users)."""
+ELSA_BATCH_USERS = (128, 1024)
+"""With ``train.elsa_batch_size = 0``: the fewest and the most users of a step."""
+
+
+def elsa_batch_size(train: TrainConfig, users: int) -> int:
+    """Users per ELSA step for ``users`` training users: ``train.elsa_batch_size``, or with 0 a
+    :data:`ELSA_STEPS_PER_EPOCH`-th of them within :data:`ELSA_BATCH_USERS`.
+
+    Every step pays ``items x rank^2`` for the Gram matrix and ``items x rank`` for Adam whatever its
+    size, so on large data bigger steps are several times cheaper an epoch for the same validation
+    figure; on small data a floor of steps per epoch keeps the learning-rate cuts and early stopping
+    judging something that moved."""
+    if train.elsa_batch_size > 0:
+        return train.elsa_batch_size
+    low, high = ELSA_BATCH_USERS
+    return min(high, max(low, users // ELSA_STEPS_PER_EPOCH))
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,7 @@ class ElsaTask:
         self.device = resolve_device(cfg.device)
         self.rank = min(cfg.elsa_rank, prepared.n_items)
         self.bind(prepared)
+        log.info("elsa: %d users per step (%d users)", self.batch_size, len(self.users))
         self.spec = linear_tower_spec(
             prepared, config, self.rank, user_id_embedding=False, shared_history_embedding=True
         )
@@ -114,12 +136,13 @@ class ElsaTask:
         self.indices: IntArray = matrix.indices.astype(np.int64)
         # Users without an interaction add nothing to the loss (cosine with a zero row).
         self.users: IntArray = np.flatnonzero(np.diff(self.indptr)).astype(np.int64)
+        self.batch_size = elsa_batch_size(self.config.train, len(self.users))
 
     def __len__(self) -> int:
         return len(self.users)
 
     def batches(self, order: IntArray) -> list[IntArray]:
-        size = self.config.train.elsa_batch_size
+        size = self.batch_size
         return [order[start : start + size] for start in range(0, len(order), size)]
 
     def build(self, positions: IntArray) -> ElsaBatch:
