@@ -26,7 +26,7 @@ from training.evaluation.evaluate import (
     two_tower_scores,
 )
 from training.features import Prepared, prepare
-from training.fit.linear.elsa_task import ElsaTask, elsa_loss
+from training.fit.linear.elsa_task import ElsaTask, elsa_batch_size, elsa_loss
 from training.fit.linear.factor_task import fit_factors
 from training.fit.trainer import train_model
 
@@ -114,6 +114,22 @@ def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, t
     users = engine.bundle.users.get_column("user_id").to_list()[:40]
     assert lists_moved_by_recent_items(engine, users, 5) >= 0.5 * len(users)
     assert unknown_user_lists(engine, 3) >= 4
+
+
+def test_elsa_step_size_follows_the_data_unless_set() -> None:
+    """Every ELSA step pays for the Gram matrix whatever its size: by default large data takes large
+    steps (at most 1,024 users), small data keeps 16+ steps an epoch (at least 128 users a step), and
+    a size that is set is used as it is."""
+    default = load_config(None, []).train
+    assert [elsa_batch_size(default, users) for users in (40, 943, 2_048, 4_000, 22_363, 10**6)] == [
+        128,
+        128,
+        128,
+        250,
+        1024,
+        1024,
+    ]
+    assert elsa_batch_size(load_config(None, ["train.elsa_batch_size=32"]).train, 10**6) == 32
 
 
 @pytest.mark.parametrize(

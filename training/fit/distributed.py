@@ -301,9 +301,11 @@ class ShardedTraining:
         on its validation part; ``schedule``: per-epoch learning rates to replay (module docstring).
         ``config.train.objective`` is concrete (``auto`` is resolved before)."""
         self.data, self.info = data, info
-        # ELSA's step size from the whole data set, before it is split over the ranks.
-        users = int(data.manifest["users"])
-        config = with_overrides(config, {"train": {"elsa_batch_size": elsa_batch_size(config.train, users)}})
+        if (
+            config.train.objective == "elsa"
+        ):  # its step size from the whole data set, then split over the ranks
+            users = elsa_batch_size(config.train, int(data.manifest["users"]))
+            config = with_overrides(config, {"train": {"elsa_batch_size": users}})
         self.config = config
         self.holdout, self.schedule = holdout, schedule
         self.validating = schedule is None and holdout is not None and bool(holdout.validation_protocol)

@@ -111,7 +111,8 @@ class ElsaTask:
         self.device = resolve_device(cfg.device)
         self.rank = min(cfg.elsa_rank, prepared.n_items)
         self.bind(prepared)
-        log.info("elsa: %d users per step (%d users)", self.batch_size, len(self.users))
+        if len(self.users):  # the sharded path builds the task on no shard, then binds each
+            log.info("elsa: %d users per step (%d users)", self.batch_size, len(self.users))
         self.spec = linear_tower_spec(
             prepared, config, self.rank, user_id_embedding=False, shared_history_embedding=True
         )
