@@ -212,7 +212,7 @@ def _sink_count(log: Path) -> int | None:
     return None
 
 
-def _untraced_env() -> dict[str, str]:
+def untraced_env() -> dict[str, str]:
     """This process's environment without any ``OTEL_*`` variable: tracing off for sure."""
     return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
 
@@ -221,7 +221,7 @@ def _traced_env(sink_port: int, sample: float) -> dict[str, str]:
     """Tracing on, as an operator switches it on: spans over OTLP/gRPC to the sink, ``sample`` of
     the traces kept (the standard ratio sampler; callers' sampling decisions are followed)."""
     return {
-        **_untraced_env(),
+        **untraced_env(),
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink_port}",
         "OTEL_SERVICE_NAME": "recsys-load-benchmark",
@@ -768,7 +768,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                 wait_until(lambda: _echo_answers(f"{HOST}:{echo_port}"), echo, "echo server")
                 # Started once the echo server is up, so that its start-up runs alone.
                 server_argv = _server_argv(args, port, metrics_port)
-                server = stack.enter_context(Process(server_argv, log, _untraced_env()))
+                server = stack.enter_context(Process(server_argv, log, untraced_env()))
                 address = f"{HOST}:{port}"
                 # Start-up: process start to health SERVING (the bundle loaded and verified).
                 wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], server, "recsys server")
@@ -781,7 +781,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                     secure_port, secure_metrics = free_port(), free_port()
                     secure_argv = _server_argv(args, secure_port, secure_metrics, security)
                     secure = stack.enter_context(
-                        Process(secure_argv, workdir / "secure-server.log", _untraced_env())
+                        Process(secure_argv, workdir / "secure-server.log", untraced_env())
                     )
                     secure_address = f"{HOST}:{secure_port}"
                     wait_until(

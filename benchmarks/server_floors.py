@@ -6,7 +6,7 @@
 servers between the two, each one layer more of the real request path and none with a model, so the
 ratio each reaches is the ceiling of every server built that way, whatever its model costs:
 
-1. ``echo``: the bare echo of :mod:`benchmarks.load` (request bytes back; the floor).
+1. ``echo``: a bare echo like :mod:`benchmarks.load`'s (request bytes back; the floor).
 2. ``batcher``: the echo's bytes, answered only after a round trip through the server's real
    :class:`~serving.api.batcher.MicroBatcher` (admission, micro-batching, the engine executor's
    thread and the hop back to the event loop) over a constant engine.
@@ -19,7 +19,11 @@ ratio each reaches is the ceiling of every server built that way, whatever its m
    bundle's model: 4 plus the engine, health, reflection and the server's options.
 
 Each round runs every server once, closed loop at the same concurrency, in the order above; a
-server's ratio is the median over rounds of its throughput divided by the same round's echo. The
+server's ratio is the median over rounds of its throughput divided by the same round's echo, and "us
+per call over echo" the median of ``1/throughput - 1/echo throughput``: the extra server time a call
+costs while the server is bound to one core (its event loop), as these all are at 64 streams. Before
+the runs every request body must come back ``OK`` with ``k`` items from each layer that answers
+Recommend messages (h2load sees only HTTP statuses); a refusal during a run (overload) is not seen. The
 requests are real ``RecommendRequest`` messages (users of the bundle, or made-up ids). Prints a table.
 Needs ``h2load`` like :mod:`benchmarks.load`, whose h2load driver this uses.
 """
@@ -42,7 +46,17 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.load import HOST, Process, closed_loop, free_port, load_users, wait_until, write_bodies
+from benchmarks.load import (
+    HOST,
+    Process,
+    closed_loop,
+    free_port,
+    load_users,
+    untraced_env,
+    verify_bodies,
+    wait_until,
+    write_bodies,
+)
 from serving._proto.recsys.v1 import recommender_pb2 as pb2
 from serving._proto.recsys.v1 import recommender_pb2_grpc as pb2_grpc
 from serving.api import healthcheck
@@ -133,12 +147,19 @@ def _answers(port: int, k: int) -> bool:
     return True
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.server_floors", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--bundle", type=Path, help="also run the production server with this bundle")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over every server (default 3)")
+    parser.add_argument("--rounds", type=_positive, default=3, help="rounds over every server (default 3)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per closed-loop run (default 6)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run (default 2)")
     parser.add_argument("--concurrency", type=int, default=64, help="streams in flight (default 64)")
@@ -160,24 +181,21 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
         bodies = write_bodies(users, args.k, workdir)
         ports = {name: free_port() for name in names}
         for name in LAYERS:
-            argv = [
-                sys.executable,
-                "-m",
-                "benchmarks.server_floors",
-                "--serve",
-                name,
-                "--port",
-                str(ports[name]),
-            ]
+            argv = [sys.executable, "-m", "benchmarks.server_floors", "--serve", name]
+            argv += ["--port", str(ports[name]), "--k", str(args.k)]
             proc = stack.enter_context(Process(argv, workdir / f"{name}.log"))
             wait_until(functools.partial(_answers, ports[name], args.k), proc, f"{name} server")
         if args.bundle is not None:
             argv = [sys.executable, "-m", "serving", "--bundle", str(args.bundle), "--host", HOST]
-            proc = stack.enter_context(
-                Process([*argv, "--port", str(ports["server"])], workdir / "server.log")
-            )
+            argv += ["--port", str(ports["server"])]
+            # Tracing off whatever the shell says, as benchmarks.load runs it.
+            proc = stack.enter_context(Process(argv, workdir / "server.log", untraced_env()))
             address = f"{HOST}:{ports['server']}"
             wait_until(lambda: healthcheck.check(address, timeout=1.0)[0], proc, "recsys server")
+        # h2load sees HTTP statuses only: every body must first come back OK with k items over gRPC.
+        for name in names:
+            if name not in ("echo", "batcher"):
+                verify_bodies(f"{HOST}:{ports[name]}", bodies, args.k)
         for _ in range(args.rounds):
             for name in names:
                 result = closed_loop(

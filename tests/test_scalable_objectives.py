@@ -117,9 +117,8 @@ def test_an_elsa_bundle_keeps_the_real_time_contract(synth_data: SynthSummary, t
 
 
 def test_elsa_step_size_follows_the_data_unless_set() -> None:
-    """Every ELSA step pays for the Gram matrix whatever its size: by default large data takes large
-    steps (at most 1,024 users), small data keeps 16+ steps an epoch (at least 128 users a step), and
-    a size that is set is used as it is."""
+    """Every ELSA step pays for the Gram matrix whatever its size: by default a step holds a sixteenth
+    of the users, at least 128 and at most 1,024, and a size that is set is used as it is."""
     default = load_config(None, []).train
     assert [elsa_batch_size(default, users) for users in (40, 943, 2_048, 4_000, 22_363, 10**6)] == [
         128,

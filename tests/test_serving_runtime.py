@@ -500,15 +500,17 @@ def test_bench_server_floors_layers_run_the_real_request_path(tmp_path: Path) ->
     from benchmarks.load import free_port
 
     ports = {layer: free_port() for layer in ("interceptor", "batcher")}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.server_floors", "--serve", layer, "--port", str(port)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for layer, port in ports.items()
-    ]
+    procs = []
+    for layer, port in ports.items():
+        with (tmp_path / f"{layer}.log").open("wb") as log:  # why a layer that never came up died
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "benchmarks.server_floors", "--serve", layer, "--port", str(port)],
+                    cwd=REPO_ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{ports['interceptor']}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
@@ -526,4 +528,9 @@ def test_bench_server_floors_layers_run_the_real_request_path(tmp_path: Path) ->
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=30)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -190,11 +190,11 @@ class TrainConfig:
     elsa_rank: int = 256
     """``elsa``: columns of the item matrix ``A`` (the towers' width)."""
     elsa_batch_size: int = 0
-    """``elsa``: users per step; 0: a sixteenth of the training users, within 128..1024
-    (:func:`training.fit.linear.elsa_task.elsa_batch_size`). A step costs ``items x rank^2`` (the
-    Gram matrix, Adam over ``A``) whatever its size, so large data wants large steps (Beauty: 3.0 s
-    an epoch at 1,024 against 10.2 s at 128, validation NDCG 0.0547 against 0.0540); small data keeps
-    at least 16 steps an epoch for early stopping to judge."""
+    """``elsa``: users per step; 0: a sixteenth of the training users (16 steps an epoch), but at
+    least 128 and at most 1,024 (:func:`training.fit.linear.elsa_task.elsa_batch_size`). A step costs
+    ``items x rank^2`` (the Gram matrix, Adam over ``A``) whatever its size, so large data wants large
+    steps (Beauty: 3.0 s an epoch at 1,024 against 10.2 s at 128, validation NDCG 0.0547 against
+    0.0540); data under 2,048 users keeps the 128 users a step it always had."""
     mf_factors: int = 32
     """``mf``: factors of the iALS fit (the towers are one wider)."""
     mf_regularization: float = 10.0

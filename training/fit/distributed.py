@@ -143,8 +143,13 @@ def shards_of(info: RankInfo, shards: int) -> list[int]:
 
 
 def per_rank_config(config: Config, world_size: int) -> Config:
-    """``config`` with the step sizes split over the ranks (the global batch stays the configured one)."""
+    """``config`` with the step sizes split over the ranks (the global batch stays the configured one).
+
+    ELSA's step size must be resolved first (0 means "from the data": :class:`ShardedTraining` sizes it
+    from the whole data set); an unresolved 0 is refused rather than split into one user a step."""
     train = config.train
+    if train.objective == "elsa" and train.elsa_batch_size == 0:
+        raise ValueError("train.elsa_batch_size: resolve 0 (from the data) before splitting it over ranks")
     return with_overrides(
         config,
         {
