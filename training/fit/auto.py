@@ -51,7 +51,7 @@ from training.fit.blend import (
     score_spread,
 )
 from training.fit.guard import Guard, GuardedSplit, guard_for, guard_ndcg, guarded_split
-from training.fit.linear.linear_task import choose_tower_rank
+from training.fit.linear.linear_task import Judge, choose_tower_rank
 from training.fit.trainer import TrainingRun, TrainResult, train_model
 from training.tracking import flatten, start_run
 
@@ -414,9 +414,6 @@ def _served_width(
     rank, tried = choose_tower_rank(prepared, config, validation, judge)
     log.info("linear tower rank: %d (validation ndcg per rank %s)", rank, tried)
     return with_overrides(config, {"train": {"linear_tower_rank": rank}}), tried
-
-
-Judge = Callable[[TwoTowerModel], npt.NDArray[np.float64]]
 
 
 def _blend_judge(

@@ -180,12 +180,15 @@ def fit_factors(prepared: Prepared, config: Config) -> Factors:
 RANK_LADDER_START = 32
 """The narrowest tower rank tried when the rank is chosen on validation; each next one doubles."""
 
+Judge = Callable[[TwoTowerModel], npt.NDArray[np.float64]]
+"""Per-user validation NDCG@k of what a candidate linear model is served as (itself, or a blend's part)."""
+
 
 def choose_tower_rank(
     prepared: Prepared,
     config: Config,
     validation: pl.DataFrame,
-    judge: Callable[[TwoTowerModel], npt.NDArray[np.float64]] | None = None,
+    judge: Judge | None = None,
 ) -> tuple[int, list[tuple[int, float]]]:
     """The narrowest tower rank (32, 64, 128, ... below the factorisation's) that keeps
     ``train.linear_rank_keep`` of the full factorisation's NDCG@k on ``validation`` with 95 %
