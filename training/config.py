@@ -272,6 +272,11 @@ class TrainConfig:
     GPUs with bf16 tensor cores; on a CPU it is usually slower than fp32."""
     refit_full: bool = True
     """After evaluation, train again on every interaction so the bundle knows all of them."""
+    concurrent_refit: Literal["auto", "on", "off"] = "auto"
+    """With ``refit_full`` on a CPU with >= 2 cores: train the refit in a child process beside the
+    evaluation fit, half the cores each (:mod:`training.fit.refit`). ``auto``: when the fit is predicted
+    to take at least a minute and the data has at most 20M interactions; ``on``: whenever it can;
+    ``off``: one after the other."""
     progress: bool = True
 
 

@@ -4,7 +4,8 @@
 2. Unless ``eval.protocol = "none"``: split (time-respecting by default), fit encoders
    and train on the training part only, evaluate on the held-out part.
 3. Fit encoders and train again on every interaction (``train.refit_full``), so the
-   bundle knows every interaction it was given; otherwise reuse the evaluated model
+   bundle knows every interaction it was given (on a CPU, in a child process while step 2
+   trains, when that pays: :mod:`training.fit.refit`); otherwise reuse the evaluated model
    with histories from every interaction.
 4. Build the item index the ``[index]`` section asks for, calibrated on user
    embeddings (recall@k against exact search for each search setting; the cheapest
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -44,6 +46,7 @@ from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
+from training.fit.refit import BackgroundFit, available_cores, concurrent_refit_threads, limited_threads
 from training.fit.trainer import TrainResult, peak_rss_mb
 from training.profiles.anomaly import AnomalyResult, detect
 from training.profiles.build import profiles_for_bundle
@@ -253,6 +256,7 @@ def train(
         eval_result: TrainResult | None = None
         train_part: Prepared | None = None
         run_id = tracker.info.run_id if tracker.info is not None else None
+        final: TrainResult | None = None
         if config.eval.protocol != "none":
             parts = split_for(frame, config.eval.protocol, config.eval.min_interactions)
             # The objective and epoch count are chosen inside the training part: the test part is never seen.
@@ -260,22 +264,36 @@ def train(
                 parts.train, data.users, data.items, config, config.eval.protocol, parent_run_id=run_id
             )
             train_part = prepare(parts.train, data.users, data.items, config.data)
-            eval_result = _fit(train_part, selection, tracker, "eval_train")
-            metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)
-            metrics = {f"{k}": float(v) for k, v in metrics.items()}
-            tracker.log_metrics(metrics)
-            log.info(
-                "evaluation (%s): %s",
-                config.eval.protocol,
-                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            threads = (
+                concurrent_refit_threads(config, selection, frame.height) if config.train.refit_full else 0
             )
+            with contextlib.ExitStack() as stack:
+                if threads:
+                    refit = stack.enter_context(
+                        BackgroundFit(frame, data.users, data.items, config.data, selection, threads)
+                    )
+                    stack.enter_context(limited_threads(available_cores() - threads))
+                eval_result = _fit(train_part, selection, tracker, "eval_train")
+                metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)
+                metrics = {f"{k}": float(v) for k, v in metrics.items()}
+                tracker.log_metrics(metrics)
+                log.info(
+                    "evaluation (%s): %s",
+                    config.eval.protocol,
+                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+                )
+                if threads:
+                    final = refit.result()
+                    for epoch, loss in enumerate(final.epoch_losses):
+                        tracker.log_metrics({"train_loss": loss}, step=epoch)
         else:
             selection = select_objective(frame, data.users, data.items, config, "none", parent_run_id=run_id)
         tracker.log_params({"objective.chosen": selection.name, "objective.epochs": selection.epochs})
         tracker.log_dict(selection.manifest(), "objective.json")
         if config.train.refit_full or eval_result is None or train_part is None:
             final_data = prepare(frame, data.users, data.items, config.data)
-            final = _fit(final_data, selection, tracker, "train")
+            if final is None:  # else trained already, on data prepared the same way, in a child process
+                final = _fit(final_data, selection, tracker, "train")
         else:
             final_data = prepare(
                 frame,
