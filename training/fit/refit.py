@@ -12,7 +12,9 @@ generators, seeded by the fit as in the parent, so the model is the one a sequen
 the float sums of another thread count). The child uses ``threads`` threads for torch and BLAS, and
 returns the model as data (its spec and state dict, as a bundle stores them, never a pickled module);
 :meth:`BackgroundFit.result` rebuilds it, or raises what the child raised. :func:`limited_threads`
-holds the parent to the other cores meanwhile.
+holds the parent to the other cores meanwhile. As with any spawned process, the program's main module
+is imported again in the child: a script that calls :func:`training.pipeline.train` needs the usual
+``if __name__ == "__main__":`` guard (the ``recsys`` command has it).
 
 :func:`concurrent_refit_threads` decides: ``train.concurrent_refit`` ``off`` never, ``on`` whenever it
 can (a CPU device and >= 2 cores), ``auto`` also only when the fit is predicted to take at least
@@ -135,7 +137,7 @@ class BackgroundFit:
         )
         self._process.start()
         send.close()  # the child holds the only sending end: its exit ends the pipe
-        log.info("refit on every interaction started in a child process (%d threads)", threads)
+        log.info("refit on every interaction started in a child process, threads: %d", threads)
 
     def result(self) -> TrainResult:
         """The child's fit (waits for it); raises RuntimeError with the child's error, or when it died."""
@@ -144,7 +146,9 @@ class BackgroundFit:
         except EOFError:
             self._process.join()
             raise RuntimeError(
-                f"the refit's child process died without an answer (exit code {self._process.exitcode})"
+                f"the refit's child process died without an answer (exit code {self._process.exitcode}); "
+                "a script that calls training.pipeline.train must guard its entry point with "
+                "if __name__ == '__main__' (the child is spawned), or set train.concurrent_refit = off"
             ) from None
         self._process.join()
         if outcome != "ok":
