@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from training.data.synth import SynthSummary
 from training.fit.auto import CandidateResult, Selection
-from training.fit.refit import BackgroundFit, concurrent_refit_threads
+from training.fit.refit import BackgroundFit, FitInputs, concurrent_refit_threads
 
 QUIET = ("tracking.enabled=false", "profiles.enabled=false")
 
@@ -54,7 +54,7 @@ def test_a_failing_refit_child_raises_its_error_in_the_parent(synth_data: SynthS
     selection = Selection(config=config, name="interaction", schedule=None)
     broken = pl.read_parquet(synth_data.interactions_path).drop("item_id")
     with (
-        BackgroundFit(broken, None, None, config.data, selection, threads=1) as refit,
+        BackgroundFit(FitInputs(broken, None, None, config.data, selection), threads=1) as refit,
         pytest.raises(RuntimeError, match=r"refit's child process failed: .*item_id"),
     ):
         refit.result()

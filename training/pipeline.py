@@ -46,7 +46,13 @@ from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
-from training.fit.refit import BackgroundFit, available_cores, concurrent_refit_threads, limited_threads
+from training.fit.refit import (
+    BackgroundFit,
+    FitInputs,
+    available_cores,
+    concurrent_refit_threads,
+    limited_threads,
+)
 from training.fit.trainer import TrainResult, peak_rss_mb
 from training.profiles.anomaly import AnomalyResult, detect
 from training.profiles.build import profiles_for_bundle
@@ -270,7 +276,9 @@ def train(
             with contextlib.ExitStack() as stack:
                 if threads:
                     refit = stack.enter_context(
-                        BackgroundFit(frame, data.users, data.items, config.data, selection, threads)
+                        BackgroundFit(
+                            FitInputs(frame, data.users, data.items, config.data, selection), threads
+                        )
                     )
                     stack.enter_context(limited_threads(available_cores() - threads))
                 eval_result = _fit(train_part, selection, tracker, "eval_train")

@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import polars as pl
@@ -100,23 +101,27 @@ def limited_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class BackgroundFit:
-    """``fit_selected(prepare(frame, users, items, data_config), selection)`` in a spawned child
-    process with ``threads`` threads, started on construction. Use as a context manager: leaving it
-    without :meth:`result` (the parent failed) terminates the child."""
+@dataclass(frozen=True)
+class FitInputs:
+    """What the child fits: ``fit_selected(prepare(frame, users, items, data_config), selection)``."""
 
-    def __init__(
-        self,
-        frame: pl.DataFrame,
-        users: pl.DataFrame | None,
-        items: pl.DataFrame | None,
-        data_config: DataConfig,
-        selection: Selection,
-        threads: int,
-    ) -> None:
+    frame: pl.DataFrame
+    users: pl.DataFrame | None
+    items: pl.DataFrame | None
+    data_config: DataConfig
+    selection: Selection
+
+
+class BackgroundFit:
+    """``inputs``' fit in a spawned child process with ``threads`` threads, started on construction.
+    Use as a context manager: leaving it without :meth:`result` (the parent failed) terminates the
+    child."""
+
+    def __init__(self, inputs: FitInputs, threads: int) -> None:
         # What the fit reads, without the choice's record (candidates' curves, the guard's users):
         # the child gets the configurations, learning rates and blend only, and draws no progress bars
         # (two of them would garble one terminal).
+        selection = inputs.selection
         quiet = dataclasses.replace(
             selection,
             config=_quiet(selection.config),
@@ -131,7 +136,7 @@ class BackgroundFit:
         level = logging.getLogger("training").getEffectiveLevel()
         self._process = context.Process(
             target=_child_main,
-            args=(send, level, frame, users, items, data_config, quiet, threads),
+            args=(send, level, dataclasses.replace(inputs, selection=quiet), threads),
             name="recsys-refit",
             daemon=True,
         )
@@ -180,22 +185,14 @@ def _quiet(config: Config) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, progress=False))
 
 
-def _child_main(
-    send: Connection,
-    log_level: int,
-    frame: pl.DataFrame,
-    users: pl.DataFrame | None,
-    items: pl.DataFrame | None,
-    data_config: DataConfig,
-    selection: Selection,
-    threads: int,
-) -> None:
+def _child_main(send: Connection, log_level: int, inputs: FitInputs, threads: int) -> None:
     """The child: the fit, sent back as the bytes of ``torch.save`` (tensors, lists and numbers only:
     the parent loads them with ``weights_only=True``), or the error's text."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [refit] %(name)s: %(message)s")
     try:
         with limited_threads(threads):
-            result = fit_selected(prepare(frame, users, items, data_config), selection)
+            prepared = prepare(inputs.frame, inputs.users, inputs.items, inputs.data_config)
+            result = fit_selected(prepared, inputs.selection)
         buffer = io.BytesIO()
         torch.save(
             {
