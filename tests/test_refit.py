@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from training.data.synth import SynthSummary
 from training.fit.auto import CandidateResult, Selection
-from training.fit.refit import BackgroundFit, FitInputs, concurrent_refit_threads
+from training.fit.refit import BackgroundFit, FitInputs, concurrent_refit_threads, main_module_is_spawn_safe
 
 QUIET = ("tracking.enabled=false", "profiles.enabled=false")
 
@@ -79,3 +79,34 @@ def test_auto_runs_the_refit_beside_only_fits_worth_a_process(monkeypatch: pytes
     assert concurrent_refit_threads(off.config, off, 100_000) == 0
     monkeypatch.setattr("training.fit.refit.available_cores", lambda: 1)
     assert concurrent_refit_threads(forced.config, forced, 100_000) == 0
+
+
+def test_auto_keeps_the_fits_sequential_under_an_unguarded_main_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spawn imports the main module again in the child: a script without the guard would run its
+    whole job a second time there."""
+    import sys
+    import types
+
+    def main_from(source: str | None) -> None:
+        module = types.ModuleType("__main__")
+        module.__spec__ = None
+        if source is not None:
+            path = tmp_path / "job.py"
+            path.write_text(source, encoding="utf-8")
+            module.__file__ = str(path)
+        monkeypatch.setitem(sys.modules, "__main__", module)
+
+    main_from("from training.pipeline import train\ntrain(config, 'events.parquet', None, None, 'out')\n")
+    assert not main_module_is_spawn_safe()
+    main_from("def main():\n    ...\n\nif __name__ == '__main__':\n    main()\n")
+    assert main_module_is_spawn_safe()
+    main_from(None)  # an interactive session or a notebook
+    assert main_module_is_spawn_safe()
+    monkeypatch.setattr("training.fit.refit.available_cores", lambda: 2)
+    main_from("train(config, 'events.parquet', None, None, 'out')\n")
+    config = tiny_config()
+    measured = CandidateResult("interaction", 0.1, 10, 12, 84.0, 7.0)
+    slow = Selection(config=config, name="interaction", schedule=[1e-3] * 10, candidates=[measured])
+    assert concurrent_refit_threads(config, slow, 100_000) == 0

@@ -13,8 +13,9 @@ the float sums of another thread count). The child uses ``threads`` threads for 
 returns the model as data (its spec and state dict, as a bundle stores them, never a pickled module);
 :meth:`BackgroundFit.result` rebuilds it, or raises what the child raised. :func:`limited_threads`
 holds the parent to the other cores meanwhile. As with any spawned process, the program's main module
-is imported again in the child: a script that calls :func:`training.pipeline.train` needs the usual
-``if __name__ == "__main__":`` guard (the ``recsys`` command has it).
+is imported again in the child, so ``auto`` checks first that this is harmless
+(:func:`main_module_is_spawn_safe`): a script without the ``if __name__ == "__main__":`` guard gets
+the two fits one after the other.
 
 :func:`concurrent_refit_threads` decides: ``train.concurrent_refit`` ``off`` never, ``on`` whenever it
 can (a CPU device and >= 2 cores), ``auto`` also only when the fit is predicted to take at least
@@ -31,9 +32,12 @@ import json
 import logging
 import multiprocessing
 import os
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import polars as pl
 import torch
@@ -86,7 +90,33 @@ def concurrent_refit_threads(config: Config, selection: Selection, interactions:
         predicted = predicted_seconds(selection)
         if predicted is None or predicted < MIN_PREDICTED_SECONDS or interactions > MAX_INTERACTIONS:
             return 0
+        if not main_module_is_spawn_safe():
+            log.info("refit after the evaluation fit: the main module has no __main__ guard for a child")
+            return 0
     return cores // 2
+
+
+_MAIN_GUARD = re.compile(r"""if\s+__name__\s*==\s*["']__main__["']""")
+
+
+def main_module_is_spawn_safe() -> bool:
+    """Whether a spawned child can start without re-running this program: spawn imports the main
+    module again, which is harmless for ``python -m package`` (a package's ``__main__`` is skipped),
+    an interactive session or notebook (no file), and a file whose entry point is guarded by
+    ``if __name__ == "__main__":`` (the ``recsys`` command's is). An unguarded script would run its
+    whole job again in the child, so ``auto`` trains one fit after the other for it."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name.endswith("__main__"):
+        return True
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    try:
+        source = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return _MAIN_GUARD.search(source) is not None
 
 
 @contextlib.contextmanager
