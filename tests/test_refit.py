@@ -34,7 +34,6 @@ def test_the_refit_in_a_child_process_is_the_model_a_sequential_run_trains(
     held-out figures do not depend on where the refit ran. Two cores assumed, one thread each side,
     whatever this machine has, so that the float sums are the same."""
     monkeypatch.setattr("training.fit.refit.available_cores", lambda: 2)
-    monkeypatch.setattr("training.pipeline.available_cores", lambda: 2)
     sequential = _train(synth_data, tmp_path / "sequential", "off")
     concurrent = _train(synth_data, tmp_path / "concurrent", "on")
     # "<UTC time>-<hash of the weights>": the same weights.

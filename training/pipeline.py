@@ -46,13 +46,7 @@ from training.evaluation import split_for
 from training.evaluation.evaluate import evaluate
 from training.features import Prepared, prepare
 from training.fit.auto import Selection, fit_selected, select_objective
-from training.fit.refit import (
-    BackgroundFit,
-    FitInputs,
-    available_cores,
-    concurrent_refit_threads,
-    limited_threads,
-)
+from training.fit.refit import BackgroundFit, FitInputs, concurrent_refit_threads
 from training.fit.trainer import TrainResult, peak_rss_mb
 from training.profiles.anomaly import AnomalyResult, detect
 from training.profiles.build import profiles_for_bundle
@@ -210,9 +204,13 @@ def _without_abnormal(
     return kept, abnormal
 
 
+def _log_loss(tracker: Tracker, stage: str, epoch: int, loss: float) -> None:
+    tracker.log_metrics({f"{stage}_loss": loss}, step=epoch)
+
+
 def _fit(prepared: Prepared, selection: Selection, tracker: Tracker, stage: str) -> TrainResult:
     def on_epoch(epoch: int, loss: float) -> None:
-        tracker.log_metrics({f"{stage}_loss": loss}, step=epoch)
+        _log_loss(tracker, stage, epoch, loss)
 
     return fit_selected(prepared, selection, on_epoch)
 
@@ -280,7 +278,6 @@ def train(
                             FitInputs(frame, data.users, data.items, config.data, selection), threads
                         )
                     )
-                    stack.enter_context(limited_threads(available_cores() - threads))
                 eval_result = _fit(train_part, selection, tracker, "eval_train")
                 metrics = evaluate(eval_result.model, train_part, parts.test, config.eval.k)
                 metrics = {f"{k}": float(v) for k, v in metrics.items()}
@@ -293,7 +290,7 @@ def train(
                 if threads:
                     final = refit.result()
                     for epoch, loss in enumerate(final.epoch_losses):
-                        tracker.log_metrics({"train_loss": loss}, step=epoch)
+                        _log_loss(tracker, "train", epoch, loss)
         else:
             selection = select_objective(frame, data.users, data.items, config, "none", parent_run_id=run_id)
         tracker.log_params({"objective.chosen": selection.name, "objective.epochs": selection.epochs})

@@ -11,9 +11,9 @@ frame in a *spawned* child process (a fresh interpreter: no forked threads, and 
 generators, seeded by the fit as in the parent, so the model is the one a sequential run trains, up to
 the float sums of another thread count). The child uses ``threads`` threads for torch and BLAS, and
 returns the model as data (its spec and state dict, as a bundle stores them, never a pickled module);
-:meth:`BackgroundFit.result` rebuilds it, or raises what the child raised. :func:`limited_threads`
-holds the parent to the other cores meanwhile. As with any spawned process, the program's main module
-is imported again in the child, so ``auto`` checks first that this is harmless
+:meth:`BackgroundFit.result` rebuilds it, or raises what the child raised. The parent keeps the
+other cores while the context is open (:func:`limited_threads`). As with any spawned process, the
+program's main module is imported again in the child, so ``auto`` checks first that this is harmless
 (:func:`main_module_is_spawn_safe`): a script without the ``if __name__ == "__main__":`` guard gets
 the two fits one after the other.
 
@@ -144,8 +144,8 @@ class FitInputs:
 
 class BackgroundFit:
     """``inputs``' fit in a spawned child process with ``threads`` threads, started on construction.
-    Use as a context manager: leaving it without :meth:`result` (the parent failed) terminates the
-    child."""
+    Use as a context manager: inside it this process keeps the other cores; leaving it without
+    :meth:`result` (the parent failed) terminates the child."""
 
     def __init__(self, inputs: FitInputs, threads: int) -> None:
         # What the fit reads, without the choice's record (candidates' curves, the guard's users):
@@ -161,6 +161,8 @@ class BackgroundFit:
             candidates=[],
             guard=None,
         )
+        self._threads = threads
+        self._parent_threads = contextlib.ExitStack()
         context = multiprocessing.get_context("spawn")
         self._receive, send = context.Pipe(duplex=False)
         level = logging.getLogger("training").getEffectiveLevel()
@@ -191,24 +193,23 @@ class BackgroundFit:
         shipped = torch.load(io.BytesIO(payload), weights_only=True)
         model = TwoTowerModel(TwoTowerSpec.from_dict(json.loads(shipped["spec"])))
         model.load_state_dict(shipped["state_dict"])
-        return TrainResult(
-            model=model.eval(),
-            epoch_losses=shipped["epoch_losses"],
-            seconds=shipped["seconds"],
-            examples=shipped["examples"],
-            validation=shipped["validation"],
-            best_epoch=shipped["best_epoch"],
-            schedule=shipped["schedule"],
-        )
+        return TrainResult(model=model.eval(), **{name: shipped[name] for name in _RECORD_FIELDS})
 
     def __enter__(self) -> BackgroundFit:
+        """Holds this process's torch and BLAS threads to the cores the child does not use."""
+        self._parent_threads.enter_context(limited_threads(max(available_cores() - self._threads, 1)))
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._parent_threads.close()
         if self._process.is_alive():
             self._process.terminate()
         self._process.join()
         self._receive.close()
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TrainResult) if f.name != "model")
+"""What the child sends of its :class:`TrainResult` besides the model (losses, seconds, schedule, ...)."""
 
 
 def _quiet(config: Config) -> Config:
@@ -228,12 +229,7 @@ def _child_main(send: Connection, log_level: int, inputs: FitInputs, threads: in
             {
                 "spec": json.dumps(result.model.spec.to_dict()),
                 "state_dict": result.model.state_dict(),
-                "epoch_losses": result.epoch_losses,
-                "seconds": result.seconds,
-                "examples": result.examples,
-                "validation": result.validation,
-                "best_epoch": result.best_epoch,
-                "schedule": result.schedule,
+                **{name: getattr(result, name) for name in _RECORD_FIELDS},
             },
             buffer,
         )
