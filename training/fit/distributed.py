@@ -306,11 +306,10 @@ class ShardedTraining:
         on its validation part; ``schedule``: per-epoch learning rates to replay (module docstring).
         ``config.train.objective`` is concrete (``auto`` is resolved before)."""
         self.data, self.info = data, info
-        if (
-            config.train.objective == "elsa"
-        ):  # its step size from the whole data set, then split over the ranks
-            users = elsa_batch_size(config.train, int(data.manifest["users"]))
-            config = with_overrides(config, {"train": {"elsa_batch_size": users}})
+        if config.train.objective == "elsa":
+            # ELSA's step size from the whole data set, then split over the ranks (per_rank_config).
+            step_users = elsa_batch_size(config.train, int(data.manifest["users"]))
+            config = with_overrides(config, {"train": {"elsa_batch_size": step_users}})
         self.config = config
         self.holdout, self.schedule = holdout, schedule
         self.validating = schedule is None and holdout is not None and bool(holdout.validation_protocol)
